@@ -1,0 +1,206 @@
+"""Fixtures for tests against the real broker and the emulator over real sockets.
+
+Every test gets its own exchange and queues (``names``) and deletes them afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from pydantic import SecretStr
+
+from worker.consumer import Forwarder
+from worker.emulator import Emulator, EmulatorConfig
+from worker.mapping import Mapper
+from worker.scx import ScxClient
+from worker.settings import Settings
+
+AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+REFRESH_TOKEN = "test-refresh-token-s3cr3t"
+
+
+async def wait_for(
+    condition: Callable[[], bool | Awaitable[bool]], *, timeout: float = 20.0, what: str = ""
+) -> None:
+    """Poll ``condition`` until true; fail after ``timeout`` seconds (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
+        await asyncio.sleep(0.02)
+
+
+@dataclass(frozen=True)
+class Names:
+    exchange: str
+    queue: str
+    binding_key: str = "ticket.created"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.queue}.dlq"
+
+
+@pytest.fixture
+def names() -> Names:
+    suffix = uuid.uuid4().hex[:12]
+    return Names(exchange=f"test.marketplace.{suffix}", queue=f"test.scx.{suffix}")
+
+
+@pytest.fixture
+async def amqp() -> AsyncIterator[AbstractRobustConnection]:
+    connection = await aio_pika.connect_robust(AMQP_URL)
+    async with connection:
+        yield connection
+
+
+@pytest.fixture
+async def channel(amqp: AbstractRobustConnection, names: Names) -> AsyncIterator[AbstractChannel]:
+    channel = await amqp.channel()
+    yield channel
+    for queue in (names.queue, names.dlq):
+        await channel.queue_delete(queue)
+    await channel.exchange_delete(names.exchange)
+    await channel.close()
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    async with Emulator(EmulatorConfig(refresh_token=REFRESH_TOKEN)) as emu:
+        yield emu
+
+
+def make_settings(names: Names, emulator: Emulator, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "amqp_url": AMQP_URL,
+        "amqp_exchange": names.exchange,
+        "amqp_queue": names.queue,
+        "amqp_binding_key": names.binding_key,
+        "scx_api_url": emulator.base_url,
+        "scx_refresh_token": REFRESH_TOKEN,
+        "scx_max_requests_per_minute": 0,
+        "scx_retry_initial_wait": 0.01,
+        "scx_retry_max_wait": 0.2,
+        "scx_retry_budget": 10.0,
+        "worker_shutdown_grace": 5.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class Running:
+    forwarder: Forwarder
+    client: ScxClient
+    task: asyncio.Task[int]
+
+    async def stop(self) -> int:
+        self.forwarder.stop()
+        return await asyncio.wait_for(self.task, 30)
+
+
+StartWorker = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start_worker(
+    names: Names, emulator: Emulator, channel: AbstractChannel
+) -> AsyncIterator[StartWorker]:
+    """Start in-process forwarders (real broker, real HTTP); all are stopped at teardown."""
+    running: list[Running] = []
+
+    async def start(*, mapper: Mapper | None = None, **overrides: Any) -> Running:
+        settings = make_settings(names, emulator, **overrides)
+        client = ScxClient(settings, SecretStr(REFRESH_TOKEN))
+        forwarder = Forwarder(settings, client, mapper=mapper)
+        task = asyncio.create_task(forwarder.run())
+        started = Running(forwarder, client, task)
+        running.append(started)
+        consuming = asyncio.create_task(forwarder.consuming.wait())
+        done, _ = await asyncio.wait({task, consuming}, timeout=20, return_when="FIRST_COMPLETED")
+        if consuming not in done:
+            consuming.cancel()
+            if task.done():
+                task.result()  # raise the start-up error
+            pytest.fail("worker did not start consuming")
+        return started
+
+    yield start
+    for worker in running:
+        if not worker.task.done():
+            await worker.stop()
+        await worker.client.aclose()
+
+
+async def publish(
+    channel: AbstractChannel,
+    names: Names,
+    bodies: Iterable[bytes],
+    **properties: Any,
+) -> list[str]:
+    """Publish bodies to the test exchange with confirms; returns their message ids."""
+    exchange = await channel.declare_exchange(
+        names.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    ids = []
+    for body in bodies:
+        message_id = properties.pop("message_id", None) or uuid.uuid4().hex
+        ids.append(message_id)
+        await exchange.publish(
+            aio_pika.Message(body, message_id=message_id, **properties),
+            routing_key=names.binding_key,
+            mandatory=True,
+        )
+    return ids
+
+
+async def queue_depth(channel: AbstractChannel, queue: str) -> int:
+    declared = await channel.declare_queue(queue, passive=True)
+    count = declared.declaration_result.message_count
+    return int(count or 0)
+
+
+async def collect(
+    channel: AbstractChannel, queue: str, n: int, *, timeout: float = 20.0
+) -> list[AbstractIncomingMessage]:
+    """Take messages off ``queue`` until there are ``n``, then check that no more arrive."""
+    declared = await channel.declare_queue(queue, passive=True)
+    messages: list[AbstractIncomingMessage] = []
+
+    async def take() -> bool:
+        while (message := await declared.get(no_ack=False, fail=False)) is not None:
+            await message.ack()
+            messages.append(message)
+        return len(messages) >= n
+
+    await wait_for(take, timeout=timeout, what=f"{n} messages in {queue}")
+    assert len(messages) == n, f"expected {n} messages in {queue}, got {len(messages)}"
+    return messages
+
+
+@asynccontextmanager
+async def no_leftovers(channel: AbstractChannel, names: Names) -> AsyncIterator[None]:
+    """Assert at exit that the work queue is empty (nothing stuck unacked or requeued)."""
+    yield
+    await wait_for(
+        lambda: _is_empty(channel, names.queue), what=f"{names.queue} to be empty", timeout=10
+    )
+
+
+async def _is_empty(channel: AbstractChannel, queue: str) -> bool:
+    return await queue_depth(channel, queue) == 0

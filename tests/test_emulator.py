@@ -1,0 +1,566 @@
+"""The SCX API emulator, exercised over real sockets with httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from worker.emulator import Emulator, EmulatorConfig, serve
+
+REFRESH_TOKEN = "test-refresh-token"
+TICKET_URL = "/v1/channel/ticket"
+EN = {"Accept-Language": "en"}
+
+# The example from JTL's Create Ticket reference page (create-ticket.seed.txt).
+VALID: dict[str, Any] = {
+    "sellerId": "4711",
+    "ticketId": "CASE-01071982",
+    "topic": "QUESTION",
+    "createdAt": "2023-11-07T05:31:56Z",
+    "from": {"role": "BUYER", "name": "Dave"},
+    "subject": "Pod bay door seems to be locked.",
+    "message": "Open the pod bay doors HAL.",
+    "reference": {"type": "ORDERID", "id": "19820701"},
+    "replyRequested": True,
+    "attachment": [{"filename": "RedDot.png", "contentType": "image/png"}],
+}
+MINIMAL = {k: v for k, v in VALID.items() if k not in {"reference", "replyRequested", "attachment"}}
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    async with Emulator(EmulatorConfig(refresh_token=REFRESH_TOKEN)) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def client(emulator: Emulator) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=emulator.base_url) as client:
+        yield client
+
+
+async def bearer(client: httpx.AsyncClient) -> dict[str, str]:
+    response = await client.post("/v1/auth", data={"refreshToken": REFRESH_TOKEN})
+    assert response.status_code == 200
+    return {"Authorization": f"Bearer {response.json()['authToken']}"}
+
+
+@pytest.fixture
+async def auth(client: httpx.AsyncClient) -> dict[str, str]:
+    return await bearer(client)
+
+
+def changed(edit: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
+    ticket = copy.deepcopy(VALID)
+    edit(ticket)
+    return ticket
+
+
+async def poll_until(check: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not await check():
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        await asyncio.sleep(0.02)
+
+
+def messages(response: httpx.Response) -> list[str]:
+    errors = response.json()["errorList"]
+    assert errors
+    assert all(e["code"] and e["severity"] == "error" and "hint" in e for e in errors)
+    return [e["message"] for e in errors]
+
+
+# --- POST /v1/auth ------------------------------------------------------------------------
+
+
+async def test_auth_with_form_body_issues_a_token(
+    emulator: Emulator, client: httpx.AsyncClient
+) -> None:
+    emulator.config.token_lifetime = 1.5
+    response = await client.post("/v1/auth", data={"refreshToken": REFRESH_TOKEN})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["scope"] == "CHANNEL"
+    assert len(body["authToken"]) >= 32
+    assert body["expiresIn"] == 2
+    expire_at = datetime.fromisoformat(body["tokenExpireAt"])
+    assert expire_at.utcoffset() is not None
+    assert abs(expire_at - (datetime.now(UTC) + timedelta(seconds=1.5))) < timedelta(seconds=1)
+    assert (emulator.state.auth_calls, emulator.state.auth_failures) == (1, 0)
+    second = await client.post("/v1/auth", data={"refreshToken": REFRESH_TOKEN})
+    assert second.json()["authToken"] != body["authToken"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"json": {"refreshToken": REFRESH_TOKEN}}, id="json-body"),
+        pytest.param({"data": {"token": REFRESH_TOKEN}}, id="missing-field"),
+        pytest.param({"data": {"refreshToken": ""}}, id="empty-field"),
+    ],
+)
+async def test_auth_rejects_malformed_requests(
+    emulator: Emulator, client: httpx.AsyncClient, kwargs: dict[str, Any]
+) -> None:
+    response = await client.post("/v1/auth", **kwargs)
+    assert response.status_code == 400
+    assert messages(response)
+    assert (emulator.state.auth_calls, emulator.state.auth_failures) == (1, 1)
+
+
+async def test_auth_rejects_wrong_refresh_token(
+    emulator: Emulator, client: httpx.AsyncClient
+) -> None:
+    response = await client.post("/v1/auth", data={"refreshToken": "not-it"}, headers=EN)
+    assert response.status_code == 401
+    assert messages(response) == ["invalid refresh token"]
+    assert emulator.state.auth_failures == 1
+
+
+async def test_expired_token_gets_401(emulator: Emulator, client: httpx.AsyncClient) -> None:
+    emulator.config.token_lifetime = 0.3
+    issued = time.monotonic()
+    headers = await bearer(client)
+    assert (await client.post(TICKET_URL, json=VALID, headers=headers)).status_code == 201
+
+    async def rejected() -> bool:
+        response = await client.post(TICKET_URL, json=VALID, headers=headers)
+        return response.status_code == 401
+
+    await poll_until(rejected)
+    assert time.monotonic() - issued >= 0.3
+    assert emulator.state.unauthorized == 1
+
+
+# --- POST /v1/channel/ticket ----------------------------------------------------------------
+
+
+async def test_valid_ticket_is_accepted_and_recorded(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    first = await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert first.status_code == 201
+    assert first.content == b""
+    assert (await client.post(TICKET_URL, json=MINIMAL, headers=auth)).status_code == 201
+    state = emulator.state
+    assert state.accepted == [VALID, MINIMAL]
+    assert state.accepted_counts == {"CASE-01071982": 2}
+    assert state.statuses == {201: 2}
+    assert state.ticket_calls == 2
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(lambda t: t.update(sellerId="a" * 50), id="sellerId-50"),
+        pytest.param(lambda t: t.update(sellerId="A_z_09"), id="sellerId-word-chars"),
+        pytest.param(lambda t: t.update(ticketId="x" * 256), id="ticketId-256"),
+        pytest.param(lambda t: t.update(subject="s" * 1024, message="m"), id="text-limits"),
+        pytest.param(lambda t: t["from"].update(name="n" * 100), id="name-100"),
+        pytest.param(lambda t: t["from"].pop("name"), id="from-without-name"),
+        pytest.param(lambda t: t.update(createdAt="2023-11-07T07:31:56.5+02:00"), id="offset"),
+        pytest.param(lambda t: t.update(attachment=VALID["attachment"] * 10), id="10-attachments"),
+        pytest.param(lambda t: t.update(attachment=[]), id="no-attachments"),
+    ],
+)
+async def test_boundary_values_are_accepted(
+    client: httpx.AsyncClient, auth: dict[str, str], edit: Callable[[dict[str, Any]], object]
+) -> None:
+    response = await client.post(TICKET_URL, json=changed(edit), headers=auth | EN)
+    assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize(
+    ("edit", "path"),
+    [
+        pytest.param(lambda t: t.pop("sellerId"), "sellerId", id="missing-sellerId"),
+        pytest.param(lambda t: t.pop("message"), "message", id="missing-message"),
+        pytest.param(lambda t: t["from"].pop("role"), "from.role", id="missing-role"),
+        pytest.param(lambda t: t["reference"].pop("id"), "reference.id", id="missing-ref-id"),
+        pytest.param(lambda t: t["reference"].pop("type"), "reference.type", id="missing-ref"),
+        pytest.param(
+            lambda t: t["attachment"][0].pop("contentType"),
+            "attachment[0].contentType",
+            id="missing-contentType",
+        ),
+        pytest.param(lambda t: t.update(sellerId="a-b"), "sellerId", id="sellerId-dash"),
+        pytest.param(lambda t: t.update(sellerId="abc\n"), "sellerId", id="sellerId-newline"),
+        pytest.param(lambda t: t.update(sellerId="Jürgen"), "sellerId", id="sellerId-unicode"),
+        pytest.param(lambda t: t.update(sellerId="a" * 51), "sellerId", id="sellerId-51"),
+        pytest.param(lambda t: t.update(sellerId=""), "sellerId", id="sellerId-empty"),
+        pytest.param(lambda t: t.update(sellerId=4711), "sellerId", id="sellerId-number"),
+        pytest.param(lambda t: t.update(ticketId=""), "ticketId", id="ticketId-empty"),
+        pytest.param(lambda t: t.update(ticketId="x" * 257), "ticketId", id="ticketId-257"),
+        pytest.param(lambda t: t.update(topic="OTHER"), "topic", id="topic-enum"),
+        pytest.param(lambda t: t.update(createdAt="yesterday"), "createdAt", id="date-text"),
+        pytest.param(
+            lambda t: t.update(createdAt="2023-11-07T05:31:56"), "createdAt", id="date-no-offset"
+        ),
+        pytest.param(lambda t: t["from"].update(role="ADMIN"), "from.role", id="role-enum"),
+        pytest.param(lambda t: t["from"].update(name="n" * 101), "from.name", id="name-101"),
+        pytest.param(lambda t: t.update(subject=""), "subject", id="subject-empty"),
+        pytest.param(lambda t: t.update(message="m" * 1025), "message", id="message-1025"),
+        pytest.param(lambda t: t["reference"].update(type="SKU"), "reference.type", id="ref-enum"),
+        pytest.param(lambda t: t.update(reference=None), "reference", id="reference-null"),
+        pytest.param(lambda t: t.update(replyRequested="yes"), "replyRequested", id="reply-str"),
+        pytest.param(
+            lambda t: t.update(attachment=VALID["attachment"] * 11), "attachment", id="11-files"
+        ),
+        pytest.param(
+            lambda t: t["attachment"].append({"filename": "", "contentType": "text/plain"}),
+            "attachment[1].filename",
+            id="filename-empty",
+        ),
+        pytest.param(
+            lambda t: t["attachment"][0].update(contentType="c" * 129),
+            "attachment[0].contentType",
+            id="contentType-129",
+        ),
+        pytest.param(lambda t: t.update(priority="high"), "priority", id="extra-top-level"),
+        pytest.param(lambda t: t["from"].update(email="d@x"), "from.email", id="extra-in-from"),
+        pytest.param(lambda t: t["reference"].update(url="u"), "reference.url", id="extra-in-ref"),
+        pytest.param(
+            lambda t: t["attachment"][0].update(size=1), "attachment[0].size", id="extra-in-file"
+        ),
+    ],
+)
+async def test_schema_violation_is_400_naming_the_field(
+    emulator: Emulator,
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    edit: Callable[[dict[str, Any]], object],
+    path: str,
+) -> None:
+    response = await client.post(TICKET_URL, json=changed(edit), headers=auth | EN)
+    assert response.status_code == 400
+    assert [m for m in messages(response) if m.startswith(f"{path}: ")], response.text
+    assert response.json()["errorList"][0]["code"] == "VAL100"
+    assert emulator.state.accepted == []
+
+
+async def test_each_violation_gets_its_own_entry(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    ticket = VALID | {"topic": "OTHER", "extra1": 1, "extra2": 2}
+    del ticket["subject"]
+    response = await client.post(TICKET_URL, json=ticket, headers=auth | EN)
+    assert response.status_code == 400
+    assert sorted(m.split(":")[0] for m in messages(response)) == [
+        "extra1",
+        "extra2",
+        "subject",
+        "topic",
+    ]
+
+
+async def test_non_object_body_is_400(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    response = await client.post(TICKET_URL, json=[VALID], headers=auth | EN)
+    assert response.status_code == 400
+    assert messages(response)[0].startswith("(body): ")
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        pytest.param(b"sellerId=4711", "application/x-www-form-urlencoded", id="form"),
+        pytest.param(b'{"sellerId": "4711"', "application/json", id="broken-json"),
+        pytest.param(b"NaN", "application/json", id="nan"),
+    ],
+)
+async def test_non_json_body_is_400(
+    emulator: Emulator,
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    content: bytes,
+    content_type: str,
+) -> None:
+    headers = auth | {"Content-Type": content_type}
+    response = await client.post(TICKET_URL, content=content, headers=headers)
+    assert response.status_code == 400
+    assert messages(response)
+    assert emulator.state.statuses == {400: 1}
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer not-a-token", "Basic {token}", "{token}"],
+)
+async def test_ticket_without_valid_bearer_token_is_401(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str], authorization: str | None
+) -> None:
+    token = auth["Authorization"].removeprefix("Bearer ")
+    headers = {} if authorization is None else {"Authorization": authorization.format(token=token)}
+    response = await client.post(TICKET_URL, json=VALID, headers=headers)
+    assert response.status_code == 401
+    assert messages(response)
+    assert emulator.state.unauthorized == 1
+    assert emulator.state.accepted == []
+
+
+async def test_revoked_tokens_get_401(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    assert (await client.post(TICKET_URL, json=VALID, headers=auth)).status_code == 201
+    emulator.revoke_tokens()
+    assert (await client.post(TICKET_URL, json=VALID, headers=auth)).status_code == 401
+    fresh = await bearer(client)
+    assert (await client.post(TICKET_URL, json=VALID, headers=fresh)).status_code == 201
+    assert emulator.state.statuses == {201: 2, 401: 1}
+
+
+async def test_request_headers_are_recorded_without_authorization(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    await client.post(TICKET_URL, json=VALID, headers=auth | {"X-Request-Id": "abc"})
+    recorded = emulator.state.request_headers
+    assert recorded["x-request-id"] == "abc"
+    assert recorded["content-type"] == "application/json"
+    assert "authorization" not in recorded
+
+
+@pytest.mark.parametrize(
+    ("accept_language", "expected"),
+    [
+        pytest.param(None, "Pflichtfeld sellerId fehlt", id="default-german"),
+        pytest.param("de-DE,de;q=0.9", "Pflichtfeld sellerId fehlt", id="german"),
+        pytest.param("en", "sellerId: 'sellerId' is a required property", id="english"),
+        pytest.param("en-US,en;q=0.9", "sellerId: 'sellerId' is a required property", id="en-US"),
+    ],
+)
+async def test_error_language_follows_accept_language(
+    client: httpx.AsyncClient, auth: dict[str, str], accept_language: str | None, expected: str
+) -> None:
+    headers = auth if accept_language is None else auth | {"Accept-Language": accept_language}
+    response = await client.post(
+        TICKET_URL, json=changed(lambda t: t.pop("sellerId")), headers=headers
+    )
+    assert response.status_code == 400
+    [error] = response.json()["errorList"]
+    assert error["message"] == expected
+    english = expected.startswith("sellerId:")
+    assert error["hint"] == (
+        "Check the field `sellerId`." if english else "Prüfen Sie das Feld `sellerId`."
+    )
+
+
+async def test_unknown_route_and_wrong_method_answer_with_error_list(
+    client: httpx.AsyncClient,
+) -> None:
+    assert (await client.get("/v1/channel/nothing")).json()["errorList"][0]["code"] == "HTTP404"
+    response = await client.get(TICKET_URL)
+    assert response.status_code == 405
+    assert messages(response)
+
+
+# --- latency, faults, rate limits -----------------------------------------------------------
+
+
+async def test_latency_delays_answers_and_concurrency_is_measured(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    emulator.config.latency = 0.3
+    started = time.monotonic()
+    responses = await asyncio.gather(
+        *(client.post(TICKET_URL, json=VALID, headers=auth) for _ in range(3))
+    )
+    assert time.monotonic() - started >= 0.3
+    assert [r.status_code for r in responses] == [201] * 3
+    assert emulator.state.max_concurrent_ticket_calls == 3
+
+
+async def test_injected_503_comes_first_without_validation(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    emulator.inject("ticket", 503, count=2, retry_after=0.5)
+    for _ in range(2):
+        response = await client.post(TICKET_URL, json={}, headers=EN)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        assert messages(response) == ["fault injected by the emulator"]
+    assert (await client.post(TICKET_URL, json=VALID, headers=auth)).status_code == 201
+    assert emulator.state.statuses == {503: 2, 201: 1}
+    assert emulator.state.accepted == [VALID]
+
+
+async def test_injected_429_carries_rate_limit_headers(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    emulator.inject("ticket", 429, retry_after=1.2)
+    emulator.inject("ticket", 429)
+    response = await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "2"
+    assert response.headers["X-RateLimit-Remaining"] == "0"
+    assert response.headers["X-RateLimit-Limit"] == "60"
+    assert response.headers["X-RateLimit-Interval-Length-Seconds"] == "60"
+    emulator.config.rate_limit = 5
+    response = await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert response.status_code == 429
+    assert "Retry-After" not in response.headers
+    assert response.headers["X-RateLimit-Limit"] == "5"
+    assert response.headers["X-RateLimit-Remaining"] == "0"
+
+
+async def test_injected_auth_failures(emulator: Emulator, client: httpx.AsyncClient) -> None:
+    emulator.inject("auth", 429, retry_after=3)
+    emulator.inject("auth", 503)
+    form = {"refreshToken": REFRESH_TOKEN}
+    limited = await client.post("/v1/auth", data=form)
+    assert limited.status_code == 429
+    assert limited.headers["Retry-After"] == "3"
+    assert limited.headers["X-RateLimit-Limit"] == "10"
+    assert (await client.post("/v1/auth", data=form)).status_code == 503
+    assert (await client.post("/v1/auth", data=form)).status_code == 200
+    assert (emulator.state.auth_calls, emulator.state.auth_failures) == (3, 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"route": "events", "status": 503},
+        {"route": "ticket", "status": 201},
+        {"route": "ticket", "status": True},
+        {"route": "ticket", "status": 503, "count": 0},
+        {"route": "ticket", "status": 503, "retry_after": -1},
+    ],
+)
+def test_inject_rejects_bad_arguments(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Emulator().inject(**kwargs)
+
+
+async def test_rate_limit_counts_down_then_answers_429(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    emulator.config.rate_limit = 3
+    remaining = []
+    for _ in range(3):
+        response = await client.post(TICKET_URL, json=VALID, headers=auth)
+        assert response.status_code == 201
+        assert response.headers["X-RateLimit-Limit"] == "3"
+        assert response.headers["X-RateLimit-Interval-Length-Seconds"] == "60"
+        remaining.append(response.headers["X-RateLimit-Remaining"])
+    assert remaining == ["2", "1", "0"]
+    response = await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert response.status_code == 429
+    assert response.headers["X-RateLimit-Remaining"] == "0"
+    assert 59 <= int(response.headers["Retry-After"]) <= 60
+    assert messages(response)
+    assert len(emulator.state.accepted) == 3
+    # Error answers carry the headers too.
+    unauthorized = await client.post(TICKET_URL, json=VALID)
+    assert unauthorized.headers["X-RateLimit-Limit"] == "3"
+
+
+async def test_configured_retry_after_is_rounded_up(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    emulator.config.rate_limit = 1
+    emulator.config.retry_after = 2.5
+    await client.post(TICKET_URL, json=VALID, headers=auth)
+    response = await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "3"
+
+
+async def test_rate_window_resets(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    emulator.config.rate_limit = 1
+    emulator.config.rate_interval = 0.3
+    assert (await client.post(TICKET_URL, json=VALID, headers=auth)).status_code == 201
+    limited = await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert limited.status_code == 429
+    assert limited.headers["Retry-After"] == "1"
+    assert limited.headers["X-RateLimit-Interval-Length-Seconds"] == "0.3"
+
+    async def accepted_again() -> bool:
+        response = await client.post(TICKET_URL, json=VALID, headers=auth)
+        return response.status_code == 201
+
+    await poll_until(accepted_again)
+    assert len(emulator.state.accepted) == 2
+
+
+async def test_no_rate_limit_headers_without_a_limit(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    response = await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert not [h for h in response.headers if h.lower().startswith("x-ratelimit")]
+
+
+async def test_reset_clears_state_and_faults(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    await client.post(TICKET_URL, json=VALID, headers=auth)
+    emulator.inject("ticket", 503)
+    emulator.reset()
+    assert emulator.state.accepted == []
+    assert emulator.state.ticket_calls == 0
+    # Tokens survive a reset; faults do not.
+    assert (await client.post(TICKET_URL, json=VALID, headers=auth)).status_code == 201
+
+
+# --- control API and serve() ------------------------------------------------------------------
+
+
+async def test_control_api(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    config = await client.post("/_emulator/config", json={"rate_limit": 10, "latency": 0})
+    assert config.status_code == 200
+    assert config.json()["rate_limit"] == 10
+    assert emulator.config.rate_limit == 10
+    for bad in ({"nope": 1}, {"latency": "slow"}, {"rate_limit": 1.5}, [1]):
+        assert (await client.post("/_emulator/config", json=bad)).status_code == 400
+
+    injected = await client.post("/_emulator/inject", json={"route": "ticket", "status": 502})
+    assert injected.json()["pending_faults"] == {"ticket": [502], "auth": []}
+    assert (
+        await client.post("/_emulator/inject", json={"route": "x", "status": 1})
+    ).status_code == 400
+    assert (await client.post("/_emulator/inject", json={"status": 502})).status_code == 400
+    assert (await client.post("/_emulator/revoke", json={"all": True})).status_code == 400
+    assert (await client.post("/_emulator/nothing")).status_code == 404
+    assert (await client.post(TICKET_URL, json=VALID, headers=auth)).status_code == 502
+    assert (await client.post(TICKET_URL, json=VALID, headers=auth)).status_code == 201
+
+    state = (await client.get("/_emulator/state")).json()
+    assert state["accepted"] == [VALID]
+    assert state["accepted_counts"] == {"CASE-01071982": 1}
+    assert state["statuses"] == {"502": 1, "201": 1}
+    assert (state["auth_calls"], state["ticket_calls"]) == (1, 2)
+
+    assert (await client.post("/_emulator/revoke")).status_code == 200
+    assert (await client.post(TICKET_URL, json=VALID, headers=auth)).status_code == 401
+    assert (await client.post("/_emulator/reset")).status_code == 200
+    state = (await client.get("/_emulator/state")).json()
+    assert (state["accepted"], state["ticket_calls"], state["unauthorized"]) == ([], 0, 0)
+
+
+async def test_serve_runs_until_cancelled() -> None:
+    urls: list[str] = []
+    ready = asyncio.Event()
+
+    def on_ready(url: str) -> None:
+        urls.append(url)
+        ready.set()
+
+    task = asyncio.create_task(serve(EmulatorConfig(), "127.0.0.1", 0, ready=on_ready))
+    await asyncio.wait_for(ready.wait(), timeout=5)
+    async with httpx.AsyncClient(base_url=urls[0]) as client:
+        response = await client.post("/v1/auth", data={"refreshToken": "demo-refresh-token"})
+        assert response.status_code == 200
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with httpx.AsyncClient(base_url=urls[0]) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get("/_emulator/state")

@@ -1,0 +1,383 @@
+"""The whole path: real RabbitMQ -> in-process forwarder -> emulator over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import orjson
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from tests.conftest import (
+    Names,
+    StartWorker,
+    no_leftovers,
+    publish,
+    queue_depth,
+    collect,
+    wait_for,
+)
+from worker.emulator import Emulator
+from worker.samples import INVALID_SAMPLES, valid_event
+
+
+def event(index: int, **data: Any) -> bytes:
+    body = valid_event(index, random.Random(index))
+    body["data"].update(data)
+    return orjson.dumps(body)
+
+
+def by_id(messages: list[AbstractIncomingMessage]) -> dict[str, AbstractIncomingMessage]:
+    return {str(m.message_id): m for m in messages}
+
+
+async def test_valid_events_are_forwarded_exactly_once_with_the_mapping(
+    start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
+) -> None:
+    await start_worker()
+    bodies = [event(i) for i in range(40)]
+    featured = orjson.dumps(
+        {
+            "id": "evt-featured",
+            "type": "ticket.created",
+            "data": {
+                "seller_id": "4711",
+                "ticket_id": "CASE-01071982",
+                "topic": "Question",
+                "created_at": "2023-11-07T05:31:56+02:00",
+                "author": {"role": "buyer", "name": "Dave"},
+                "subject": "Pod bay door seems to be locked.",
+                "message": "Open the pod bay doors HAL.",
+                "reference": {"type": "order_id", "id": "19820701"},
+                "attachments": [{"filename": "RedDot.png", "content_type": "image/png"}],
+                "internal_note": "never sent",
+            },
+        }
+    )
+    api_shaped = orjson.dumps(
+        {
+            "sellerId": "s_2",
+            "ticketId": "API-1",
+            "topic": "REFUND",
+            "createdAt": "2024-01-01T00:00:00Z",
+            "from": {"role": "SELLER"},
+            "subject": "s",
+            "message": "m",
+            "replyRequested": False,
+        }
+    )
+    async with no_leftovers(channel, names):
+        await publish(channel, names, [*bodies, featured, api_shaped])
+        await wait_for(lambda: len(emulator.state.accepted) == 42, what="42 accepted")
+
+    assert set(emulator.state.accepted_counts.values()) == {1}
+    accepted = {t["ticketId"]: t for t in emulator.state.accepted}
+    assert accepted["CASE-01071982"] == {
+        "sellerId": "4711",
+        "ticketId": "CASE-01071982",
+        "topic": "QUESTION",
+        "createdAt": "2023-11-07T05:31:56+02:00",
+        "from": {"role": "BUYER", "name": "Dave"},
+        "subject": "Pod bay door seems to be locked.",
+        "message": "Open the pod bay doors HAL.",
+        "reference": {"type": "ORDERID", "id": "19820701"},
+        "replyRequested": True,
+        "attachment": [{"filename": "RedDot.png", "contentType": "image/png"}],
+    }
+    assert accepted["API-1"]["replyRequested"] is False
+    assert accepted["API-1"]["from"] == {"role": "SELLER"}
+    assert await queue_depth(channel, names.dlq) == 0
+    assert emulator.state.auth_calls == 1
+
+
+async def test_every_class_of_bad_input_is_dead_lettered_and_the_worker_goes_on(
+    start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
+) -> None:
+    await start_worker()
+    cases: dict[str, tuple[bytes, str, str | None]] = {
+        # message id: (body, expected kind, a field path the detail must name)
+        **{f"bad-{i}": (body, kind, None) for i, (kind, body) in enumerate(INVALID_SAMPLES)},
+        "not-object": (b'"just a string"', "malformed", None),
+        "naive-time": (event(1, created_at="2024-05-14T10:07:42"), "invalid", "data.created_at"),
+        "bad-topic": (event(2, topic="complaint"), "invalid", "data.topic"),
+        "long-name": (
+            event(3, author={"role": "buyer", "name": "x" * 101}),
+            "invalid",
+            "data.author.name",
+        ),
+        "eleven-files": (
+            event(4, attachments=[{"filename": "a.png", "content_type": "image/png"}] * 11),
+            "invalid",
+            "data.attachments",
+        ),
+        "bad-seller": (event(5, seller_id="Mëller"), "invalid", "data.seller_id"),
+    }
+    for message_id, (body, _, _) in cases.items():
+        await publish(
+            channel,
+            names,
+            [body],
+            message_id=message_id,
+            content_type="application/json",
+            headers={"x-marketplace": "m1"},
+            correlation_id=f"corr-{message_id}",
+        )
+    dead = by_id(await collect(channel, names.dlq, len(cases)))
+    # The worker is still alive and forwards what comes next.
+    await publish(channel, names, [event(99)])
+    await wait_for(lambda: len(emulator.state.accepted) == 1, what="the valid one after")
+    assert set(dead) == set(cases)
+    for message_id, (body, kind, path) in cases.items():
+        message = dead[message_id]
+        headers = message.headers
+        assert message.body == body, "the original body is kept byte for byte"
+        assert message.content_type == "application/json"
+        assert message.correlation_id == f"corr-{message_id}"
+        assert headers["x-marketplace"] == "m1"
+        assert headers["x-error-kind"] == kind, message_id
+        assert headers["x-original-queue"] == names.queue
+        assert headers["x-original-exchange"] == names.exchange
+        assert headers["x-original-routing-key"] == names.binding_key
+        assert headers["x-attempts"] == 0
+        detail = orjson.loads(str(headers["x-error-detail"]))
+        if path is not None:
+            locations = [error["loc"] for error in detail["errors"]]
+            assert any(loc.startswith(path) for loc in locations), (message_id, locations)
+    assert emulator.state.ticket_calls == 1, "nothing invalid reaches the API"
+
+
+async def test_api_4xx_is_dead_lettered_as_rejected_with_the_error_list(
+    start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
+) -> None:
+    await start_worker()
+    emulator.inject("ticket", 422, count=1)
+    await publish(channel, names, [event(1)], message_id="m-422")
+    [message] = await collect(channel, names.dlq, 1)
+    assert message.headers["x-error-kind"] == "rejected"
+    assert message.headers["x-attempts"] == 1
+    detail = orjson.loads(str(message.headers["x-error-detail"]))
+    assert detail["status"] == 422
+    assert detail["errorList"] and "code" in detail["errorList"][0]
+    assert emulator.state.accepted == []
+
+
+async def test_injected_5xx_and_429_are_retried_to_success(
+    start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
+) -> None:
+    await start_worker()
+    emulator.inject("ticket", 503, count=2)
+    emulator.inject("ticket", 429, count=1, retry_after=0.2)
+    emulator.inject("ticket", 500, count=1)
+    async with no_leftovers(channel, names):
+        await publish(channel, names, [event(7)])
+        await wait_for(lambda: len(emulator.state.accepted) == 1, what="accepted after retries")
+    assert emulator.state.statuses[503] == 2
+    assert emulator.state.statuses[429] == 1
+    assert emulator.state.statuses[500] == 1
+    assert emulator.state.statuses[201] == 1
+    assert await queue_depth(channel, names.dlq) == 0
+
+
+async def test_transient_failures_past_the_budget_are_dead_lettered_as_exhausted(
+    start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
+) -> None:
+    await start_worker(scx_retry_attempts=3)
+    emulator.inject("ticket", 503, count=3)
+    await publish(channel, names, [event(8)], message_id="m-503")
+    [message] = await collect(channel, names.dlq, 1)
+    assert message.headers["x-error-kind"] == "exhausted"
+    assert message.headers["x-attempts"] == 3
+    detail = orjson.loads(str(message.headers["x-error-detail"]))
+    assert detail["status"] == 503
+    assert detail["attempts"] == 3
+    assert emulator.state.ticket_calls == 3
+
+
+async def test_token_expiry_mid_run_is_one_refresh_for_many_concurrent_requests(
+    start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
+) -> None:
+    emulator.configure(token_lifetime=1.0, latency=0.05)
+    await start_worker(worker_concurrency=32, amqp_prefetch=64)
+    count = 600
+    started = time.monotonic()
+    async with no_leftovers(channel, names):
+        await publish(channel, names, [event(i) for i in range(count)])
+        await wait_for(lambda: len(emulator.state.accepted) == count, what="all accepted")
+    elapsed = time.monotonic() - started
+    state = emulator.state
+    assert state.max_concurrent_ticket_calls >= 8, "requests really ran concurrently"
+    assert state.unauthorized == 0, "tokens are refreshed before they lapse"
+    # One refresh per token lifetime (less the margin), however many requests are waiting.
+    assert 2 <= state.auth_calls <= elapsed / 0.8 + 2, (state.auth_calls, elapsed)
+    assert set(state.accepted_counts.values()) == {1}
+
+
+async def test_a_401_is_answered_with_one_refresh_and_one_resend(
+    start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
+) -> None:
+    await start_worker(worker_concurrency=1)
+    await publish(channel, names, [event(1)])
+    await wait_for(lambda: len(emulator.state.accepted) == 1, what="first accepted")
+    emulator.revoke_tokens()
+    await publish(channel, names, [event(2)])
+    await wait_for(lambda: len(emulator.state.accepted) == 2, what="second accepted")
+    assert emulator.state.unauthorized == 1
+    assert emulator.state.auth_calls == 2
+    assert emulator.state.ticket_calls == 3
+
+
+async def test_concurrency_is_bounded_by_the_setting(
+    start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
+) -> None:
+    emulator.configure(latency=0.1)
+    await start_worker(worker_concurrency=4, amqp_prefetch=10)
+    await publish(channel, names, [event(i) for i in range(24)])
+    await wait_for(lambda: len(emulator.state.accepted) == 24, what="all accepted")
+    assert emulator.state.max_concurrent_ticket_calls == 4
+
+
+async def test_pacing_keeps_a_healthy_worker_under_the_rate_limit(
+    start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
+) -> None:
+    # 10 calls per 1 s window at the API; the worker paces at 9 per second.
+    emulator.configure(rate_limit=10, rate_interval=1.0)
+    await start_worker(scx_max_requests_per_minute=540)
+    started = time.monotonic()
+    await publish(channel, names, [event(i) for i in range(25)])
+    await wait_for(lambda: len(emulator.state.accepted) == 25, what="all accepted")
+    assert emulator.state.statuses[429] == 0
+    assert time.monotonic() - started >= 24 / 9 - 0.1
+
+
+def uppercase_mapper(event: dict[str, Any]) -> dict[str, Any]:
+    """A marketplace with its own format: {"shop": ..., "case": ..., "text": ...}."""
+    return {
+        "sellerId": event["shop"],
+        "ticketId": event["case"],
+        "topic": "FEEDBACK",
+        "createdAt": "2024-01-01T12:00:00Z",
+        "from": {"role": "BUYER"},
+        "subject": event["text"].upper(),
+        "message": event["text"],
+    }
+
+
+async def test_a_mapper_hook_plugs_in_another_event_format(
+    start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
+) -> None:
+    await start_worker(mapper=uppercase_mapper)
+    await publish(
+        channel,
+        names,
+        [
+            orjson.dumps({"shop": "shop_1", "case": "C-1", "text": "hello"}),
+            orjson.dumps({"shop": "shop_1", "text": "no case"}),  # the mapper raises KeyError
+        ],
+    )
+    await wait_for(lambda: len(emulator.state.accepted) == 1, what="the mapped ticket")
+    [message] = await collect(channel, names.dlq, 1)
+    assert emulator.state.accepted[0]["subject"] == "HELLO"
+    assert message.headers["x-error-kind"] == "invalid"
+    assert "KeyError" in str(message.headers["x-error-detail"])
+
+
+async def test_stop_finishes_in_flight_messages_and_returns_the_rest(
+    start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
+) -> None:
+    emulator.configure(latency=0.5)
+    worker = await start_worker(worker_concurrency=3, amqp_prefetch=10)
+    await publish(channel, names, [event(i) for i in range(10)])
+    await wait_for(lambda: emulator.state.ticket_calls == 3, what="three calls in flight")
+    assert await worker.stop() == 0
+    # The three in flight were finished, the seven prefetched ones went back to the queue.
+    assert len(emulator.state.accepted) == 3
+    assert await queue_depth(channel, names.queue) == 7
+    await start_worker()
+    await wait_for(lambda: len(emulator.state.accepted) == 10, what="the rest by a new worker")
+    assert set(emulator.state.accepted_counts.values()) == {1}
+
+
+async def test_dead_letter_topology_catches_messages_over_the_delivery_limit(
+    start_worker: StartWorker, channel: AbstractChannel, names: Names
+) -> None:
+    """A message returned again and again (a poison message) ends in the DLQ by itself."""
+    worker = await start_worker(amqp_delivery_limit=2)
+    await worker.stop()
+    await publish(channel, names, [b'{"poison": true}'], message_id="poison")
+    queue = await channel.declare_queue(names.queue, passive=True)
+    for _ in range(3):  # delivered, returned; three returns exceed a limit of 2
+        message = None
+
+        async def got_one() -> bool:
+            nonlocal message
+            message = await queue.get(no_ack=False, fail=False)
+            return message is not None
+
+        await wait_for(got_one, what="the poison message back in the queue")
+        assert message is not None
+        await message.nack(requeue=True)
+    [dead] = await collect(channel, names.dlq, 1)
+    assert dead.message_id == "poison"
+    assert dead.body == b'{"poison": true}'
+    assert dead.headers["x-first-death-reason"] == "delivery_limit"
+
+
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+async def test_queue_type_is_configurable(
+    start_worker: StartWorker,
+    emulator: Emulator,
+    channel: AbstractChannel,
+    names: Names,
+    queue_type: str,
+) -> None:
+    await start_worker(amqp_queue_type=queue_type)
+    await publish(channel, names, [event(1)])
+    await wait_for(lambda: len(emulator.state.accepted) == 1, what="accepted")
+    # Re-declaring with the type's own arguments succeeds only if the type matches.
+    from worker.settings import Settings
+    from worker.topology import queue_arguments
+
+    expected = Settings(amqp_queue=names.queue, amqp_queue_type=queue_type)  # type: ignore[arg-type]
+    await channel.declare_queue(names.queue, durable=True, arguments=queue_arguments(expected))
+
+
+async def test_worker_resumes_after_the_broker_drops_its_connection(
+    start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
+) -> None:
+    await start_worker()
+    await publish(channel, names, [event(1)])
+    await wait_for(lambda: len(emulator.state.accepted) == 1, what="first accepted")
+    closed = await close_broker_connections(f"scx-forwarder {names.queue}")
+    assert closed == 1
+    await publish(channel, names, [event(2)])
+    await wait_for(
+        lambda: len(emulator.state.accepted) == 2, what="accepted after reconnect", timeout=30
+    )
+    assert set(emulator.state.accepted_counts.values()) == {1}
+
+
+async def close_broker_connections(name_prefix: str) -> int:
+    """Have the broker close the connections whose client-given name starts with a prefix."""
+    listing = await _rabbitmqctl(
+        "list_connections", "--no-table-headers", "pid", "client_properties"
+    )
+    pids = [
+        line.split("\t", 1)[0]
+        for line in listing.splitlines()
+        if f'"connection_name","{name_prefix}' in line.replace("<<", "").replace(">>", "")
+    ]
+    for pid in pids:
+        await _rabbitmqctl("close_connection", pid, "test: simulated broker restart")
+    return len(pids)
+
+
+async def _rabbitmqctl(*args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        "rabbitmqctl", "-q", *args, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0, args
+    return out.decode()

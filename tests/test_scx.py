@@ -1,0 +1,171 @@
+"""ScxClient: classification, retry budget and wait hints, over httpx.MockTransport."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from worker.errors import CredentialsRejected, RetriesExhausted, TicketRejected
+from worker.responses import retry_after
+from worker.scx import ScxClient
+from worker.settings import Settings
+
+Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
+ERRORS = {"errorList": [{"code": "VAL100", "message": "bad", "severity": "error", "hint": None}]}
+
+
+def settings(**overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "scx_api_url": "http://scx.test",
+        "scx_max_requests_per_minute": 0,
+        "scx_retry_attempts": 4,
+        "scx_retry_budget": 10.0,
+        "scx_retry_initial_wait": 0.001,
+        "scx_retry_max_wait": 0.01,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def scripted(*ticket_answers: httpx.Response) -> tuple[Handler, list[httpx.Request]]:
+    """Auth always succeeds; ticket calls get the answers in order, then the last forever."""
+    seen: list[httpx.Request] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/auth":
+            return httpx.Response(200, json={"authToken": "t", "expiresIn": 3600})
+        seen.append(request)
+        return ticket_answers[min(len(seen), len(ticket_answers)) - 1]
+
+    return handler, seen
+
+
+def client(handler: Handler, **overrides: object) -> ScxClient:
+    return ScxClient(settings(**overrides), SecretStr("r"), transport=httpx.MockTransport(handler))
+
+
+async def test_2xx_is_forwarded_with_json_body_and_english_errors() -> None:
+    handler, seen = scripted(httpx.Response(201))
+    async with client(handler) as scx:
+        result = await scx.send_ticket(b'{"sellerId":"s"}')
+    assert (result.status, result.attempts) == (201, 1)
+    request = seen[0]
+    assert request.url.path == "/v1/channel/ticket"
+    assert request.content == b'{"sellerId":"s"}'
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["accept-language"] == "en"
+    assert request.headers["authorization"] == "Bearer t"
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 409, 413, 422])
+async def test_non_retryable_4xx_is_rejected_with_error_list(status: int) -> None:
+    handler, seen = scripted(httpx.Response(status, json=ERRORS))
+    async with client(handler) as scx:
+        with pytest.raises(TicketRejected) as raised:
+            await scx.send_ticket(b"{}")
+    assert len(seen) == 1
+    assert raised.value.kind == "rejected"
+    assert raised.value.detail == {"status": status, "errorList": ERRORS["errorList"]}
+    assert raised.value.attempts == 1
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504])
+async def test_transient_statuses_are_retried_to_success(status: int) -> None:
+    handler, seen = scripted(httpx.Response(status), httpx.Response(status), httpx.Response(201))
+    async with client(handler) as scx:
+        result = await scx.send_ticket(b"{}")
+    assert (result.status, result.attempts, len(seen)) == (201, 3, 3)
+
+
+async def test_rejection_after_transient_failures_counts_attempts() -> None:
+    handler, _ = scripted(httpx.Response(503), httpx.Response(422, json=ERRORS))
+    async with client(handler) as scx:
+        with pytest.raises(TicketRejected) as raised:
+            await scx.send_ticket(b"{}")
+    assert raised.value.attempts == 2
+
+
+async def test_attempt_budget_ends_in_exhausted() -> None:
+    handler, seen = scripted(httpx.Response(503, json=ERRORS))
+    async with client(handler, scx_retry_attempts=3) as scx:
+        with pytest.raises(RetriesExhausted) as raised:
+            await scx.send_ticket(b"{}")
+    assert len(seen) == 3
+    assert raised.value.kind == "exhausted"
+    assert raised.value.detail["status"] == 503
+    assert raised.value.detail["errorList"] == ERRORS["errorList"]
+    assert raised.value.attempts == 3
+
+
+async def test_time_budget_stops_before_a_wait_that_would_overrun_it() -> None:
+    # Retry-After 5 s against a 1 s budget: give up at once instead of sleeping past it.
+    handler, seen = scripted(httpx.Response(429, headers={"Retry-After": "5"}))
+    async with client(handler, scx_retry_attempts=50, scx_retry_budget=1.0) as scx:
+        started = time.monotonic()
+        with pytest.raises(RetriesExhausted):
+            await scx.send_ticket(b"{}")
+    assert len(seen) == 1
+    assert time.monotonic() - started < 1.0
+
+
+async def test_connection_errors_and_timeouts_are_transient() -> None:
+    calls = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        if request.url.path == "/v1/auth":
+            return httpx.Response(200, json={"authToken": "t", "expiresIn": 3600})
+        calls += 1
+        if calls == 1:
+            raise httpx.ConnectError("refused", request=request)
+        if calls == 2:
+            raise httpx.ReadTimeout("slow", request=request)
+        return httpx.Response(200)
+
+    async with client(handler) as scx:
+        result = await scx.send_ticket(b"{}")
+    assert (result.status, result.attempts) == (200, 3)
+
+
+async def test_429_retry_after_is_honoured_and_pauses_the_process() -> None:
+    handler, seen = scripted(
+        httpx.Response(429, headers={"Retry-After": "0.3"}), httpx.Response(201)
+    )
+    async with client(handler) as scx:
+        started = time.monotonic()
+        await scx.send_ticket(b"{}")
+        waited = time.monotonic() - started
+    assert len(seen) == 2
+    assert waited >= 0.3
+
+
+async def test_credentials_rejected_is_not_retried() -> None:
+    calls = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(401, json={"errorList": [{"code": "AUTH", "message": "bad"}]})
+
+    async with client(handler) as scx:
+        with pytest.raises(CredentialsRejected):
+            await scx.send_ticket(b"{}")
+    assert calls == 1
+
+
+def test_retry_after_reads_seconds_dates_and_rate_limit_headers() -> None:
+    def response(status: int, headers: dict[str, str]) -> httpx.Response:
+        return httpx.Response(status, headers=headers)
+
+    assert retry_after(response(503, {"Retry-After": "7"})) == 7.0
+    assert retry_after(response(503, {"Retry-After": "garbage"})) is None
+    dated = retry_after(response(503, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}))
+    assert dated == 0.0  # a date in the past means "now"
+    limited = {"X-RateLimit-Remaining": "0", "X-RateLimit-Interval-Length-Seconds": "60"}
+    assert retry_after(response(429, limited)) == 60.0
+    assert retry_after(response(200, limited)) is None
+    assert retry_after(response(429, {"X-RateLimit-Remaining": "3"})) is None

@@ -1,0 +1,136 @@
+"""Access-token management for the SCX API as an ``httpx.Auth``.
+
+The channel holds a long-lived refresh token; ``POST /v1/auth`` (form-encoded) trades it
+for a short-lived bearer token. This auth flow
+
+- reuses the token until ``margin`` seconds before it expires, then refreshes before the
+  next request (a request never leaves with a token about to lapse);
+- lets concurrent requests share one refresh (single-flight behind an ``asyncio.Lock``:
+  whoever waited re-checks and finds the fresh token);
+- answers a 401 with one refresh and one resend of the request; a second 401 is handed
+  back to the caller, which treats it as transient;
+- turns a refused refresh token into ``CredentialsRejected`` and remembers it, so no
+  later request calls ``/v1/auth`` again (no hot loop against a rate-limited route).
+
+Lifetimes come from ``expiresIn`` on the monotonic clock, so the wall clock's skew
+against the API does not matter. The refresh token lives in a ``SecretStr`` and the
+tokens in private attributes; neither is logged nor put into an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+from pydantic import SecretStr
+
+from worker.errors import CredentialsRejected, TransientError
+from worker.responses import error_list, is_transient_status, retry_after
+
+log = structlog.get_logger(__name__)
+
+
+class TokenAuth(httpx.Auth):
+    def __init__(
+        self,
+        refresh_token: SecretStr,
+        *,
+        auth_url: str,
+        timeout: httpx.Timeout,
+        margin: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._refresh_token = refresh_token
+        self._auth_url = auth_url
+        self._timeout = timeout.as_dict()
+        self._margin = margin
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._bearer: str | None = None
+        self._refresh_at = 0.0
+        self._rejected: CredentialsRejected | None = None
+        self.expires_at: float | None = None
+        """Monotonic time the current token lapses (``None`` before the first)."""
+        self.refreshes = 0
+        """Successful token refreshes so far."""
+
+    def sync_auth_flow(self, request: httpx.Request) -> Any:
+        raise RuntimeError("TokenAuth works with httpx.AsyncClient only")
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        if self._rejected is not None:
+            raise self._rejected
+        if self._stale(None):
+            async with self._lock:
+                if self._stale(None):
+                    await self._store((yield self._auth_request()))
+        sent_with = self._bearer
+        request.headers["Authorization"] = f"Bearer {sent_with}"
+        response = yield request
+        if response.status_code != httpx.codes.UNAUTHORIZED:
+            return
+        # Read the 401 to the end first: that puts its connection back in the pool.
+        await response.aread()
+        async with self._lock:
+            if self._stale(sent_with):
+                await self._store((yield self._auth_request()))
+        request.headers["Authorization"] = f"Bearer {self._bearer}"
+        yield request
+
+    def _stale(self, sent_with: str | None) -> bool:
+        """Whether a refresh is due: no token, one about to lapse, or the one a 401 refused."""
+        if self._rejected is not None:
+            raise self._rejected
+        if self._bearer is None or self._clock() >= self._refresh_at:
+            return True
+        return sent_with is not None and sent_with == self._bearer
+
+    def _auth_request(self) -> httpx.Request:
+        return httpx.Request(
+            "POST",
+            self._auth_url,
+            data={"refreshToken": self._refresh_token.get_secret_value()},
+            headers={"Accept": "application/json", "Accept-Language": "en"},
+            extensions={"timeout": self._timeout},
+        )
+
+    async def _store(self, response: httpx.Response) -> None:
+        # An overridden async_auth_flow gets responses unread (requires_response_body only
+        # applies to the default flow).
+        await response.aread()
+        status = response.status_code
+        if is_transient_status(status):
+            raise TransientError(
+                f"POST /v1/auth answered HTTP {status}",
+                status=status,
+                retry_after=retry_after(response),
+                error_list=error_list(response),
+            )
+        if status >= 400:
+            self._rejected = CredentialsRejected(status, error_list(response))
+            raise self._rejected
+        try:
+            payload = orjson.loads(response.content)
+            bearer = str(payload["authToken"])
+            lifetime = float(payload["expiresIn"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise TransientError(
+                f"POST /v1/auth answered HTTP {status} without a usable token "
+                f"({type(exc).__name__})",
+                status=status,
+            ) from None
+        now = self._clock()
+        # A short-lived token (tests, or a sandbox handing out 360 s tokens) must not be
+        # refreshed on every request, so the margin never exceeds a fifth of the lifetime.
+        self._bearer = bearer
+        self.expires_at = now + lifetime
+        self._refresh_at = now + lifetime - min(self._margin, lifetime / 5)
+        self.refreshes += 1
+        log.info("scx.token_refreshed", expires_in=lifetime, refreshes=self.refreshes)

@@ -1,0 +1,258 @@
+"""The forwarder: the one stateful loop between the work queue and the SCX API.
+
+For each delivery: decode and validate (``worker.mapping``), send (``worker.scx``), then
+settle in ``_settle``, the only place that acks, dead-letters or returns a message:
+
+=====================  ============================================================
+outcome                what happens to the message
+=====================  ============================================================
+API answered 2xx       ack
+``MessageError``       copy to ``<queue>.dlq`` (publisher-confirmed), then ack
+``FatalError``         nack + requeue; the worker drains and exits non-zero
+anything else (a bug)  nack + requeue; the queue's delivery limit stops a loop
+dead-letter failed     nack + requeue; tried again later, never lost
+=====================  ============================================================
+
+Delivery is at-least-once: a crash between the API's 2xx and the ack, or a lost
+connection in that window, makes the broker deliver the message again.
+
+Concurrency: the broker hands out at most ``AMQP_PREFETCH`` unacked messages; at most
+``WORKER_CONCURRENCY`` of them are worked on at once. ``stop()`` cancels the consumer,
+returns what has not started, and gives in-flight messages ``WORKER_SHUTDOWN_GRACE``
+seconds to finish (keep Kubernetes' ``terminationGracePeriodSeconds`` above it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import orjson
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from worker.errors import FatalError, MessageError
+from worker.mapping import Mapper, decode_ticket
+from worker.scx import Forwarded, ScxClient
+from worker.settings import Settings
+from worker.topology import Topology, declare_topology
+
+log = structlog.get_logger(__name__)
+
+# Headers must fit an AMQP frame together with everything else; a ticket with hundreds
+# of validation errors keeps its first ones and says so.
+MAX_DETAIL_BYTES = 8 * 1024
+
+Outcome = Forwarded | MessageError | FatalError | Exception
+
+
+class Forwarder:
+    def __init__(
+        self, settings: Settings, client: ScxClient, *, mapper: Mapper | None = None
+    ) -> None:
+        self._settings = settings
+        self._client = client
+        self._mapper = mapper
+        self._semaphore = asyncio.Semaphore(settings.worker_concurrency)
+        self._stopping = asyncio.Event()
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._connection: AbstractRobustConnection | None = None
+        self._topology: Topology | None = None
+        self.exit_code = 0
+        self.consuming = asyncio.Event()
+        """Set once the consumer is registered (tests and readiness wait for it)."""
+
+    def stop(self, exit_code: int = 0) -> None:
+        """Ask the worker to drain and return; the first non-zero exit code sticks."""
+        if exit_code and not self.exit_code:
+            self.exit_code = exit_code
+        self._stopping.set()
+
+    async def run(self) -> int:
+        """Consume until ``stop()``; returns the process exit code."""
+        settings = self._settings
+        self._connection = await aio_pika.connect_robust(
+            settings.amqp_url.get_secret_value(),
+            client_properties={"connection_name": _connection_name(settings)},
+        )
+        try:
+            channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+            await channel.set_qos(prefetch_count=settings.amqp_prefetch)
+            self._topology = await declare_topology(channel, settings)
+            queue = self._topology.queue
+            tag = await queue.consume(self._on_message)
+            self.consuming.set()
+            log.info(
+                "worker.consuming",
+                queue=settings.amqp_queue,
+                broker=settings.amqp_url_redacted,
+                prefetch=settings.amqp_prefetch,
+                concurrency=settings.worker_concurrency,
+            )
+            await self._stopping.wait()
+            self.consuming.clear()
+            await queue.cancel(tag)
+            await self._drain()
+        finally:
+            await self._connection.close()
+        return self.exit_code
+
+    async def _drain(self) -> None:
+        grace = self._settings.worker_shutdown_grace
+        pending = set(self._in_flight)
+        log.info("worker.draining", in_flight=len(pending), grace_s=grace)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                # Their messages stay unacked; closing the channel returns them to the queue.
+                log.warning("worker.drain_timeout", cancelled=len(late))
+                await asyncio.wait(late)
+        log.info("worker.stopped", exit_code=self.exit_code)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        async with self._semaphore:
+            if self._stopping.is_set():
+                await _return(message, "worker is stopping")
+                return
+            self._in_flight.add(task)
+            try:
+                with structlog.contextvars.bound_contextvars(
+                    message_id=message.message_id,
+                    delivery_count=_delivery_count(message),
+                ):
+                    started = time.perf_counter()
+                    outcome = await self._process(message)
+                    await self._settle(message, outcome, started)
+            finally:
+                self._in_flight.discard(task)
+
+    async def _process(self, message: AbstractIncomingMessage) -> Outcome:
+        try:
+            ticket = decode_ticket(message.body, self._mapper)
+            structlog.contextvars.bind_contextvars(
+                ticket_id=ticket.ticket_id, seller_id=ticket.seller_id
+            )
+            return await self._client.send_ticket(ticket.to_json())
+        except Exception as exc:  # bad input must never take the worker down
+            return exc
+
+    async def _settle(
+        self, message: AbstractIncomingMessage, outcome: Outcome, started: float
+    ) -> None:
+        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        match outcome:
+            case Forwarded(status=status, attempts=attempts):
+                await message.ack()
+                log.info(
+                    "ticket.forwarded", status=status, attempts=attempts, duration_ms=duration_ms
+                )
+            case MessageError():
+                try:
+                    await self._dead_letter(message, outcome)
+                except Exception as exc:
+                    log.error(
+                        "ticket.dead_letter_failed",
+                        kind=outcome.kind,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    await _return(message, "dead-letter publish failed")
+                    return
+                await message.ack()
+                log.info(
+                    "ticket.dead_lettered",
+                    kind=outcome.kind,
+                    reason=outcome.summary,
+                    attempts=outcome.attempts,
+                    duration_ms=duration_ms,
+                )
+            case FatalError():
+                log.critical("worker.fatal", error=str(outcome))
+                await _return(message, "worker stopping on a fatal error")
+                self.stop(outcome.exit_code)
+            case _:
+                log.error(
+                    "ticket.failed_unexpectedly",
+                    error=f"{type(outcome).__name__}: {outcome}",
+                    exc_info=outcome,
+                )
+                await _return(message, "unexpected error")
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, error: MessageError) -> None:
+        assert self._topology is not None
+        headers = dict(message.headers or {})
+        headers.update(
+            {
+                "x-error-kind": error.kind,
+                "x-error-reason": error.summary[:512],
+                "x-error-detail": _detail_json(error.detail),
+                "x-attempts": error.attempts,
+                "x-original-exchange": message.exchange or "",
+                "x-original-routing-key": message.routing_key or "",
+                "x-original-queue": self._settings.amqp_queue,
+                "x-dead-lettered-at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            }
+        )
+        # Same body and properties, but never the expiration (the copy must not vanish)
+        # nor user_id (the broker checks it against *our* login and would refuse it).
+        copy = aio_pika.Message(
+            body=message.body,
+            headers=headers,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            priority=message.priority,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            message_id=message.message_id,
+            timestamp=message.timestamp,
+            type=message.type,
+            app_id=message.app_id,
+        )
+        await self._topology.channel.default_exchange.publish(
+            copy, routing_key=self._settings.dead_letter_queue, mandatory=True
+        )
+
+
+def _connection_name(settings: Settings) -> str:
+    """How the broker's management UI and ``rabbitmqctl`` show this worker's connection."""
+    return f"scx-forwarder {settings.amqp_queue} {socket.gethostname()}:{os.getpid()}"
+
+
+async def _return(message: AbstractIncomingMessage, why: str) -> None:
+    """Hand the message back to the queue; on a dead channel the broker already has."""
+    try:
+        await message.nack(requeue=True)
+    except Exception as exc:
+        log.warning("ticket.return_failed", why=why, error=f"{type(exc).__name__}: {exc}")
+    else:
+        log.info("ticket.returned", why=why)
+
+
+def _delivery_count(message: AbstractIncomingMessage) -> int:
+    """How often the broker delivered this message before (quorum queues count it)."""
+    count = (message.headers or {}).get("x-delivery-count")
+    if isinstance(count, int):
+        return count
+    return 1 if message.redelivered else 0
+
+
+def _detail_json(detail: dict[str, Any]) -> str:
+    """``detail`` as JSON text of at most ``MAX_DETAIL_BYTES``, dropping trailing errors."""
+    text = orjson.dumps(detail).decode()
+    key = "errors" if "errors" in detail else "errorList"
+    items = list(detail.get(key) or [])
+    while len(text) > MAX_DETAIL_BYTES and items:
+        items = items[: len(items) // 2]
+        text = orjson.dumps({**detail, key: items, "truncated": True}).decode()
+    if len(text) > MAX_DETAIL_BYTES:
+        text = orjson.dumps({"truncated": True}).decode()
+    return text

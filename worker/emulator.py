@@ -1,0 +1,452 @@
+"""A local stand-in for JTL's SCX Channel API, for the demo and for end-to-end tests.
+
+Emulated: ``POST /v1/auth`` (form-encoded ``refreshToken`` in, an opaque bearer token with a
+configurable lifetime out) and ``POST /v1/channel/ticket`` (bearer check, then the body is
+validated against ``ticket.schema.json``, written from API-FACTS.md independently of our own
+models so that it catches their mistakes; a valid ticket gets 201 and is recorded). Errors come
+as ``{"errorList": [...]}``, German unless ``Accept-Language: en``. A fixed-window rate limit
+with ``X-RateLimit-*`` headers, latency, injected failures and token revocation can all be
+changed at run time.
+
+Not emulated: every other route (attachment upload, events), JWT contents (tokens are
+opaque), rate limits on ``/v1/auth`` (inject a 429 instead), limits shared between routes,
+any duplicate-``ticketId`` behaviour (every valid POST gets 201 and is counted), sandbox quirks.
+
+Tests drive it through :class:`Emulator`; the demo and out-of-process tests use the control
+routes under ``/_emulator/`` (``GET state``; ``POST config``, ``inject``, ``revoke``, ``reset``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import secrets
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+import orjson
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from jsonschema import Draft202012Validator, ValidationError
+
+log = structlog.get_logger(__name__)
+
+Route = Literal["ticket", "auth"]
+_Text = tuple[str, str]  # (German, English)
+# What a 429 injection reports as X-RateLimit-Limit: JTL's production limits for each route.
+_PRODUCTION_LIMITS: dict[Route, int] = {"ticket": 60, "auth": 10}
+
+
+@dataclass
+class EmulatorConfig:
+    refresh_token: str = "demo-refresh-token"  # noqa: S105 (the demo's well-known token)
+    token_lifetime: float = 3600.0
+    latency: float = 0.0
+    rate_limit: int | None = None
+    rate_interval: float = 60.0
+    retry_after: float | None = None
+
+
+_NUMBER = (int, float)
+_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "refresh_token": (str,),
+    "token_lifetime": _NUMBER,
+    "latency": _NUMBER,
+    "rate_limit": (int, type(None)),
+    "rate_interval": _NUMBER,
+    "retry_after": (*_NUMBER, type(None)),
+}
+
+
+@dataclass
+class EmulatorState:
+    auth_calls: int = 0
+    auth_failures: int = 0
+    ticket_calls: int = 0
+    unauthorized: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    accepted: list[dict[str, Any]] = field(default_factory=list)
+    accepted_counts: Counter[str] = field(default_factory=Counter)
+    max_concurrent_ticket_calls: int = 0
+    # Keys lower-cased, so lookups do not depend on how the client spelled them.
+    request_headers: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["statuses"] = {str(status): n for status, n in self.statuses.items()}
+        return data
+
+
+@dataclass(frozen=True)
+class _Fault:
+    status: int
+    retry_after: float | None
+
+
+class Emulator:
+    def __init__(self, config: EmulatorConfig | None = None) -> None:
+        self.config = config or EmulatorConfig()
+        self.state = EmulatorState()
+        self._faults: dict[Route, deque[_Fault]] = {"ticket": deque(), "auth": deque()}
+        self._tokens: dict[str, float] = {}  # token -> monotonic expiry
+        self._window_start: float | None = None
+        self._window_used = 0
+        self._in_flight = 0
+        self._runner: web.AppRunner | None = None
+        self._base_url: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        if self._base_url is None:
+            raise RuntimeError("the emulator is not running")
+        return self._base_url
+
+    def inject(
+        self, route: Route, status: int, count: int = 1, retry_after: float | None = None
+    ) -> None:
+        """Answer the next ``count`` requests on ``route`` with ``status``, unvalidated."""
+        # Checked here rather than trusted to the types: the control route passes raw JSON.
+        if route not in self._faults:
+            raise ValueError(f"route must be 'ticket' or 'auth', not {route!r}")
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+            raise ValueError(f"status must be an integer from 400 to 599, not {status!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be a positive integer, not {count!r}")
+        if retry_after is not None and (not isinstance(retry_after, _NUMBER) or retry_after < 0):
+            raise ValueError(f"retry_after must be a non-negative number, not {retry_after!r}")
+        self._faults[route].extend([_Fault(status, retry_after)] * count)
+
+    def revoke_tokens(self) -> None:
+        self._tokens.clear()
+
+    def reset(self) -> None:
+        """Clear counters, recorded tickets, faults and the rate window; keep config, tokens."""
+        self.state = EmulatorState()
+        for queue in self._faults.values():
+            queue.clear()
+        self._window_start, self._window_used = None, 0
+
+    def configure(self, **changes: Any) -> None:
+        """Change config fields in place, type-checked (the control route passes raw JSON)."""
+        for name, value in changes.items():
+            allowed = _CONFIG_TYPES.get(name)
+            if allowed is None:
+                raise ValueError(f"unknown config field {name!r}")
+            if isinstance(value, bool) or not isinstance(value, allowed):
+                raise ValueError(f"invalid value for {name}: {value!r}")
+        for name, value in changes.items():
+            setattr(self.config, name, value)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        if self._runner is not None:
+            raise RuntimeError("the emulator is already running")
+        # A short shutdown_timeout so that requests sleeping in `latency` cannot hold up stop().
+        runner = web.AppRunner(self._make_app(), access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._base_url = _base_url(runner.addresses[0])
+        log.info("scx_emulator_started", url=self._base_url)
+        return self._base_url
+
+    async def stop(self) -> None:
+        runner, self._runner, self._base_url = self._runner, None, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Emulator:
+        if self._runner is None:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def _make_app(self) -> web.Application:
+        app = web.Application(middlewares=[_error_list_middleware])
+        app.router.add_post("/v1/auth", self._auth)
+        app.router.add_post("/v1/channel/ticket", self._ticket)
+        app.router.add_get("/_emulator/state", self._snapshot)
+        app.router.add_post("/_emulator/{action}", self._control)
+        return app
+
+    async def _auth(self, request: web.Request) -> web.Response:
+        self.state.auth_calls += 1
+        response = await self._answer_auth(request)
+        if response.status >= 400:
+            self.state.auth_failures += 1
+        return response
+
+    async def _answer_auth(self, request: web.Request) -> web.Response:
+        if fault := self._pop_fault("auth"):
+            return self._fault_response(request, "auth", fault, {})
+        if request.content_type != "application/x-www-form-urlencoded":
+            text = "Der Body muss formularkodiert sein", "body must be form-urlencoded"
+            return _fail(request, 400, "VAL100", text)
+        refresh_token = (await request.post()).get("refreshToken")
+        if not refresh_token or not isinstance(refresh_token, str):
+            text = "Pflichtfeld refreshToken fehlt", "required field refreshToken not found"
+            return _fail(request, 400, "VAL100", text)
+        if refresh_token != self.config.refresh_token:
+            text = "Ungültiges Refresh-Token", "invalid refresh token"
+            return _fail(request, 401, "AUTH401", text)
+        lifetime = self.config.token_lifetime
+        token = secrets.token_urlsafe(32)
+        self._tokens[token] = time.monotonic() + lifetime
+        expire_at = datetime.now(UTC) + timedelta(seconds=lifetime)
+        body = {
+            "scope": "CHANNEL",
+            "authToken": token,
+            "tokenExpireAt": expire_at.isoformat(timespec="milliseconds"),
+            "expiresIn": math.ceil(lifetime),
+        }
+        return _json(body)
+
+    async def _ticket(self, request: web.Request) -> web.Response:
+        state = self.state
+        state.ticket_calls += 1
+        state.request_headers = {
+            k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"
+        }
+        self._in_flight += 1
+        state.max_concurrent_ticket_calls = max(state.max_concurrent_ticket_calls, self._in_flight)
+        try:
+            if self.config.latency > 0:
+                await asyncio.sleep(self.config.latency)
+            response = await self._answer_ticket(request)
+        finally:
+            self._in_flight -= 1
+        state.statuses[response.status] += 1
+        if response.status == 401:
+            state.unauthorized += 1
+        return response
+
+    async def _answer_ticket(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        if fault := self._pop_fault("ticket"):
+            return self._fault_response(request, "ticket", fault, self._limit_headers(now))
+        over_limit = self._take_slot(now)
+        headers = self._limit_headers(now)
+        if over_limit:
+            headers["Retry-After"] = self._window_retry_after(now)
+            text = "Zu viele Anfragen", "too many requests"
+            return _fail(request, 429, "RATE429", text, headers)
+        if not self._authorized(request, now):
+            text = "Zugriffstoken fehlt, ist ungültig oder abgelaufen", "invalid or expired token"
+            return _fail(request, 401, "AUTH401", text, headers)
+        if request.content_type != "application/json":
+            text = "Der Body muss JSON sein", "body must be application/json"
+            return _fail(request, 400, "VAL100", text, headers)
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            text = "Der Body ist kein gültiges JSON", "body is not valid JSON"
+            return _fail(request, 400, "VAL100", text, headers)
+        if violations := _schema_violations(body, english=_english(request)):
+            return _json({"errorList": violations}, 400, headers)
+        self.state.accepted.append(body)
+        self.state.accepted_counts[body["ticketId"]] += 1
+        return web.Response(status=201, headers=headers)
+
+    def _authorized(self, request: web.Request, now: float) -> bool:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        expiry = self._tokens.get(token.strip())
+        return scheme.lower() == "bearer" and expiry is not None and now < expiry
+
+    def _take_slot(self, now: float) -> bool:
+        """Count a request against the fixed window; True when it is over the limit."""
+        limit = self.config.rate_limit
+        if limit is None:
+            return False
+        if self._window_start is None or now >= self._window_start + self.config.rate_interval:
+            self._window_start, self._window_used = now, 0
+        self._window_used += 1
+        return self._window_used > limit
+
+    def _limit_headers(self, now: float) -> dict[str, str]:
+        limit = self.config.rate_limit
+        if limit is None:
+            return {}
+        ended = self._window_start is None or now >= self._window_start + self.config.rate_interval
+        used = 0 if ended else self._window_used
+        return _rate_headers(limit, max(0, limit - used), self.config.rate_interval)
+
+    def _window_retry_after(self, now: float) -> str:
+        wait = self.config.retry_after
+        if wait is None:
+            assert self._window_start is not None  # _take_slot has opened a window
+            wait = self._window_start + self.config.rate_interval - now
+        return str(math.ceil(wait))
+
+    def _pop_fault(self, route: Route) -> _Fault | None:
+        queue = self._faults[route]
+        return queue.popleft() if queue else None
+
+    def _fault_response(
+        self, request: web.Request, route: Route, fault: _Fault, headers: dict[str, str]
+    ) -> web.Response:
+        if fault.status == 429:
+            limit = self.config.rate_limit if route == "ticket" else None
+            limit = _PRODUCTION_LIMITS[route] if limit is None else limit
+            headers = _rate_headers(limit, 0, self.config.rate_interval)
+        if fault.retry_after is not None:
+            headers["Retry-After"] = str(math.ceil(fault.retry_after))
+        text = "Vom Emulator eingespeister Fehler", "fault injected by the emulator"
+        return _fail(request, fault.status, f"EMU{fault.status}", text, headers)
+
+    async def _control(self, request: web.Request) -> web.Response:
+        actions: dict[str, Callable[..., None]] = {
+            "config": self.configure,
+            "inject": self.inject,
+            "revoke": self.revoke_tokens,
+            "reset": self.reset,
+        }
+        name = request.match_info["action"]
+        if name not in actions:
+            raise web.HTTPNotFound()
+        try:
+            actions[name](**await _json_object(request))
+        except (TypeError, ValueError) as exc:  # TypeError: an unknown or missing argument
+            return _fail(request, 400, "VAL100", (str(exc), str(exc)))
+        return _json(asdict(self.config)) if name == "config" else await self._snapshot(request)
+
+    async def _snapshot(self, request: web.Request) -> web.Response:
+        pending = {route: [f.status for f in queue] for route, queue in self._faults.items()}
+        return _json(self.state.to_json() | {"pending_faults": pending})
+
+
+async def serve(
+    config: EmulatorConfig, host: str, port: int, *, ready: Callable[[str], None] | None = None
+) -> None:
+    """Run an emulator until cancelled; ``ready`` gets the base URL once it listens."""
+    emulator = Emulator(config)
+    url = await emulator.start(host, port)
+    try:
+        if ready is not None:
+            ready(url)
+        await asyncio.Event().wait()
+    finally:
+        await emulator.stop()
+
+
+@cache
+def _validator() -> Draft202012Validator:
+    schema = orjson.loads(resources.files("worker").joinpath("ticket.schema.json").read_bytes())
+    Draft202012Validator.check_schema(schema)
+    checker = Draft202012Validator.FORMAT_CHECKER
+    # jsonschema silently skips formats whose checker library is missing.
+    if "date-time" not in checker.checkers:
+        raise RuntimeError("rfc3339-validator is not installed; createdAt would go unchecked")
+    return Draft202012Validator(schema, format_checker=checker)
+
+
+def _schema_violations(body: Any, *, english: bool) -> list[dict[str, Any]]:
+    errors = sorted(_validator().iter_errors(body), key=lambda e: e.json_path)
+    entries = []
+    for error in errors:
+        for path, german, message in _describe(error):
+            hint = f"Check the field `{path}`." if english else f"Prüfen Sie das Feld `{path}`."
+            entries.append(_entry("VAL100", message if english else german, hint))
+    return entries
+
+
+def _describe(error: ValidationError) -> Iterator[tuple[str, str, str]]:
+    """(field path, German message, English message) for each field an error is about."""
+    if error.validator == "required":
+        # jsonschema raises one error per missing field but names it only in the message.
+        names: Any = error.validator_value
+        missing = [n for n in names if error.message == f"{n!r} is a required property"]
+        path = _path(error, missing[0] if missing else None)
+        yield path, f"Pflichtfeld {path} fehlt", f"{path}: {error.message}"
+    elif error.validator == "additionalProperties":
+        instance: Any = error.instance
+        schema: Any = error.schema
+        for name in sorted(set(instance) - set(schema.get("properties", {}))):
+            path = _path(error, name)
+            yield path, f"Feld {path} ist nicht erlaubt", f"{path}: field is not allowed"
+    else:
+        path = _path(error)
+        yield path, f"Ungültiges Feld {path}", f"{path}: {error.message}"
+
+
+def _path(error: ValidationError, child: str | None = None) -> str:
+    """``from.role``, ``attachment[0].filename``: the error's JSON path without ``$.``."""
+    path = error.json_path.removeprefix("$").removeprefix(".")
+    if child is not None:
+        path = f"{path}.{child}" if path else child
+    return path or "(body)"
+
+
+def _english(request: web.Request) -> bool:
+    first = request.headers.get("Accept-Language", "").split(",")[0]
+    tag = first.split(";")[0].strip().lower()
+    return tag == "en" or tag.startswith("en-")
+
+
+def _entry(code: str, message: str, hint: str | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "severity": "error", "hint": hint}
+
+
+def _fail(
+    request: web.Request,
+    status: int,
+    code: str,
+    text: _Text,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    message = text[1] if _english(request) else text[0]
+    return _json({"errorList": [_entry(code, message)]}, status, headers)
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def _rate_headers(limit: int, remaining: int, interval: float) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": str(limit),
+        "X-RateLimit-Remaining": str(remaining),
+        "X-RateLimit-Interval-Length-Seconds": f"{interval:g}",
+    }
+
+
+def _base_url(address: Any) -> str:
+    host, port = address[0], address[1]
+    # A wildcard bind is reachable on loopback; a URL naming 0.0.0.0 is not portable.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        data = orjson.loads(await request.read() or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise ValueError("body is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise ValueError("body must be a JSON object")
+    return data
+
+
+@web.middleware
+async def _error_list_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer aiohttp's own errors (404, 405, 413, ...) in the API's errorList format too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        text = f"Anfrage abgelehnt: {exc.reason}", exc.reason
+        return _fail(request, exc.status, f"HTTP{exc.status}", text)

@@ -1,0 +1,116 @@
+"""Every way handling a message can fail, and what the worker does about it.
+
+::
+
+    ForwarderError
+    ├── MessageError            this message can never succeed: dead-letter it, then ack
+    │   ├── MalformedMessage    kind "malformed": the body is not a UTF-8 JSON object
+    │   ├── InvalidTicket       kind "invalid":   a JSON object that is not a valid ticket
+    │   ├── TicketRejected      kind "rejected":  the API answered a non-retryable 4xx
+    │   └── RetriesExhausted    kind "exhausted": transient failures outlasted the retry budget
+    ├── TransientError          worth another try (408/425/429/5xx, timeout, connection error);
+    │                           never leaves worker.scx: the retry loop turns it into a success
+    │                           or into RetriesExhausted
+    └── FatalError              the worker cannot go on: stop consuming, return the message
+        └── CredentialsRejected the refresh token was refused by POST /v1/auth
+
+The consumer settles a message in exactly one place (``Forwarder._settle``) by matching on
+these types. Details carried here end up in logs and dead-letter headers, so no exception
+in this module may hold a token or the refresh token.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+ErrorKind = Literal["malformed", "invalid", "rejected", "exhausted"]
+
+
+class ForwarderError(Exception):
+    """Base of every error the forwarder raises on purpose."""
+
+
+class MessageError(ForwarderError):
+    """A message that will never succeed; ``detail`` becomes the ``x-error-detail`` header."""
+
+    kind: ErrorKind
+
+    def __init__(self, summary: str, detail: dict[str, Any], *, attempts: int = 0) -> None:
+        super().__init__(summary)
+        self.summary = summary
+        self.detail = detail
+        self.attempts = attempts
+        """Calls made to the API for this delivery (0 when it never got that far)."""
+
+
+class MalformedMessage(MessageError):
+    kind = "malformed"
+
+
+class InvalidTicket(MessageError):
+    kind = "invalid"
+
+
+class TicketRejected(MessageError):
+    kind = "rejected"
+
+    def __init__(self, status: int, error_list: list[Any]) -> None:
+        super().__init__(
+            f"API rejected the ticket with HTTP {status}",
+            {"status": status, "errorList": error_list},
+        )
+        self.status = status
+        self.error_list = error_list
+
+
+class RetriesExhausted(MessageError):
+    kind = "exhausted"
+
+    def __init__(self, attempts: int, last_error: str, detail: dict[str, Any]) -> None:
+        super().__init__(
+            f"gave up after {attempts} attempts: {last_error}",
+            {"attempts": attempts, "lastError": last_error, **detail},
+            attempts=attempts,
+        )
+
+
+class TransientError(ForwarderError):
+    """A failure that another attempt may cure.
+
+    ``retry_after`` is the server's own hint in seconds (``Retry-After`` or the rate-limit
+    headers), ``None`` when it gave none.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        error_list: list[Any] | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+        self.error_list = error_list
+
+
+class FatalError(ForwarderError):
+    """The worker must stop; messages in hand go back to the queue untouched."""
+
+    exit_code = 1
+
+
+class CredentialsRejected(FatalError):
+    """``POST /v1/auth`` refused the refresh token (any 4xx but 408/425/429)."""
+
+    exit_code = 3
+
+    def __init__(self, status: int, error_list: list[Any]) -> None:
+        super().__init__(
+            f"the SCX API rejected the refresh token (HTTP {status}); "
+            "check SCX_REFRESH_TOKEN / SCX_REFRESH_TOKEN_FILE"
+        )
+        self.status = status
+        self.error_list = error_list

@@ -1,0 +1,164 @@
+"""Turn a RabbitMQ message body into a validated ``Ticket``.
+
+Input contract: the body is UTF-8 JSON holding one object, in one of two shapes.
+
+1. A marketplace ticket event (CloudEvents-style structured JSON)::
+
+       {"id"?, "type"?, "time"?,               envelope: optional, not checked
+        "data": {
+          "seller_id": str,                    ^[A-Za-z0-9_]{1,50}$ (no trailing newline)
+          "ticket_id": str,                    1-256 chars
+          "topic": str,                        QUESTION FEEDBACK DELIVERY RETURN REFUND INCIDENT
+          "created_at": str,                   RFC 3339 date-time with Z or +hh:mm/-hh:mm
+          "author": {"role": str,              BUYER SELLER CHANNEL; becomes "from"
+                     "name"?: str},            at most 100 chars
+          "subject": str, "message": str,      1-1024 chars each
+          "reference"?: {"type": str,          order_id order_item_id offer channel_offer
+                         "id": str},           (or ORDERID ...); id non-empty
+          "reply_requested"?: bool,            default true
+          "attachments"?: [{"filename": str,        1-256 chars; at most 10 items;
+                            "content_type": str}]}} 1-128 chars; becomes attachment/contentType
+
+   Enum values match in any (ASCII) case and are sent upper case.
+
+2. An API ticket, recognised by a top-level ``sellerId`` key: the camelCase body of
+   ``POST /v1/channel/ticket`` (``sellerId``, ``ticketId``, ``topic``, ``createdAt``,
+   ``from: {role, name?}``, ``subject``, ``message``, ``reference?: {type, id}``,
+   ``replyRequested?``, ``attachment?: [{filename, contentType}]``) under the same constraints,
+   enums in exact upper case. It is sent as is, except that unknown keys are dropped: the API
+   body carries schema fields only.
+
+In both shapes unknown keys are ignored, nothing is coerced (``4711`` is not a string, ``"yes"``
+not a boolean), ``createdAt`` is sent exactly as received, and ``null`` for ``name``,
+``reference`` or ``attachment(s)`` means absent. A marketplace may plug in its own ``Mapper``
+(see ``load_mapper``), which replaces the shape detection.
+
+Failures raise ``MalformedMessage`` (not a UTF-8 JSON object) with detail ``{"error": "..."}``,
+or ``InvalidTicket`` with detail ``{"shape": "event"|"ticket"|"mapper", "errors": [{"loc": ...,
+"msg": ..., "type": ...}]}``. ``loc`` is the dotted path in the sender's own terms
+(``data.attachments.3.filename`` for an event, ``from.role`` for a ticket, ``""`` for the whole
+value); beyond 20 errors the list is cut and ``"omitted": <count>`` added. Neither the summary
+nor the detail quotes input values; only a mapper's own exception text is passed on (500 chars
+at most).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, cast
+
+import orjson
+from pydantic import ValidationError
+
+from worker.errors import InvalidTicket, MalformedMessage
+from worker.models import Ticket, TicketEvent
+
+Mapper = Callable[[dict[str, Any]], Ticket | Mapping[str, Any]]
+"""Receives the decoded JSON object; returns a ``Ticket`` or a camelCase API mapping."""
+
+Shape = Literal["event", "ticket", "mapper"]
+
+_JSON_TYPES = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+# A mapper's exception text may quote personal data or be huge; a header needs neither.
+_MAX_MAPPER_MESSAGE = 500
+# The detail becomes a message header: 1000 bad attachments must not make 2000 entries.
+_MAX_ERRORS = 20
+
+
+def decode_ticket(body: bytes, mapper: Mapper | None = None) -> Ticket:
+    """Decode and validate one message body (see the module docstring for the contract).
+
+    With ``mapper``, the decoded object goes to it instead of the shape detection. A ``Ticket``
+    it returns is used as is; a mapping is validated as an API ticket. Any ``Exception`` it
+    raises becomes ``InvalidTicket`` (shape ``mapper``, type ``mapper_error``).
+    """
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        # str(exc) is orjson's message with a position; it never repeats the document.
+        raise _malformed(f"body is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        what = _JSON_TYPES[type(obj)]
+        raise _malformed(f"body is {what}, not a JSON object")
+    if mapper is not None:
+        return _apply_mapper(mapper, obj)
+    shape: Shape = "ticket" if "sellerId" in obj else "event"
+    try:
+        if shape == "ticket":
+            return Ticket.model_validate(obj)
+        return TicketEvent.model_validate(obj).data.to_ticket()
+    except ValidationError as exc:
+        raise _invalid(shape, _errors(exc)) from None
+
+
+def _apply_mapper(mapper: Mapper, obj: dict[str, Any]) -> Ticket:
+    try:
+        result = mapper(obj)
+        if isinstance(result, Ticket):
+            return result
+        return Ticket.model_validate(result)
+    except ValidationError as exc:
+        # Also when the mapper builds a Ticket itself: str(exc) would quote the input values.
+        raise _invalid("mapper", _errors(exc)) from None
+    except Exception as exc:
+        text = f"{type(exc).__name__}: {exc}"
+        if len(text) > _MAX_MAPPER_MESSAGE:
+            text = text[: _MAX_MAPPER_MESSAGE - 1] + "…"
+        raise _invalid("mapper", [{"loc": "", "msg": text, "type": "mapper_error"}]) from exc
+
+
+def _malformed(error: str) -> MalformedMessage:
+    return MalformedMessage(error, {"error": error})
+
+
+def _errors(exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        {"loc": ".".join(map(str, err["loc"])), "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+def _invalid(shape: Shape, errors: list[dict[str, str]]) -> InvalidTicket:
+    # A mapper may raise a hand-made ValidationError without any line items.
+    errors = errors or [{"loc": "", "msg": "validation failed", "type": "value_error"}]
+    first = errors[0]
+    where = f"{first['loc']}: " if first["loc"] else ""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    label = "mapper result" if shape == "mapper" else shape
+    summary = f"invalid {label}: {where}{first['msg']}{more}"
+    detail: dict[str, Any] = {"shape": shape, "errors": errors[:_MAX_ERRORS]}
+    if len(errors) > _MAX_ERRORS:
+        detail["omitted"] = len(errors) - _MAX_ERRORS
+    return InvalidTicket(summary, detail)
+
+
+def load_mapper(spec: str) -> Mapper:
+    """Import a mapper from ``"package.module:function"`` (the attribute may be dotted).
+
+    Raises ``ValueError`` naming the problem: a malformed spec, a module that is missing or fails
+    to import, a missing attribute, or an attribute that is not callable.
+    """
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path or ":" in attr_path:
+        raise ValueError(f"mapper spec {spec!r} is not of the form 'package.module:function'")
+    try:
+        target: object = importlib.import_module(module_name)
+    except Exception as exc:
+        msg = f"mapper spec {spec!r}: cannot import module {module_name!r}: {exc}"
+        raise ValueError(msg) from exc
+    for attr in attr_path.split("."):
+        try:
+            target = getattr(target, attr)
+        except AttributeError:
+            raise ValueError(f"mapper spec {spec!r}: {attr_path!r} not found") from None
+    if not callable(target):
+        raise ValueError(f"mapper spec {spec!r}: {attr_path!r} is not callable")
+    return cast(Mapper, target)

@@ -1,0 +1,63 @@
+"""Publish ticket events from JSON lines to the exchange, as a marketplace would.
+
+Each non-blank line is one message body, sent byte for byte (invalid lines too: that is
+how the demo and the tests exercise the dead-letter path). Messages are persistent,
+``application/json``, carry a ``message_id`` (the event's ``id`` when the line has one) and
+a timestamp, and are published with confirms and ``mandatory``: a routing key that no
+queue is bound to is an error, not a silent drop.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import aio_pika
+import orjson
+
+from worker.settings import Settings
+
+
+def _message_id(line: bytes) -> str:
+    try:
+        event = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        event = None
+    if isinstance(event, dict):
+        for key in ("id", "ticketId"):
+            if isinstance(event.get(key), str) and event[key]:
+                return str(event[key])
+    return str(uuid.uuid4())
+
+
+async def publish_lines(
+    settings: Settings, lines: Iterable[bytes], *, routing_key: str | None = None
+) -> int:
+    """Publish every non-blank line; returns how many the broker confirmed."""
+    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await channel.declare_exchange(
+            settings.amqp_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        key = routing_key or settings.amqp_binding_key
+        count = 0
+        for raw in lines:
+            body = raw.rstrip(b"\r\n")
+            if not body.strip():
+                continue
+            await exchange.publish(
+                aio_pika.Message(
+                    body,
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_id=_message_id(body),
+                    timestamp=datetime.now(UTC),
+                    app_id="scx-forwarder publish",
+                ),
+                routing_key=key,
+                mandatory=True,
+            )
+            count += 1
+        return count

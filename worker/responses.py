@@ -1,0 +1,70 @@
+"""Reading SCX API answers: which statuses are transient, the server's wait hints, errorList.
+
+These rules are shared by the token flow (``worker.auth``) and the ticket client
+(``worker.scx``), so both classify a status the same way.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+import httpx
+import orjson
+
+# 408 Request Timeout, 425 Too Early, 429 Too Many Requests: the request itself was fine.
+_TRANSIENT_4XX = frozenset({408, 425, 429})
+
+
+def is_transient_status(status: int) -> bool:
+    """A status another attempt may cure: 408, 425, 429 and every 5xx."""
+    return status >= 500 or status in _TRANSIENT_4XX
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds the server asked us to wait, from ``Retry-After`` or the rate-limit headers.
+
+    ``Retry-After`` may be delta-seconds or an HTTP date. Without it, a 429 that reports
+    ``X-RateLimit-Remaining: 0`` is read as "wait for the next interval".
+    """
+    headers = response.headers
+    value = headers.get("retry-after")
+    if value is not None:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            when = None
+        if when is not None and when.tzinfo is not None:
+            return max(0.0, when.timestamp() - time.time())
+    if response.status_code == httpx.codes.TOO_MANY_REQUESTS:
+        remaining = _number(headers.get("x-ratelimit-remaining"))
+        interval = _number(headers.get("x-ratelimit-interval-length-seconds"))
+        if remaining == 0 and interval is not None:
+            return interval
+    return None
+
+
+def error_list(response: httpx.Response) -> list[Any]:
+    """The API's ``errorList``, or a one-item stand-in when the body has none."""
+    try:
+        payload = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("errorList"), list):
+        return list(payload["errorList"])
+    text = response.content[:200].decode("utf-8", "replace")
+    return [{"code": None, "message": text or response.reason_phrase, "severity": "error"}]
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None

@@ -1,0 +1,166 @@
+"""The SCX Channel API client: send one ticket, classify the answer, retry what is transient.
+
+One ``ScxClient`` (and so one ``httpx.AsyncClient`` with one keep-alive pool) per process.
+``send_ticket`` either returns ``Forwarded`` or raises one of
+
+- ``TicketRejected``: a non-retryable 4xx; the API's ``errorList`` and status go along;
+- ``RetriesExhausted``: 408/425/429/5xx, timeouts or connection errors outlasted the
+  budget (``SCX_RETRY_ATTEMPTS`` attempts or ``SCX_RETRY_BUDGET`` seconds, whichever ends
+  first); waits grow exponentially with full jitter and never undercut the server's own
+  ``Retry-After`` / rate-limit hint;
+- ``CredentialsRejected``: the refresh token was refused; the worker stops.
+
+Classification lives in ``classify`` alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import structlog
+from pydantic import SecretStr
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random_exponential,
+)
+
+from worker.auth import TokenAuth
+from worker.errors import RetriesExhausted, TicketRejected, TransientError
+from worker.pacing import Pacer
+from worker.responses import error_list, is_transient_status, retry_after
+from worker.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+TICKET_PATH = "/v1/channel/ticket"
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    status: int
+    attempts: int
+
+
+def classify(response: httpx.Response) -> int:
+    """Return the status of an accepted ticket; raise for everything else."""
+    status = response.status_code
+    if status < 300:
+        return status
+    if is_transient_status(status) or status == httpx.codes.UNAUTHORIZED:
+        # A 401 here already survived one refresh and resend in TokenAuth: a token the API
+        # just issued and then refused says nothing about this ticket, so it is not the
+        # ticket's fault and must not dead-letter it as "rejected".
+        raise TransientError(
+            f"HTTP {status}",
+            status=status,
+            retry_after=retry_after(response),
+            error_list=error_list(response),
+        )
+    raise TicketRejected(status, error_list(response))
+
+
+class ScxClient:
+    def __init__(
+        self,
+        settings: Settings,
+        refresh_token: SecretStr,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        timeout = httpx.Timeout(settings.scx_request_timeout, connect=settings.scx_connect_timeout)
+        self.auth = TokenAuth(
+            refresh_token,
+            auth_url=f"{settings.scx_api_url}/v1/auth",
+            timeout=timeout,
+            margin=settings.scx_token_refresh_margin,
+        )
+        self.pacer = Pacer(settings.scx_max_requests_per_minute)
+        self._http = httpx.AsyncClient(
+            base_url=settings.scx_api_url,
+            auth=self.auth,
+            timeout=timeout,
+            limits=httpx.Limits(
+                max_connections=settings.scx_pool_size,
+                max_keepalive_connections=settings.scx_pool_size,
+            ),
+            headers={"Accept": "application/json", "Accept-Language": "en"},
+            transport=transport,
+        )
+        self._attempts = settings.scx_retry_attempts
+        self._budget = settings.scx_retry_budget
+        self._backoff = wait_random_exponential(
+            multiplier=settings.scx_retry_initial_wait, max=settings.scx_retry_max_wait
+        )
+
+    async def __aenter__(self) -> ScxClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def send_ticket(self, body: bytes) -> Forwarded:
+        """POST one ticket (already validated JSON) until it is accepted or cannot be."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=stop_after_attempt(self._attempts) | stop_before_delay(self._budget),
+            wait=self._wait,
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        attempt_number = 0
+        try:
+            async for attempt in retrying:
+                attempt_number = attempt.retry_state.attempt_number
+                with attempt:
+                    status = await self._post_once(body, attempt_number)
+                    return Forwarded(status, attempt_number)
+        except TicketRejected as exc:
+            exc.attempts = attempt_number
+            raise
+        except TransientError as exc:
+            raise RetriesExhausted(
+                attempt_number,
+                exc.reason,
+                {"status": exc.status, "errorList": exc.error_list or []},
+            ) from None
+        raise AssertionError("unreachable: tenacity either returns or reraises")
+
+    async def _post_once(self, body: bytes, attempt: int) -> int:
+        await self.pacer.acquire()
+        structlog.contextvars.bind_contextvars(attempt=attempt)
+        try:
+            response = await self._http.post(TICKET_PATH, content=body, headers=_JSON_HEADERS)
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"timeout ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise TransientError(f"connection error ({type(exc).__name__}: {exc})") from None
+        if response.status_code == httpx.codes.TOO_MANY_REQUESTS:
+            # Everyone in this process waits out the limit, not just this message.
+            self.pacer.pause_for(retry_after(response) or self.pacer.interval or 1.0)
+        return classify(response)
+
+    def _wait(self, state: RetryCallState) -> float:
+        backoff = self._backoff(state)
+        exc = state.outcome.exception() if state.outcome else None
+        hint = exc.retry_after if isinstance(exc, TransientError) else None
+        return max(backoff, hint or 0.0)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    fields: dict[str, Any] = {"attempt": state.attempt_number}
+    if state.next_action is not None:
+        fields["wait_s"] = round(state.next_action.sleep, 3)
+    if isinstance(exc, TransientError):
+        fields.update(reason=exc.reason, status=exc.status)
+    log.warning("scx.retry", **fields)

@@ -1,0 +1,143 @@
+"""Configuration from the environment, validated once at start-up.
+
+Every setting is an environment variable; the README has them in one table. A bad value
+stops the worker before it touches the broker, with one line per bad variable
+(``ConfigError``), and exit code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from yarl import URL
+
+SANDBOX_URL = "https://scx-sbx.api.jtl-software.com"
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class ConfigError(Exception):
+    """The environment does not describe a runnable worker; the message lists every problem."""
+
+
+class Settings(BaseSettings):
+    """The worker's settings. Field names are the environment variables, upper-cased."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, frozen=True, extra="ignore")
+
+    # --- broker -----------------------------------------------------------------------
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
+    amqp_exchange: str = Field("marketplace", min_length=1)
+    amqp_binding_key: str = Field("ticket.created", min_length=1)
+    amqp_queue: str = Field("scx.tickets", min_length=1, max_length=250)
+    amqp_queue_type: Literal["quorum", "classic"] = "quorum"
+    # A message returned this many times (worker crash, nack) goes to the DLQ by the
+    # broker's own hand, so a poison message cannot crash-loop the fleet forever.
+    amqp_delivery_limit: int = Field(5, ge=1, le=1000)
+    amqp_prefetch: int = Field(64, ge=1, le=65535)
+
+    # --- worker -----------------------------------------------------------------------
+    worker_concurrency: int = Field(32, ge=1, le=10_000)
+    worker_shutdown_grace: PositiveFloat = 25.0
+    worker_mapper: str | None = None
+
+    # --- SCX API ----------------------------------------------------------------------
+    scx_api_url: str = SANDBOX_URL
+    scx_refresh_token: SecretStr | None = None
+    scx_refresh_token_file: Path | None = None
+    scx_max_requests_per_minute: float = Field(60, ge=0)
+    scx_connect_timeout: PositiveFloat = 5.0
+    scx_request_timeout: PositiveFloat = 30.0
+    scx_pool_size: int = Field(64, ge=1, le=10_000)
+    scx_token_refresh_margin: float = Field(60.0, ge=0)
+    scx_retry_attempts: int = Field(6, ge=1, le=100)
+    scx_retry_budget: PositiveFloat = 120.0
+    scx_retry_initial_wait: PositiveFloat = 0.5
+    scx_retry_max_wait: PositiveFloat = 30.0
+
+    # --- logging ----------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url(cls, value: SecretStr) -> SecretStr:
+        url = URL(value.get_secret_value())
+        if url.scheme not in ("amqp", "amqps") or not url.host:
+            raise ValueError("must look like amqp://user:password@host:5672/vhost")
+        return value
+
+    @field_validator("scx_api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        url = URL(value)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("must be an http(s) URL such as " + SANDBOX_URL)
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> Settings:
+        if self.scx_refresh_token is not None and self.scx_refresh_token_file is not None:
+            raise ValueError("set SCX_REFRESH_TOKEN or SCX_REFRESH_TOKEN_FILE, not both")
+        return self
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.amqp_queue}.dlq"
+
+    @property
+    def amqp_url_redacted(self) -> str:
+        """The broker URL fit for a log line: the password replaced by ``***``."""
+        url = URL(self.amqp_url.get_secret_value())
+        return str(url.with_password("***")) if url.password else str(url)
+
+    def refresh_token(self) -> SecretStr:
+        """The refresh token from the variable or the file; ``ConfigError`` if neither works.
+
+        Read when ``run`` starts rather than at validation, so commands that never call the
+        API (``emulator``, ``publish``) do not need one.
+        """
+        if self.scx_refresh_token is not None:
+            token = self.scx_refresh_token.get_secret_value().strip()
+        elif self.scx_refresh_token_file is not None:
+            try:
+                token = self.scx_refresh_token_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"SCX_REFRESH_TOKEN_FILE: cannot read {self.scx_refresh_token_file}: "
+                    f"{exc.strerror}"
+                ) from None
+        else:
+            raise ConfigError("SCX_REFRESH_TOKEN or SCX_REFRESH_TOKEN_FILE is required")
+        if not token:
+            raise ConfigError("the refresh token is empty")
+        return SecretStr(token)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; raise ``ConfigError`` naming each bad variable.
+
+    The values themselves are never echoed: a mistyped variable may hold a secret.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_input=False, include_url=False):
+            name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+            lines.append(f"{name}: {error['msg']}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,71 @@
+"""The broker objects the worker relies on, declared idempotently at start-up.
+
+::
+
+    exchange AMQP_EXCHANGE (topic, durable)
+        └── AMQP_BINDING_KEY ──> queue AMQP_QUEUE (quorum by default)
+                                   │ x-delivery-limit: returned this often -> dead-lettered
+                                   └── x-dead-letter-* ──> queue AMQP_QUEUE.dlq
+
+The worker publishes its own dead-letter copies straight into ``<queue>.dlq`` through
+the default exchange (with publisher confirms). The queue's dead-letter arguments are
+for what the broker dead-letters by itself: a message over the delivery limit (a poison
+message that keeps killing workers). Quorum queues do that ``at-least-once``; that
+strategy needs ``x-overflow: reject-publish``.
+
+Classic queues (``AMQP_QUEUE_TYPE=classic``, for existing set-ups) have no delivery limit
+on RabbitMQ 3.x, so a poison message is redelivered until someone removes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+from worker.settings import Settings
+
+
+@dataclass(frozen=True)
+class Topology:
+    channel: AbstractChannel
+    exchange: AbstractExchange
+    queue: AbstractQueue
+    dead_letter_queue: AbstractQueue
+
+
+def queue_arguments(settings: Settings) -> dict[str, str | int]:
+    args: dict[str, str | int] = {
+        "x-queue-type": settings.amqp_queue_type,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": settings.dead_letter_queue,
+    }
+    if settings.amqp_queue_type == "quorum":
+        args |= {
+            "x-delivery-limit": settings.amqp_delivery_limit,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+    return args
+
+
+async def declare_topology(channel: AbstractChannel, settings: Settings) -> Topology:
+    """Declare exchange, work queue, binding and DLQ; a no-op when they already match.
+
+    A queue that exists with other arguments makes the broker close the channel with
+    PRECONDITION_FAILED; the caller reports that as a configuration problem.
+    """
+    exchange = await channel.declare_exchange(
+        settings.amqp_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    dead_letter_queue = await channel.declare_queue(
+        settings.dead_letter_queue,
+        durable=True,
+        arguments={"x-queue-type": settings.amqp_queue_type},
+    )
+    queue = await channel.declare_queue(
+        settings.amqp_queue, durable=True, arguments=queue_arguments(settings)
+    )
+    await queue.bind(exchange, routing_key=settings.amqp_binding_key)
+    return Topology(channel, exchange, queue, dead_letter_queue)
