@@ -11,6 +11,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from tests.conftest import wait_for
 from worker.auth import TokenAuth
 from worker.errors import CredentialsRejected, TransientError
 
@@ -121,8 +122,8 @@ async def test_concurrent_requests_share_one_refresh() -> None:
     api.auth_gate = asyncio.Event()
     async with make_client(api) as client:
         requests = [asyncio.create_task(client.post("/v1/channel/ticket")) for _ in range(50)]
-        while api.auth_calls == 0:  # the first request is inside /v1/auth, the rest queue
-            await asyncio.sleep(0)
+        # Let the first request reach /v1/auth while the other 49 queue behind the lock.
+        await wait_for(lambda: api.auth_calls == 1, what="the first refresh to start")
         api.auth_gate.set()
         responses = await asyncio.gather(*requests)
     assert [r.status_code for r in responses] == [201] * 50

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 from worker.pacing import Pacer
@@ -22,7 +23,7 @@ async def stamps(pacer: Pacer, n: int) -> list[float]:
 async def test_concurrent_sends_are_spaced_by_the_interval() -> None:
     pacer = Pacer(per_minute=1200)  # one slot every 50 ms
     times = await stamps(pacer, 6)
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.045
     assert times[-1] - times[0] >= 0.245
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 
 import httpx
 import pytest
@@ -14,7 +14,7 @@ from worker.responses import retry_after
 from worker.scx import ScxClient
 from worker.settings import Settings
 
-Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
+Handler = Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
 ERRORS = {"errorList": [{"code": "VAL100", "message": "bad", "severity": "error", "hint": None}]}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -109,12 +110,16 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
-    from worker.publish import publish_lines
+    from worker.publish import Unroutable, publish_lines
 
     settings = load_settings()
     stream = sys.stdin.buffer if args.file == "-" else Path(args.file).open("rb")  # noqa: SIM115
     with stream:
-        count = asyncio.run(publish_lines(settings, stream, routing_key=args.routing_key))
+        try:
+            count = asyncio.run(publish_lines(settings, stream, routing_key=args.routing_key))
+        except Unroutable as exc:
+            print(f"scx-forwarder publish: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     print(
         f"published {count} messages to exchange {settings.amqp_exchange!r} "
         f"with routing key {args.routing_key or settings.amqp_binding_key!r}",
@@ -141,10 +146,8 @@ def _until_signal(coro: Coroutine[Any, Any, None]) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
 
     asyncio.run(runner())
     return EXIT_OK

@@ -96,6 +96,8 @@ class Emulator:
         self.state = EmulatorState()
         self._faults: dict[Route, deque[_Fault]] = {"ticket": deque(), "auth": deque()}
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
+        self.issued_tokens: list[str] = []
+        """Every token handed out, revoked or not: tests check that none reaches a log."""
         self._window_start: float | None = None
         self._window_used = 0
         self._in_flight = 0
@@ -204,6 +206,7 @@ class Emulator:
         lifetime = self.config.token_lifetime
         token = secrets.token_urlsafe(32)
         self._tokens[token] = time.monotonic() + lifetime
+        self.issued_tokens.append(token)
         expire_at = datetime.now(UTC) + timedelta(seconds=lifetime)
         body = {
             "scope": "CHANNEL",

@@ -34,7 +34,8 @@ class Pacer:
         self._next_slot = slot + self._interval
         if slot > now:
             await asyncio.sleep(slot - now)
-        while (wait := self._paused_until - self._clock()) > 0:
+        # A loop, not an Event: a later 429 may push the deadline further while we sleep.
+        while (wait := self._paused_until - self._clock()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(wait)
 
     def pause_until(self, deadline: float) -> None:

@@ -9,14 +9,20 @@ queue is bound to is an error, not a silent drop.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from datetime import UTC, datetime
 
 import aio_pika
+import aiormq
 import orjson
 
 from worker.settings import Settings
+
+
+class Unroutable(Exception):
+    """The broker had no queue for a message (the worker has not declared its queue yet)."""
 
 
 def _message_id(line: bytes) -> str:
@@ -31,33 +37,49 @@ def _message_id(line: bytes) -> str:
     return str(uuid.uuid4())
 
 
+# Confirms are awaited in windows: one round trip per message would cap a large file at
+# a few hundred messages a second, an unbounded window would hold the whole file in memory.
+CONFIRM_WINDOW = 256
+
+
 async def publish_lines(
     settings: Settings, lines: Iterable[bytes], *, routing_key: str | None = None
 ) -> int:
     """Publish every non-blank line; returns how many the broker confirmed."""
+    key = routing_key or settings.amqp_binding_key
     connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         exchange = await channel.declare_exchange(
             settings.amqp_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
-        key = routing_key or settings.amqp_binding_key
+        window: list[Awaitable[object]] = []
         count = 0
         for raw in lines:
             body = raw.rstrip(b"\r\n")
             if not body.strip():
                 continue
-            await exchange.publish(
-                aio_pika.Message(
-                    body,
-                    content_type="application/json",
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    message_id=_message_id(body),
-                    timestamp=datetime.now(UTC),
-                    app_id="scx-forwarder publish",
-                ),
-                routing_key=key,
-                mandatory=True,
+            message = aio_pika.Message(
+                body,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=_message_id(body),
+                timestamp=datetime.now(UTC),
+                app_id="scx-forwarder publish",
             )
-            count += 1
-        return count
+            window.append(exchange.publish(message, routing_key=key, mandatory=True))
+            if len(window) >= CONFIRM_WINDOW:
+                count += await _confirmed(window, settings.amqp_exchange, key)
+                window = []
+        return count + await _confirmed(window, settings.amqp_exchange, key)
+
+
+async def _confirmed(window: list[Awaitable[object]], exchange: str, key: str) -> int:
+    try:
+        await asyncio.gather(*window)
+    except aiormq.exceptions.DeliveryError:
+        raise Unroutable(
+            f"no queue is bound to exchange {exchange!r} with routing key {key!r}; "
+            "start the worker once (it declares its queue), then publish"
+        ) from None
+    return len(window)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from pamqp.common import FieldTable
 
 from worker.settings import Settings
 
@@ -35,8 +36,8 @@ class Topology:
     dead_letter_queue: AbstractQueue
 
 
-def queue_arguments(settings: Settings) -> dict[str, str | int]:
-    args: dict[str, str | int] = {
+def queue_arguments(settings: Settings) -> FieldTable:
+    args: FieldTable = {
         "x-queue-type": settings.amqp_queue_type,
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": settings.dead_letter_queue,

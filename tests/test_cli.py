@@ -1,0 +1,293 @@
+"""``scx-forwarder`` as operators run it: a real process, real signals, its stdout and exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from aio_pika.abc import AbstractChannel
+
+from tests.conftest import (
+    AMQP_URL,
+    REFRESH_TOKEN,
+    Names,
+    StartWorker,
+    collect,
+    publish,
+    queue_depth,
+    wait_for,
+)
+from tests.test_end_to_end import event
+from worker.emulator import Emulator
+
+
+def worker_env(names: Names, emulator: Emulator, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AMQP_", "SCX_", "WORKER_"))}
+    env.update(
+        AMQP_URL=AMQP_URL,
+        AMQP_EXCHANGE=names.exchange,
+        AMQP_QUEUE=names.queue,
+        SCX_API_URL=emulator.base_url,
+        SCX_REFRESH_TOKEN=REFRESH_TOKEN,
+        SCX_MAX_REQUESTS_PER_MINUTE="0",
+        LOG_FORMAT="json",
+    )
+    env.update(extra)
+    return env
+
+
+class Process:
+    """A child process whose stdout is collected while it runs."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[bytes] = []
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            self.lines.append(line)
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every stdout line parsed as JSON (fails the test on a line that is not)."""
+        return [orjson.loads(line) for line in self.lines]
+
+    def has_event(self, name: str) -> bool:
+        return any(b'"event":"' + name.encode() + b'"' in line for line in self.lines)
+
+    @property
+    def output(self) -> str:
+        return b"".join(self.lines).decode()
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        code = await asyncio.wait_for(self.process.wait(), timeout)
+        await self._reader
+        return code
+
+
+async def spawn(*args: str, env: dict[str, str]) -> Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    return Process(process)
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[list[Process]]:
+    started: list[Process] = []
+    yield started
+    for proc in started:
+        if proc.process.returncode is None:
+            proc.process.kill()
+            await proc.wait()
+
+
+async def test_sigterm_finishes_in_flight_messages_and_loses_none(
+    emulator: Emulator,
+    channel: AbstractChannel,
+    names: Names,
+    processes: list[Process],
+    start_worker: StartWorker,
+) -> None:
+    emulator.configure(latency=0.4)
+    worker = await spawn(
+        "run", env=worker_env(names, emulator, WORKER_CONCURRENCY="4", AMQP_PREFETCH="8")
+    )
+    processes.append(worker)
+    await wait_for(lambda: worker.has_event("worker.consuming"), what="the worker to consume")
+    await publish(channel, names, [event(i) for i in range(30)])
+    await wait_for(lambda: emulator.state.ticket_calls >= 4, what="four calls in flight")
+
+    worker.process.send_signal(signal.SIGTERM)
+    assert await worker.wait() == 0
+    # Every call that was in flight was finished and acked; nothing else was sent.
+    in_flight_done = len(emulator.state.accepted)
+    assert in_flight_done == emulator.state.ticket_calls >= 4
+    assert worker.has_event("worker.stopped")
+    assert await queue_depth(channel, names.queue) == 30 - in_flight_done
+
+    # A successor picks up exactly the rest: nothing lost, nothing sent twice.
+    emulator.configure(latency=0.0)
+    await start_worker()
+    await wait_for(lambda: len(emulator.state.accepted) == 30, what="the rest forwarded")
+    assert set(emulator.state.accepted_counts.values()) == {1}
+
+
+async def test_logs_are_json_lines_without_any_secret(
+    emulator: Emulator, channel: AbstractChannel, names: Names, processes: list[Process]
+) -> None:
+    emulator.configure(token_lifetime=0.5)
+    worker = await spawn("run", env=worker_env(names, emulator, LOG_LEVEL="debug"))
+    processes.append(worker)
+    await wait_for(lambda: worker.has_event("worker.consuming"), what="the worker to consume")
+    await publish(channel, names, [event(i) for i in range(5)])
+    await wait_for(lambda: len(emulator.state.accepted) == 5, what="the first five")
+    emulator.revoke_tokens()  # forces the 401 -> refresh -> resend path
+    await publish(channel, names, [event(i) for i in range(5, 10)] + [b"not json"])
+    await wait_for(lambda: len(emulator.state.accepted) == 10, what="all ten")
+    await collect(channel, names.dlq, 1)
+    worker.process.send_signal(signal.SIGINT)
+    assert await worker.wait() == 0
+
+    events = worker.events()  # every line parses as JSON
+    names_seen = {e["event"] for e in events}
+    assert {"worker.consuming", "ticket.forwarded", "ticket.dead_lettered"} <= names_seen
+    forwarded = [e for e in events if e["event"] == "ticket.forwarded"]
+    assert len(forwarded) == 10
+    assert {"message_id", "ticket_id", "seller_id", "attempt", "status", "duration_ms"} <= set(
+        forwarded[0]
+    )
+    assert all(e["level"] and e["timestamp"] for e in events)
+    assert len(emulator.issued_tokens) >= 2
+    for secret in [REFRESH_TOKEN, *emulator.issued_tokens]:
+        assert secret not in worker.output
+    assert "Bearer" not in worker.output
+
+
+async def test_rejected_refresh_token_stops_the_worker_with_exit_3_and_keeps_the_message(
+    emulator: Emulator, channel: AbstractChannel, names: Names, processes: list[Process]
+) -> None:
+    bad_token = "wrong-refresh-token-xyz"
+    worker = await spawn("run", env=worker_env(names, emulator, SCX_REFRESH_TOKEN=bad_token))
+    processes.append(worker)
+    await wait_for(lambda: worker.has_event("worker.consuming"), what="the worker to consume")
+    await publish(channel, names, [event(1), event(2)])
+    assert await worker.wait() == 3
+    fatal = [e for e in worker.events() if e["event"] == "worker.fatal"]
+    assert fatal, "a clear fatal line names the problem"
+    assert "refresh token" in fatal[0]["error"]
+    assert bad_token not in worker.output
+    assert emulator.state.auth_calls == 1, "a refused refresh token is not retried"
+    assert await queue_depth(channel, names.queue) == 2, "no message is lost or dead-lettered"
+    assert await queue_depth(channel, names.dlq) == 0
+
+
+async def test_refresh_token_file_is_read(
+    emulator: Emulator,
+    channel: AbstractChannel,
+    names: Names,
+    processes: list[Process],
+    tmp_path: Path,
+) -> None:
+    token_file = tmp_path / "refresh-token"
+    token_file.write_text(REFRESH_TOKEN + "\n")
+    env = worker_env(names, emulator, SCX_REFRESH_TOKEN_FILE=str(token_file))
+    del env["SCX_REFRESH_TOKEN"]
+    worker = await spawn("run", env=env)
+    processes.append(worker)
+    await wait_for(lambda: worker.has_event("worker.consuming"), what="the worker to consume")
+    await publish(channel, names, [event(1)])
+    await wait_for(lambda: len(emulator.state.accepted) == 1, what="the ticket")
+    worker.process.send_signal(signal.SIGTERM)
+    assert await worker.wait() == 0
+
+
+async def test_bad_configuration_exits_2_naming_every_bad_variable(
+    emulator: Emulator, names: Names
+) -> None:
+    env = worker_env(
+        names,
+        emulator,
+        AMQP_PREFETCH="lots",
+        SCX_MAX_REQUESTS_PER_MINUTE="-1",
+        AMQP_QUEUE_TYPE="stream",
+        SCX_API_URL="not a url",
+        WORKER_CONCURRENCY="0",
+    )
+    worker = await spawn("run", env=env)
+    assert await worker.wait() == 2
+    for variable in (
+        "AMQP_PREFETCH",
+        "SCX_MAX_REQUESTS_PER_MINUTE",
+        "AMQP_QUEUE_TYPE",
+        "SCX_API_URL",
+        "WORKER_CONCURRENCY",
+    ):
+        assert variable in worker.output
+    assert "lots" not in worker.output, "values are not echoed: they may be secrets"
+
+
+async def test_missing_refresh_token_exits_2(emulator: Emulator, names: Names) -> None:
+    env = worker_env(names, emulator)
+    del env["SCX_REFRESH_TOKEN"]
+    worker = await spawn("run", env=env)
+    assert await worker.wait() == 2
+    assert "SCX_REFRESH_TOKEN or SCX_REFRESH_TOKEN_FILE is required" in worker.output
+
+
+async def test_unreachable_broker_exits_1_with_a_redacted_url(
+    emulator: Emulator, names: Names
+) -> None:
+    env = worker_env(names, emulator, AMQP_URL="amqp://user:hunter2@127.0.0.1:1/")
+    worker = await spawn("run", env=env)
+    assert await worker.wait() == 1
+    [line] = [e for e in worker.events() if e["event"] == "worker.broker_unreachable"]
+    assert line["broker"] == "amqp://user:***@127.0.0.1:1/"
+    assert "hunter2" not in worker.output
+
+
+async def test_unknown_mapper_exits_2(emulator: Emulator, names: Names) -> None:
+    worker = await spawn("run", "--mapper", "no_such_module:f", env=worker_env(names, emulator))
+    assert await worker.wait() == 2
+    assert "no_such_module" in worker.output
+
+
+async def test_sample_and_publish_feed_the_worker(
+    emulator: Emulator,
+    channel: AbstractChannel,
+    names: Names,
+    start_worker: StartWorker,
+    tmp_path: Path,
+) -> None:
+    await start_worker()
+    sample = await spawn("sample", "--count", "6", "--invalid", "3", env=dict(os.environ))
+    assert await sample.wait() == 0
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_bytes(b"".join(sample.lines))
+    assert len(sample.lines) == 9
+
+    published = await spawn("publish", str(jsonl), env=worker_env(names, emulator))
+    assert await published.wait() == 0
+    assert "published 9 messages" in published.output
+    await wait_for(lambda: len(emulator.state.accepted) == 6, what="six forwarded")
+    dead = await collect(channel, names.dlq, 3)
+    assert {m.headers["x-error-kind"] for m in dead} == {"malformed"}
+
+
+async def test_publish_without_a_bound_queue_fails_loudly(
+    emulator: Emulator, names: Names, channel: AbstractChannel, tmp_path: Path
+) -> None:
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_bytes(event(1) + b"\n")
+    published = await spawn("publish", str(jsonl), env=worker_env(names, emulator))
+    assert await published.wait() != 0
+    assert published.process.returncode == 1
+    assert "no queue is bound" in published.output
+
+
+async def test_emulator_command_serves_the_api_until_sigterm(unused_tcp_port: int) -> None:
+    emulator = await spawn(
+        "emulator", "--port", str(unused_tcp_port), "--refresh-token", "r", env=dict(os.environ)
+    )
+    await wait_for(lambda: emulator.has_event("emulator.listening"), what="the emulator")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{unused_tcp_port}") as client:
+        auth = await client.post("/v1/auth", data={"refreshToken": "r"})
+        assert auth.status_code == 200
+        assert auth.json()["scope"] == "CHANNEL"
+    emulator.process.send_signal(signal.SIGTERM)
+    assert await emulator.wait() == 0
