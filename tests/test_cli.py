@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from tests.conftest import (
     AMQP_URL,
@@ -100,6 +100,7 @@ async def processes() -> AsyncIterator[list[Process]]:
 async def test_sigterm_finishes_in_flight_messages_and_loses_none(
     emulator: Emulator,
     channel: AbstractChannel,
+    amqp: AbstractRobustConnection,
     names: Names,
     processes: list[Process],
     start_worker: StartWorker,
@@ -119,7 +120,7 @@ async def test_sigterm_finishes_in_flight_messages_and_loses_none(
     in_flight_done = len(emulator.state.accepted)
     assert in_flight_done == emulator.state.ticket_calls >= 4
     assert worker.has_event("worker.stopped")
-    assert await queue_depth(channel, names.queue) == 30 - in_flight_done
+    assert await queue_depth(amqp, names.queue) == 30 - in_flight_done
 
     # A successor picks up exactly the rest: nothing lost, nothing sent twice.
     emulator.configure(latency=0.0)
@@ -160,7 +161,11 @@ async def test_logs_are_json_lines_without_any_secret(
 
 
 async def test_rejected_refresh_token_stops_the_worker_with_exit_3_and_keeps_the_message(
-    emulator: Emulator, channel: AbstractChannel, names: Names, processes: list[Process]
+    emulator: Emulator,
+    channel: AbstractChannel,
+    amqp: AbstractRobustConnection,
+    names: Names,
+    processes: list[Process],
 ) -> None:
     bad_token = "wrong-refresh-token-xyz"
     worker = await spawn("run", env=worker_env(names, emulator, SCX_REFRESH_TOKEN=bad_token))
@@ -173,8 +178,8 @@ async def test_rejected_refresh_token_stops_the_worker_with_exit_3_and_keeps_the
     assert "refresh token" in fatal[0]["error"]
     assert bad_token not in worker.output
     assert emulator.state.auth_calls == 1, "a refused refresh token is not retried"
-    assert await queue_depth(channel, names.queue) == 2, "no message is lost or dead-lettered"
-    assert await queue_depth(channel, names.dlq) == 0
+    assert await queue_depth(amqp, names.queue) == 2, "no message is lost or dead-lettered"
+    assert await queue_depth(amqp, names.dlq) == 0
 
 
 async def test_refresh_token_file_is_read(

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from tests.conftest import (
     Names,
@@ -35,7 +35,11 @@ def by_id(messages: list[AbstractIncomingMessage]) -> dict[str, AbstractIncoming
 
 
 async def test_valid_events_are_forwarded_exactly_once_with_the_mapping(
-    start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
+    start_worker: StartWorker,
+    emulator: Emulator,
+    channel: AbstractChannel,
+    amqp: AbstractRobustConnection,
+    names: Names,
 ) -> None:
     await start_worker()
     bodies = [event(i) for i in range(40)]
@@ -69,7 +73,7 @@ async def test_valid_events_are_forwarded_exactly_once_with_the_mapping(
             "replyRequested": False,
         }
     )
-    async with no_leftovers(channel, names):
+    async with no_leftovers(amqp, names):
         await publish(channel, names, [*bodies, featured, api_shaped])
         await wait_for(lambda: len(emulator.state.accepted) == 42, what="42 accepted")
 
@@ -89,7 +93,7 @@ async def test_valid_events_are_forwarded_exactly_once_with_the_mapping(
     }
     assert accepted["API-1"]["replyRequested"] is False
     assert accepted["API-1"]["from"] == {"role": "SELLER"}
-    assert await queue_depth(channel, names.dlq) == 0
+    assert await queue_depth(amqp, names.dlq) == 0
     assert emulator.state.auth_calls == 1
 
 
@@ -165,20 +169,24 @@ async def test_api_4xx_is_dead_lettered_as_rejected_with_the_error_list(
 
 
 async def test_injected_5xx_and_429_are_retried_to_success(
-    start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
+    start_worker: StartWorker,
+    emulator: Emulator,
+    channel: AbstractChannel,
+    amqp: AbstractRobustConnection,
+    names: Names,
 ) -> None:
     await start_worker()
     emulator.inject("ticket", 503, count=2)
     emulator.inject("ticket", 429, count=1, retry_after=0.2)
     emulator.inject("ticket", 500, count=1)
-    async with no_leftovers(channel, names):
+    async with no_leftovers(amqp, names):
         await publish(channel, names, [event(7)])
         await wait_for(lambda: len(emulator.state.accepted) == 1, what="accepted after retries")
     assert emulator.state.statuses[503] == 2
     assert emulator.state.statuses[429] == 1
     assert emulator.state.statuses[500] == 1
     assert emulator.state.statuses[201] == 1
-    assert await queue_depth(channel, names.dlq) == 0
+    assert await queue_depth(amqp, names.dlq) == 0
 
 
 async def test_transient_failures_past_the_budget_are_dead_lettered_as_exhausted(
@@ -197,13 +205,17 @@ async def test_transient_failures_past_the_budget_are_dead_lettered_as_exhausted
 
 
 async def test_token_expiry_mid_run_is_one_refresh_for_many_concurrent_requests(
-    start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
+    start_worker: StartWorker,
+    emulator: Emulator,
+    channel: AbstractChannel,
+    names: Names,
+    amqp: AbstractRobustConnection,
 ) -> None:
     emulator.configure(token_lifetime=1.0, latency=0.05)
     await start_worker(worker_concurrency=32, amqp_prefetch=64)
     count = 600
     started = time.monotonic()
-    async with no_leftovers(channel, names):
+    async with no_leftovers(amqp, names):
         await publish(channel, names, [event(i) for i in range(count)])
         await wait_for(lambda: len(emulator.state.accepted) == count, what="all accepted")
     elapsed = time.monotonic() - started
@@ -285,7 +297,11 @@ async def test_a_mapper_hook_plugs_in_another_event_format(
 
 
 async def test_stop_finishes_in_flight_messages_and_returns_the_rest(
-    start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
+    start_worker: StartWorker,
+    emulator: Emulator,
+    channel: AbstractChannel,
+    amqp: AbstractRobustConnection,
+    names: Names,
 ) -> None:
     emulator.configure(latency=0.5)
     worker = await start_worker(worker_concurrency=3, amqp_prefetch=10)
@@ -294,10 +310,28 @@ async def test_stop_finishes_in_flight_messages_and_returns_the_rest(
     assert await worker.stop() == 0
     # The three in flight were finished, the seven prefetched ones went back to the queue.
     assert len(emulator.state.accepted) == 3
-    assert await queue_depth(channel, names.queue) == 7
+    assert await queue_depth(amqp, names.queue) == 7
     await start_worker()
     await wait_for(lambda: len(emulator.state.accepted) == 10, what="the rest by a new worker")
     assert set(emulator.state.accepted_counts.values()) == {1}
+
+
+async def test_stop_returns_messages_still_waiting_for_a_pacing_slot_at_once(
+    start_worker: StartWorker,
+    emulator: Emulator,
+    channel: AbstractChannel,
+    amqp: AbstractRobustConnection,
+    names: Names,
+) -> None:
+    worker = await start_worker(scx_max_requests_per_minute=6, worker_concurrency=4)
+    await publish(channel, names, [event(i) for i in range(4)])
+    # One is sent at once; the other three hold slots 10, 20 and 30 s ahead.
+    await wait_for(lambda: len(emulator.state.accepted) == 1, what="the first send")
+    started = time.monotonic()
+    assert await worker.stop() == 0
+    assert time.monotonic() - started < 2.0, "the drain does not wait out the pacing"
+    assert emulator.state.ticket_calls == 1
+    assert await queue_depth(amqp, names.queue) == 3
 
 
 async def test_dead_letter_topology_catches_messages_over_the_delivery_limit(

@@ -6,6 +6,10 @@ import asyncio
 import itertools
 import time
 
+import pytest
+
+from tests.conftest import wait_for
+from worker.errors import ShuttingDown
 from worker.pacing import Pacer
 
 
@@ -61,3 +65,18 @@ async def test_earlier_pause_does_not_shorten_a_later_one() -> None:
     started = time.monotonic()
     await pacer.acquire()
     assert time.monotonic() - started >= 0.29
+
+
+async def test_interrupt_ends_every_wait_with_shutting_down() -> None:
+    pacer = Pacer(per_minute=6)  # a slot every 10 s
+    await pacer.acquire()
+    waiting = [asyncio.create_task(pacer.acquire()) for _ in range(3)]
+    backoff = asyncio.create_task(pacer.sleep(30))
+    await wait_for(lambda: len(pacer._sleepers) == 4, what="four waits to start")
+    started = time.monotonic()
+    pacer.interrupt()
+    results = await asyncio.gather(*waiting, backoff, return_exceptions=True)
+    assert all(isinstance(r, ShuttingDown) for r in results)
+    assert time.monotonic() - started < 0.5
+    with pytest.raises(ShuttingDown):
+        await pacer.acquire()

@@ -8,6 +8,7 @@ outcome                what happens to the message
 =====================  ============================================================
 API answered 2xx       ack
 ``MessageError``       copy to ``<queue>.dlq`` (publisher-confirmed), then ack
+``ShuttingDown``       nack + requeue (stopped while waiting to send: nothing sent)
 ``FatalError``         nack + requeue; the worker drains and exits non-zero
 anything else (a bug)  nack + requeue; the queue's delivery limit stops a loop
 dead-letter failed     nack + requeue; tried again later, never lost
@@ -36,7 +37,7 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from worker.errors import FatalError, MessageError
+from worker.errors import FatalError, MessageError, ShuttingDown
 from worker.mapping import Mapper, decode_ticket
 from worker.scx import Forwarded, ScxClient
 from worker.settings import Settings
@@ -48,7 +49,7 @@ log = structlog.get_logger(__name__)
 # of validation errors keeps its first ones and says so.
 MAX_DETAIL_BYTES = 8 * 1024
 
-Outcome = Forwarded | MessageError | FatalError | Exception
+Outcome = Forwarded | Exception
 
 
 class Forwarder:
@@ -97,6 +98,7 @@ class Forwarder:
             await self._stopping.wait()
             self.consuming.clear()
             await queue.cancel(tag)
+            self._client.interrupt_waits()
             await self._drain()
         finally:
             await self._connection.close()
@@ -174,6 +176,8 @@ class Forwarder:
                     attempts=outcome.attempts,
                     duration_ms=duration_ms,
                 )
+            case ShuttingDown():
+                await _return(message, "worker stopped before sending it")
             case FatalError():
                 log.critical("worker.fatal", error=str(outcome))
                 await _return(message, "worker stopping on a fatal error")

@@ -8,6 +8,7 @@
     │   ├── InvalidTicket       kind "invalid":   a JSON object that is not a valid ticket
     │   ├── TicketRejected      kind "rejected":  the API answered a non-retryable 4xx
     │   └── RetriesExhausted    kind "exhausted": transient failures outlasted the retry budget
+    ├── ShuttingDown            the worker stopped before this message was sent: return it
     ├── TransientError          worth another try (408/425/429/5xx, timeout, connection error);
     │                           never leaves worker.scx: the retry loop turns it into a success
     │                           or into RetriesExhausted
@@ -94,6 +95,13 @@ class TransientError(ForwarderError):
         self.status = status
         self.retry_after = retry_after
         self.error_list = error_list
+
+
+class ShuttingDown(ForwarderError):
+    """A wait for a pacing slot or a retry was cut short by shutdown; nothing was sent."""
+
+    def __init__(self) -> None:
+        super().__init__("the worker is stopping")
 
 
 class FatalError(ForwarderError):

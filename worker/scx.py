@@ -105,6 +105,10 @@ class ScxClient:
     async def __aexit__(self, *_: object) -> None:
         await self.aclose()
 
+    def interrupt_waits(self) -> None:
+        """Make sends that wait for a slot or a retry give up with ``ShuttingDown``."""
+        self.pacer.interrupt()
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
@@ -114,6 +118,7 @@ class ScxClient:
             retry=retry_if_exception_type(TransientError),
             stop=stop_after_attempt(self._attempts) | stop_before_delay(self._budget),
             wait=self._wait,
+            sleep=self.pacer.sleep,
             before_sleep=_log_retry,
             reraise=True,
         )
