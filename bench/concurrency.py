@@ -52,7 +52,7 @@ async def run_one(latency: float, concurrency: int, count: int) -> tuple[float, 
 
     suffix = uuid.uuid4().hex[:8]
     settings = Settings(
-        amqp_url=AMQP_URL,  # type: ignore[arg-type]
+        amqp_url=AMQP_URL,
         amqp_exchange=f"bench.{suffix}",
         amqp_queue=f"bench.{suffix}",
     )
@@ -113,7 +113,8 @@ async def run_one(latency: float, concurrency: int, count: int) -> tuple[float, 
         await channel.queue_delete(settings.amqp_queue)
         await channel.queue_delete(settings.dead_letter_queue)
         await channel.exchange_delete(settings.amqp_exchange)
-    assert first is not None and last is not None
+    assert first is not None
+    assert last is not None
     return count / max(last - first, 1e-9), cpu * 1000 / count
 
 
@@ -123,7 +124,9 @@ async def main() -> None:
     parser.add_argument("--levels", default="4,16,32,64,128")
     parser.add_argument("--count", type=int, default=2000)
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
     print("| API latency | concurrency | prefetch | msg/s | worker CPU ms/msg |")
     print("|---|---|---|---|---|")
     for latency in (float(x) for x in args.latencies.split(",")):

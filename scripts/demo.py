@@ -24,7 +24,7 @@ import httpx
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 EXCHANGE, QUEUE = "marketplace.demo", "scx.tickets.demo"
 DLQ = f"{QUEUE}.dlq"
-REFRESH_TOKEN = "demo-refresh-token"  # noqa: S105 (the emulator's well-known demo token)
+REFRESH_TOKEN = "demo-refresh-token"
 VALID, INVALID = 6, 6
 LOG_DIR = Path(".demo")
 

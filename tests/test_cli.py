@@ -296,3 +296,46 @@ async def test_emulator_command_serves_the_api_until_sigterm(unused_tcp_port: in
         assert auth.json()["scope"] == "CHANNEL"
     emulator.process.send_signal(signal.SIGTERM)
     assert await emulator.wait() == 0
+
+
+async def test_a_message_that_kills_the_worker_ends_in_the_dlq_by_the_delivery_limit(
+    emulator: Emulator, channel: AbstractChannel, names: Names
+) -> None:
+    env = worker_env(
+        names,
+        emulator,
+        WORKER_MAPPER="tests.mappers:crash_on_poison",
+        AMQP_DELIVERY_LIMIT="2",
+        AMQP_PREFETCH="1",
+        WORKER_CONCURRENCY="1",
+        PYTHONPATH=str(Path(__file__).parent.parent),
+    )
+    bodies = [orjson.dumps({"poison": True})] + [orjson.dumps({"case": f"C-{i}"}) for i in range(3)]
+
+    async def run_once(first: bool) -> int | None:
+        """One worker's life: its exit code if it died, None once the valid ones are through."""
+        worker = await spawn("run", env=env)
+        await wait_for(lambda: worker.has_event("worker.consuming"), what="the worker to consume")
+        if first:
+            await publish(channel, names, bodies, message_id="poison")
+        exited = asyncio.create_task(worker.wait(timeout=20))
+        await wait_for(
+            lambda: exited.done() or len(emulator.state.accepted) == 3, what="a crash or the end"
+        )
+        if exited.done():
+            return exited.result()
+        worker.process.send_signal(signal.SIGTERM)
+        assert await exited == 0
+        return None
+
+    crashes = 0
+    # Like a supervisor: restart the worker whenever it dies, until the backlog is through.
+    while (code := await run_once(first=crashes == 0)) is not None:
+        assert code == 70
+        crashes += 1
+        assert crashes <= 5, "the poison message must not crash-loop the worker forever"
+    assert crashes == 3, "delivered three times: the third return is over a limit of 2"
+    assert sorted(emulator.state.accepted_counts) == ["C-0", "C-1", "C-2"]
+    [dead] = await collect(channel, names.dlq, 1)
+    assert dead.body == bodies[0]
+    assert dead.headers["x-first-death-reason"] == "delivery_limit"

@@ -153,7 +153,7 @@ class Forwarder:
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
         match outcome:
             case Forwarded(status=status, attempts=attempts):
-                await message.ack()
+                await _ack(message)
                 log.info(
                     "ticket.forwarded", status=status, attempts=attempts, duration_ms=duration_ms
                 )
@@ -168,7 +168,7 @@ class Forwarder:
                     )
                     await _return(message, "dead-letter publish failed")
                     return
-                await message.ack()
+                await _ack(message)
                 log.info(
                     "ticket.dead_lettered",
                     kind=outcome.kind,
@@ -229,6 +229,15 @@ class Forwarder:
 def _connection_name(settings: Settings) -> str:
     """How the broker's management UI and ``rabbitmqctl`` show this worker's connection."""
     return f"scx-forwarder {settings.amqp_queue} {socket.gethostname()}:{os.getpid()}"
+
+
+async def _ack(message: AbstractIncomingMessage) -> None:
+    try:
+        await message.ack()
+    except Exception as exc:
+        # The channel died after the work was done: the broker will deliver the message
+        # again and it will be sent (or dead-lettered) twice. That is the at-least-once window.
+        log.warning("ticket.ack_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 async def _return(message: AbstractIncomingMessage, why: str) -> None:

@@ -87,8 +87,8 @@ class ScxClient:
             auth=self.auth,
             timeout=timeout,
             limits=httpx.Limits(
-                max_connections=settings.scx_pool_size,
-                max_keepalive_connections=settings.scx_pool_size,
+                max_connections=settings.pool_size,
+                max_keepalive_connections=settings.pool_size,
             ),
             headers={"Accept": "application/json", "Accept-Language": "en"},
             transport=transport,

@@ -43,10 +43,12 @@ class Settings(BaseSettings):
     # A message returned this many times (worker crash, nack) goes to the DLQ by the
     # broker's own hand, so a poison message cannot crash-loop the fleet forever.
     amqp_delivery_limit: int = Field(5, ge=1, le=1000)
-    amqp_prefetch: int = Field(64, ge=1, le=65535)
+    # Defaults measured with bench/concurrency.py (README, "Tuning"): past 16-32 concurrent
+    # requests httpx's connection pool costs more CPU than the extra overlap gains.
+    amqp_prefetch: int = Field(32, ge=1, le=65535)
 
     # --- worker -----------------------------------------------------------------------
-    worker_concurrency: int = Field(32, ge=1, le=10_000)
+    worker_concurrency: int = Field(16, ge=1, le=10_000)
     worker_shutdown_grace: PositiveFloat = 25.0
     worker_mapper: str | None = None
 
@@ -57,7 +59,7 @@ class Settings(BaseSettings):
     scx_max_requests_per_minute: float = Field(60, ge=0)
     scx_connect_timeout: PositiveFloat = 5.0
     scx_request_timeout: PositiveFloat = 30.0
-    scx_pool_size: int = Field(64, ge=1, le=10_000)
+    scx_pool_size: int | None = Field(None, ge=1, le=10_000)
     scx_token_refresh_margin: float = Field(60.0, ge=0)
     scx_retry_attempts: int = Field(6, ge=1, le=100)
     scx_retry_budget: PositiveFloat = 120.0
@@ -94,6 +96,11 @@ class Settings(BaseSettings):
         if self.scx_refresh_token is not None and self.scx_refresh_token_file is not None:
             raise ValueError("set SCX_REFRESH_TOKEN or SCX_REFRESH_TOKEN_FILE, not both")
         return self
+
+    @property
+    def pool_size(self) -> int:
+        """Keep-alive connections to the API: one per concurrent request unless set."""
+        return self.scx_pool_size or self.worker_concurrency
 
     @property
     def dead_letter_queue(self) -> str:
