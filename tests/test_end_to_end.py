@@ -7,11 +7,13 @@ import random
 import time
 from typing import Any
 
+import aio_pika
 import orjson
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from tests.conftest import (
+    AMQP_URL,
     Names,
     StartWorker,
     collect,
@@ -389,6 +391,34 @@ async def test_worker_resumes_after_the_broker_drops_its_connection(
     await publish(channel, names, [event(2)])
     await wait_for(
         lambda: len(emulator.state.accepted) == 2, what="accepted after reconnect", timeout=30
+    )
+    assert set(emulator.state.accepted_counts.values()) == {1}
+
+
+async def test_worker_resumes_after_a_broker_restart(
+    start_worker: StartWorker, emulator: Emulator, names: Names
+) -> None:
+    await start_worker()
+    async with await aio_pika.connect(AMQP_URL) as connection:
+        await publish(await connection.channel(), names, [event(1)])
+    await wait_for(lambda: len(emulator.state.accepted) == 1, what="first accepted")
+    try:
+        await _rabbitmqctl("stop_app")
+    finally:
+        await _rabbitmqctl("start_app")  # never leave the broker down for the next test
+    await _rabbitmqctl("await_startup")
+
+    async def published() -> bool:
+        try:
+            async with await aio_pika.connect(AMQP_URL) as connection:
+                await publish(await connection.channel(), names, [event(2)])
+        except (aio_pika.exceptions.AMQPError, ConnectionError):
+            return False  # the broker is up but the queue's leader is not elected yet
+        return True
+
+    await wait_for(published, what="a publish after the restart", timeout=30)
+    await wait_for(
+        lambda: len(emulator.state.accepted) == 2, what="accepted after the restart", timeout=60
     )
     assert set(emulator.state.accepted_counts.values()) == {1}
 
