@@ -17,6 +17,8 @@ from typing import Any
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from pydantic import SecretStr
 
 from worker.consumer import Forwarder
@@ -24,6 +26,12 @@ from worker.emulator import Emulator, EmulatorConfig
 from worker.mapping import Mapper
 from worker.scx import ScxClient
 from worker.settings import Settings
+
+# Generation speed depends on how busy the machine is; correctness does not.
+hypothesis_settings.register_profile(
+    "forwarder", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("forwarder")
 
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REFRESH_TOKEN = "test-refresh-token-s3cr3t"

@@ -12,25 +12,14 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.examples import SEED_TICKET
 from worker.emulator import Emulator, EmulatorConfig, serve
 
 REFRESH_TOKEN = "test-refresh-token"
 TICKET_URL = "/v1/channel/ticket"
 EN = {"Accept-Language": "en"}
 
-# The example from JTL's Create Ticket reference page (create-ticket.seed.txt).
-VALID: dict[str, Any] = {
-    "sellerId": "4711",
-    "ticketId": "CASE-01071982",
-    "topic": "QUESTION",
-    "createdAt": "2023-11-07T05:31:56Z",
-    "from": {"role": "BUYER", "name": "Dave"},
-    "subject": "Pod bay door seems to be locked.",
-    "message": "Open the pod bay doors HAL.",
-    "reference": {"type": "ORDERID", "id": "19820701"},
-    "replyRequested": True,
-    "attachment": [{"filename": "RedDot.png", "contentType": "image/png"}],
-}
+VALID = SEED_TICKET
 MINIMAL = {k: v for k, v in VALID.items() if k not in {"reference", "replyRequested", "attachment"}}
 
 

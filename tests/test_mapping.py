@@ -14,22 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.examples import SEED_TICKET
 from worker.errors import InvalidTicket, MalformedMessage
 from worker.mapping import Mapper, decode_ticket, load_mapper
 from worker.models import Ticket
 
-SEED: dict[str, Any] = {
-    "sellerId": "4711",
-    "ticketId": "CASE-01071982",
-    "topic": "QUESTION",
-    "createdAt": "2023-11-07T05:31:56Z",
-    "from": {"role": "BUYER", "name": "Dave"},
-    "subject": "Pod bay door seems to be locked.",
-    "message": "Open the pod bay doors HAL.",
-    "reference": {"type": "ORDERID", "id": "19820701"},
-    "replyRequested": True,
-    "attachment": [{"filename": "RedDot.png", "contentType": "image/png"}],
-}
+SEED = SEED_TICKET
 EVENT: dict[str, Any] = {
     "id": "evt-1",
     "type": "ticket.created",

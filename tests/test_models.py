@@ -9,33 +9,11 @@ import orjson
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from tests.examples import SEED_EVENT_DATA, SEED_TICKET
 from worker.models import Ticket, TicketEvent, TicketEventData
 
-# The example of JTL's "Create Ticket" reference page, verbatim.
-SEED: dict[str, Any] = {
-    "sellerId": "4711",
-    "ticketId": "CASE-01071982",
-    "topic": "QUESTION",
-    "createdAt": "2023-11-07T05:31:56Z",
-    "from": {"role": "BUYER", "name": "Dave"},
-    "subject": "Pod bay door seems to be locked.",
-    "message": "Open the pod bay doors HAL.",
-    "reference": {"type": "ORDERID", "id": "19820701"},
-    "replyRequested": True,
-    "attachment": [{"filename": "RedDot.png", "contentType": "image/png"}],
-}
-
-EVENT_DATA: dict[str, Any] = {
-    "seller_id": "4711",
-    "ticket_id": "CASE-01071982",
-    "topic": "question",
-    "created_at": "2023-11-07T05:31:56Z",
-    "author": {"role": "buyer", "name": "Dave"},
-    "subject": "Pod bay door seems to be locked.",
-    "message": "Open the pod bay doors HAL.",
-    "reference": {"type": "order_id", "id": "19820701"},
-    "attachments": [{"filename": "RedDot.png", "content_type": "image/png"}],
-}
+SEED = SEED_TICKET
+EVENT_DATA = SEED_EVENT_DATA
 
 REQUIRED = ["sellerId", "ticketId", "topic", "createdAt", "from", "subject", "message"]
 
