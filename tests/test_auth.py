@@ -66,6 +66,12 @@ class Clock:
         return self.now
 
 
+def plain_auth() -> TokenAuth:
+    return TokenAuth(
+        SecretStr(REFRESH), auth_url="http://scx.test/v1/auth", timeout=httpx.Timeout(5)
+    )
+
+
 def make_client(api: FakeApi, clock: Callable[[], float] | None = None) -> httpx.AsyncClient:
     auth = TokenAuth(
         SecretStr(REFRESH),
@@ -160,9 +166,7 @@ async def test_second_401_is_returned_not_looped() -> None:
         api.ticket_auth_headers.append(request.headers["authorization"])
         return httpx.Response(401)
 
-    auth = TokenAuth(
-        SecretStr(REFRESH), auth_url="http://scx.test/v1/auth", timeout=httpx.Timeout(5)
-    )
+    auth = plain_auth()
     async with httpx.AsyncClient(auth=auth, transport=httpx.MockTransport(always_401)) as client:
         response = await client.post("http://scx.test/v1/channel/ticket")
     assert response.status_code == 401
@@ -202,9 +206,35 @@ async def test_auth_answer_without_token_is_transient() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=orjson.dumps({"scope": "CHANNEL"}))
 
-    auth = TokenAuth(
-        SecretStr(REFRESH), auth_url="http://scx.test/v1/auth", timeout=httpx.Timeout(5)
-    )
+    auth = plain_auth()
     async with httpx.AsyncClient(auth=auth, transport=httpx.MockTransport(handler)) as client:
         with pytest.raises(TransientError, match="without a usable token"):
             await client.post("http://scx.test/v1/channel/ticket")
+
+
+@pytest.mark.parametrize(
+    ("answer", "usable"),
+    [
+        ({"authToken": "t", "tokenExpireAt": "2999-01-01T00:00:00+02:00"}, True),
+        ({"authToken": "t", "expiresIn": None, "tokenExpireAt": "2999-01-01T00:00:00Z"}, True),
+        ({"authToken": "t", "tokenExpireAt": "2999-01-01T00:00:00"}, False),  # no offset
+        ({"authToken": "t", "tokenExpireAt": "2000-01-01T00:00:00Z"}, False),  # expired
+        ({"authToken": "t", "expiresIn": 0}, False),
+        ({"authToken": "t", "expiresIn": "soon"}, False),
+    ],
+)
+async def test_token_lifetime_from_expires_in_or_token_expire_at(
+    answer: dict[str, object], usable: bool
+) -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/auth":
+            return httpx.Response(200, content=orjson.dumps(answer))
+        return httpx.Response(201)
+
+    auth = plain_auth()
+    async with httpx.AsyncClient(auth=auth, transport=httpx.MockTransport(handler)) as client:
+        if usable:
+            assert (await client.post("http://scx.test/v1/channel/ticket")).status_code == 201
+        else:
+            with pytest.raises(TransientError, match="without a usable token"):
+                await client.post("http://scx.test/v1/channel/ticket")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -119,7 +120,7 @@ class TokenAuth(httpx.Auth):
         try:
             payload = orjson.loads(response.content)
             bearer = str(payload["authToken"])
-            lifetime = float(payload["expiresIn"])
+            lifetime = _lifetime(payload)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise TransientError(
                 f"POST /v1/auth answered HTTP {status} without a usable token "
@@ -134,3 +135,21 @@ class TokenAuth(httpx.Auth):
         self._refresh_at = now + lifetime - min(self._margin, lifetime / 5)
         self.refreshes += 1
         log.info("scx.token_refreshed", expires_in=lifetime, refreshes=self.refreshes)
+
+
+def _lifetime(payload: dict[str, Any]) -> float:
+    """Seconds the token lives: ``expiresIn``, else what is left until ``tokenExpireAt``.
+
+    ``expiresIn`` is preferred because it does not depend on our clock agreeing with the
+    API's; ``tokenExpireAt`` is the documented fallback (an ISO 8601 time with an offset).
+    """
+    if payload.get("expiresIn") is not None:
+        lifetime = float(payload["expiresIn"])
+    else:
+        expires = datetime.fromisoformat(str(payload["tokenExpireAt"]))
+        if expires.tzinfo is None:
+            raise ValueError("tokenExpireAt has no UTC offset")
+        lifetime = (expires - datetime.now(UTC)).total_seconds()
+    if not lifetime > 0:
+        raise ValueError("the token is already expired")
+    return lifetime
