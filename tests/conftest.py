@@ -217,3 +217,27 @@ async def no_leftovers(amqp: AbstractRobustConnection, names: Names) -> AsyncIte
     """Assert at exit that the work queue holds nothing ready (nothing left or requeued)."""
     yield
     assert await queue_depth(amqp, names.queue) == 0
+
+
+async def close_broker_connections(name_prefix: str) -> int:
+    """Have the broker close the connections whose client-given name starts with a prefix."""
+    listing = await rabbitmqctl(
+        "list_connections", "--no-table-headers", "pid", "client_properties"
+    )
+    pids = [
+        line.split("\t", 1)[0]
+        for line in listing.splitlines()
+        if f'"connection_name","{name_prefix}' in line.replace("<<", "").replace(">>", "")
+    ]
+    for pid in pids:
+        await rabbitmqctl("close_connection", pid, "test: simulated broker restart")
+    return len(pids)
+
+
+async def rabbitmqctl(*args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        "rabbitmqctl", "-q", *args, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0, args
+    return out.decode()

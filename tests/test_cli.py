@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tests.conftest import (
     collect,
     publish,
     queue_depth,
+    rabbitmqctl,
     wait_for,
 )
 from tests.test_end_to_end import event
@@ -129,11 +131,31 @@ async def test_sigterm_finishes_in_flight_messages_and_loses_none(
     assert set(emulator.state.accepted_counts.values()) == {1}
 
 
+@pytest.fixture
+async def broker_user() -> AsyncIterator[tuple[str, str]]:
+    """A broker login of its own, so the test can look for its password in the logs."""
+    user, password = f"fwd-{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
+    await rabbitmqctl("add_user", user, password)
+    try:
+        await rabbitmqctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+        yield user, password
+    finally:
+        await rabbitmqctl("delete_user", user)
+
+
 async def test_logs_are_json_lines_without_any_secret(
-    emulator: Emulator, channel: AbstractChannel, names: Names, processes: list[Process]
+    emulator: Emulator,
+    channel: AbstractChannel,
+    names: Names,
+    processes: list[Process],
+    broker_user: tuple[str, str],
 ) -> None:
     emulator.configure(token_lifetime=0.5)
-    worker = await spawn("run", env=worker_env(names, emulator, LOG_LEVEL="debug"))
+    user, password = broker_user
+    amqp_url = f"amqp://{user}:{password}@127.0.0.1:5672/"
+    worker = await spawn(
+        "run", env=worker_env(names, emulator, LOG_LEVEL="debug", AMQP_URL=amqp_url)
+    )
     processes.append(worker)
     await wait_for(lambda: worker.has_event("worker.consuming"), what="the worker to consume")
     await publish(channel, names, [event(i) for i in range(5)])
@@ -155,7 +177,7 @@ async def test_logs_are_json_lines_without_any_secret(
     )
     assert all(e["level"] and e["timestamp"] for e in events)
     assert len(emulator.issued_tokens) >= 2
-    for secret in [REFRESH_TOKEN, *emulator.issued_tokens]:
+    for secret in [REFRESH_TOKEN, password, *emulator.issued_tokens]:
         assert secret not in worker.output
     assert "Bearer" not in worker.output
 

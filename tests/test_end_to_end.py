@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from typing import Any
@@ -16,10 +15,12 @@ from tests.conftest import (
     AMQP_URL,
     Names,
     StartWorker,
+    close_broker_connections,
     collect,
     no_leftovers,
     publish,
     queue_depth,
+    rabbitmqctl,
     wait_for,
 )
 from tests.examples import SEED_EVENT_DATA, SEED_TICKET
@@ -386,10 +387,10 @@ async def test_worker_resumes_after_a_broker_restart(
         await publish(await connection.channel(), names, [event(1)])
     await wait_for(lambda: len(emulator.state.accepted) == 1, what="first accepted")
     try:
-        await _rabbitmqctl("stop_app")
+        await rabbitmqctl("stop_app")
     finally:
-        await _rabbitmqctl("start_app")  # never leave the broker down for the next test
-    await _rabbitmqctl("await_startup")
+        await rabbitmqctl("start_app")  # never leave the broker down for the next test
+    await rabbitmqctl("await_startup")
 
     async def published() -> bool:
         try:
@@ -404,27 +405,3 @@ async def test_worker_resumes_after_a_broker_restart(
         lambda: len(emulator.state.accepted) == 2, what="accepted after the restart", timeout=60
     )
     assert set(emulator.state.accepted_counts.values()) == {1}
-
-
-async def close_broker_connections(name_prefix: str) -> int:
-    """Have the broker close the connections whose client-given name starts with a prefix."""
-    listing = await _rabbitmqctl(
-        "list_connections", "--no-table-headers", "pid", "client_properties"
-    )
-    pids = [
-        line.split("\t", 1)[0]
-        for line in listing.splitlines()
-        if f'"connection_name","{name_prefix}' in line.replace("<<", "").replace(">>", "")
-    ]
-    for pid in pids:
-        await _rabbitmqctl("close_connection", pid, "test: simulated broker restart")
-    return len(pids)
-
-
-async def _rabbitmqctl(*args: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "-q", *args, stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await process.communicate()
-    assert process.returncode == 0, args
-    return out.decode()

@@ -66,8 +66,6 @@ class TokenAuth(httpx.Auth):
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        if self._rejected is not None:
-            raise self._rejected
         if self._stale(None):
             async with self._lock:
                 if self._stale(None):
