@@ -378,6 +378,37 @@ async def test_injected_503_comes_first_without_validation(
     assert emulator.state.accepted == [VALID]
 
 
+async def test_without_a_configured_refresh_token_any_non_empty_one_is_accepted() -> None:
+    async with Emulator() as emulator, httpx.AsyncClient(base_url=emulator.base_url) as client:
+        assert (await client.post("/v1/auth", data={"refreshToken": "x"})).status_code == 200
+        assert (await client.post("/v1/auth", data={"refreshToken": ""})).status_code == 400
+
+
+@pytest.mark.parametrize(("rate", "expected_failures"), [(0.0, 0), (1.0, 20)])
+async def test_fail_rate_answers_that_share_of_ticket_calls_with_fail_status(
+    emulator: Emulator,
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    rate: float,
+    expected_failures: int,
+) -> None:
+    emulator.configure(fail_rate=rate, fail_status=502)
+    for _ in range(20):
+        await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert emulator.state.statuses[502] == expected_failures
+    assert len(emulator.state.accepted) == 20 - expected_failures
+
+
+async def test_a_random_fail_rate_fails_about_that_share(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    emulator.configure(fail_rate=0.5)
+    for _ in range(200):
+        await client.post(TICKET_URL, json=VALID, headers=auth)
+    # Binomial(200, 0.5): outside 60..140 has a probability below 1e-8.
+    assert 60 <= emulator.state.statuses[503] <= 140
+
+
 async def test_injected_429_carries_rate_limit_headers(
     emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
 ) -> None:

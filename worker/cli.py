@@ -53,11 +53,17 @@ def _parser() -> argparse.ArgumentParser:
     emu = sub.add_parser("emulator", help="run the local SCX API stand-in")
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument("--port", type=int, default=8080)
-    emu.add_argument("--refresh-token", default="demo-refresh-token")
+    emu.add_argument(
+        "--refresh-token", default=None, help="accept only this one (default: any non-empty)"
+    )
     emu.add_argument("--token-lifetime", type=float, default=3600.0, metavar="SECONDS")
     emu.add_argument("--latency", type=float, default=0.0, metavar="SECONDS")
     emu.add_argument("--rate-limit", type=int, default=None, metavar="N")
     emu.add_argument("--rate-interval", type=float, default=60.0, metavar="SECONDS")
+    emu.add_argument(
+        "--fail-rate", type=float, default=0.0, metavar="FRACTION", help="random 5xx share"
+    )
+    emu.add_argument("--fail-status", type=int, default=503, metavar="STATUS")
     emu.set_defaults(command=_cmd_emulator)
 
     pub = sub.add_parser("publish", help="publish events from a JSON-lines file ('-' = stdin)")
@@ -101,6 +107,8 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
         latency=args.latency,
         rate_limit=args.rate_limit,
         rate_interval=args.rate_interval,
+        fail_rate=args.fail_rate,
+        fail_status=args.fail_status,
     )
 
     def ready(url: str) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import secrets
 import time
 from collections import Counter, deque
@@ -46,22 +47,29 @@ _PRODUCTION_LIMITS: dict[Route, int] = {"ticket": 60, "auth": 10}
 
 @dataclass
 class EmulatorConfig:
-    refresh_token: str = "demo-refresh-token"  # noqa: S105 (the demo's well-known token)
+    # None accepts any non-empty refresh token; a string accepts only that one (to test the
+    # "credentials rejected" path).
+    refresh_token: str | None = None
     token_lifetime: float = 3600.0
     latency: float = 0.0
     rate_limit: int | None = None
     rate_interval: float = 60.0
     retry_after: float | None = None
+    # Random outages: this fraction of ticket calls is answered with fail_status.
+    fail_rate: float = 0.0
+    fail_status: int = 503
 
 
 _NUMBER = (int, float)
 _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
-    "refresh_token": (str,),
+    "refresh_token": (str, type(None)),
     "token_lifetime": _NUMBER,
     "latency": _NUMBER,
     "rate_limit": (int, type(None)),
     "rate_interval": _NUMBER,
     "retry_after": (*_NUMBER, type(None)),
+    "fail_rate": _NUMBER,
+    "fail_status": (int,),
 }
 
 
@@ -95,6 +103,7 @@ class Emulator:
         self.config = config or EmulatorConfig()
         self.state = EmulatorState()
         self._faults: dict[Route, deque[_Fault]] = {"ticket": deque(), "auth": deque()}
+        self._random = random.Random()
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
         self.issued_tokens: list[str] = []
         """Every token handed out, revoked or not: tests check that none reaches a log."""
@@ -200,7 +209,8 @@ class Emulator:
         if not refresh_token or not isinstance(refresh_token, str):
             text = "Pflichtfeld refreshToken fehlt", "required field refreshToken not found"
             return _fail(request, 400, "VAL100", text)
-        if refresh_token != self.config.refresh_token:
+        expected = self.config.refresh_token
+        if expected is not None and refresh_token != expected:
             text = "Ungültiges Refresh-Token", "invalid refresh token"
             return _fail(request, 401, "AUTH401", text)
         lifetime = self.config.token_lifetime
@@ -294,7 +304,11 @@ class Emulator:
 
     def _pop_fault(self, route: Route) -> _Fault | None:
         queue = self._faults[route]
-        return queue.popleft() if queue else None
+        if queue:
+            return queue.popleft()
+        if route == "ticket" and self._random.random() < self.config.fail_rate:
+            return _Fault(self.config.fail_status, None)
+        return None
 
     def _fault_response(
         self, request: web.Request, route: Route, fault: _Fault, headers: dict[str, str]

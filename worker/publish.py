@@ -3,8 +3,10 @@
 Each non-blank line is one message body, sent byte for byte (invalid lines too: that is
 how the demo and the tests exercise the dead-letter path). Messages are persistent,
 ``application/json``, carry a ``message_id`` (the event's ``id`` when the line has one) and
-a timestamp, and are published with confirms and ``mandatory``: a routing key that no
-queue is bound to is an error, not a silent drop.
+a timestamp, and are published with confirms and ``mandatory``. The worker's exchange and
+queues are declared first (the same idempotent declaration the worker makes), so events
+published before the worker ever ran wait in its queue; a ``--routing-key`` that no queue
+is bound to is an error, not a silent drop.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import aiormq
 import orjson
 
 from worker.settings import Settings
+from worker.topology import declare_topology
 
 
 class Unroutable(Exception):
-    """The broker had no queue for a message (the worker has not declared its queue yet)."""
+    """The broker had no queue bound for a message's routing key."""
 
 
 def _message_id(line: bytes) -> str:
@@ -50,9 +53,7 @@ async def publish_lines(
     connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        exchange = await channel.declare_exchange(
-            settings.amqp_exchange, aio_pika.ExchangeType.TOPIC, durable=True
-        )
+        exchange = (await declare_topology(channel, settings)).exchange
         window: list[Awaitable[object]] = []
         count = 0
         for raw in lines:
@@ -79,7 +80,7 @@ async def _confirmed(window: list[Awaitable[object]], exchange: str, key: str) -
         await asyncio.gather(*window)
     except aiormq.exceptions.DeliveryError:
         raise Unroutable(
-            f"no queue is bound to exchange {exchange!r} with routing key {key!r}; "
-            "start the worker once (it declares its queue), then publish"
+            f"no queue is bound to exchange {exchange!r} with routing key {key!r} "
+            "(the worker's queue is bound with AMQP_BINDING_KEY)"
         ) from None
     return len(window)
