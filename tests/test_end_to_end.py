@@ -9,6 +9,7 @@ from typing import Any
 import aio_pika
 import orjson
 import pytest
+import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from tests.conftest import (
@@ -318,6 +319,33 @@ async def test_stop_returns_messages_still_waiting_for_a_pacing_slot_at_once(
     assert time.monotonic() - started < 2.0, "the drain does not wait out the pacing"
     assert emulator.state.ticket_calls == 1
     assert await queue_depth(amqp, names.queue) == 3
+
+
+async def test_a_message_is_not_acked_while_its_dead_letter_copy_cannot_be_stored(
+    start_worker: StartWorker,
+    channel: AbstractChannel,
+    names: Names,
+    amqp: AbstractRobustConnection,
+) -> None:
+    worker = await start_worker()
+    await channel.queue_delete(names.dlq)  # an operator deletes the DLQ under the worker
+    with structlog.testing.capture_logs() as logs:
+        await publish(channel, names, [b"not json"], message_id="orphan")
+        await wait_for(
+            lambda: any(e["event"] == "ticket.dead_letter_failed" for e in logs),
+            what="a failed dead-letter attempt",
+        )
+        started = time.monotonic()
+        assert await worker.stop() == 0
+    assert time.monotonic() - started < 2, "stopping does not wait out the hold"
+    assert not any(e["event"] == "ticket.dead_lettered" for e in logs)
+    assert [e["event"] for e in logs].count("ticket.dead_letter_failed") == 1, "no hot loop"
+    assert await queue_depth(amqp, names.queue) == 1, "the message went back, not away"
+
+    await start_worker()  # declares the DLQ again
+    [message] = await collect(channel, names.dlq, 1)
+    assert message.message_id == "orphan"
+    assert message.headers["x-error-kind"] == "malformed"
 
 
 async def test_dead_letter_topology_catches_messages_over_the_delivery_limit(

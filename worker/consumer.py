@@ -10,8 +10,8 @@ API answered 2xx       ack
 ``MessageError``       copy to ``<queue>.dlq`` (publisher-confirmed), then ack
 ``ShuttingDown``       nack + requeue (stopped while waiting to send: nothing sent)
 ``FatalError``         nack + requeue; the worker drains and exits non-zero
-anything else (a bug)  nack + requeue; the queue's delivery limit stops a loop
-dead-letter failed     nack + requeue; tried again later, never lost
+anything else (a bug)  nack + requeue after 5 s; the delivery limit ends a loop
+dead-letter failed     nack + requeue after 5 s; tried again later, never lost
 =====================  ============================================================
 
 Delivery is at-least-once: a crash between the API's 2xx and the ack, or a lost
@@ -26,6 +26,7 @@ seconds to finish (keep Kubernetes' ``terminationGracePeriodSeconds`` above it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -44,6 +45,10 @@ from worker.settings import Settings
 from worker.topology import Topology, declare_topology
 
 log = structlog.get_logger(__name__)
+
+# A message handed back after a failure of ours (the DLQ refused the copy, a bug) would be
+# delivered straight back; holding it this long first keeps that from becoming a hot loop.
+RETURN_DELAY = 5.0
 
 # Headers must fit an AMQP frame together with everything else; a ticket with hundreds
 # of validation errors keeps its first ones and says so.
@@ -166,7 +171,7 @@ class Forwarder:
                         kind=outcome.kind,
                         error=f"{type(exc).__name__}: {exc}",
                     )
-                    await _return(message, "dead-letter publish failed")
+                    await self._return_later(message, "dead-letter publish failed")
                     return
                 await _ack(message)
                 log.info(
@@ -188,7 +193,13 @@ class Forwarder:
                     error=f"{type(outcome).__name__}: {outcome}",
                     exc_info=outcome,
                 )
-                await _return(message, "unexpected error")
+                await self._return_later(message, "unexpected error")
+
+    async def _return_later(self, message: AbstractIncomingMessage, why: str) -> None:
+        """Return the message after ``RETURN_DELAY`` seconds, or at once when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), RETURN_DELAY)
+        await _return(message, why)
 
     async def _dead_letter(self, message: AbstractIncomingMessage, error: MessageError) -> None:
         assert self._topology is not None
