@@ -373,3 +373,14 @@ async def test_a_message_that_kills_the_worker_ends_in_the_dlq_by_the_delivery_l
     [dead] = await collect(channel, names.dlq, 1)
     assert dead.body == bodies[0]
     assert dead.headers["x-first-death-reason"] == "delivery_limit"
+
+
+async def test_a_queue_declared_elsewhere_with_other_arguments_exits_1_with_a_hint(
+    emulator: Emulator, channel: AbstractChannel, names: Names
+) -> None:
+    await channel.declare_queue(names.queue, durable=True)  # classic, no dead-lettering
+    worker = await spawn("run", env=worker_env(names, emulator))
+    assert await worker.wait() == 1
+    [line] = [e for e in worker.events() if e["event"] == "worker.topology_mismatch"]
+    assert line["queue"] == names.queue
+    assert "AMQP_QUEUE_TYPE" in line["hint"]
