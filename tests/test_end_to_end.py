@@ -407,6 +407,22 @@ async def test_worker_resumes_after_the_broker_drops_its_connection(
     assert set(emulator.state.accepted_counts.values()) == {1}
 
 
+async def test_after_a_dropped_connection_only_the_in_flight_message_is_sent_twice(
+    start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
+) -> None:
+    emulator.configure(latency=0.3)
+    await start_worker(worker_concurrency=1, amqp_prefetch=6)
+    await publish(channel, names, [event(i) for i in range(6)])
+    await wait_for(lambda: emulator.state.ticket_calls == 1, what="the first call in flight")
+    assert await close_broker_connections(f"scx-forwarder {names.queue}") == 1
+    await wait_for(
+        lambda: len(emulator.state.accepted_counts) == 6, what="all six after the reconnect"
+    )
+    # The five waiting for their turn were skipped (the broker redelivers them), not sent
+    # on a dead channel; only the one in flight may reach the API twice.
+    assert sum(emulator.state.accepted_counts.values()) <= 7
+
+
 async def test_worker_resumes_after_a_broker_restart(
     start_worker: StartWorker, emulator: Emulator, names: Names
 ) -> None:
