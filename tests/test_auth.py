@@ -202,6 +202,23 @@ async def test_auth_outage_is_transient_and_retried_next_time(status: int) -> No
     assert api.auth_calls == 2
 
 
+async def test_requests_waiting_on_a_failing_refresh_share_its_failure() -> None:
+    api = FakeApi()
+    api.auth_status = 503
+    api.auth_gate = asyncio.Event()
+    async with make_client(api) as client:
+        requests = [asyncio.create_task(client.post("/v1/channel/ticket")) for _ in range(20)]
+        await wait_for(lambda: api.auth_calls == 1, what="the first refresh to start")
+        api.auth_gate.set()
+        results = await asyncio.gather(*requests, return_exceptions=True)
+        assert all(isinstance(r, TransientError) and r.status == 503 for r in results)
+        assert api.auth_calls == 1, "one auth call for the whole wave"
+        # The next wave (a retry after backoff) tries again.
+        api.auth_status = 200
+        assert (await client.post("/v1/channel/ticket")).status_code == 201
+    assert api.auth_calls == 2
+
+
 async def test_auth_answer_without_token_is_transient() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=orjson.dumps({"scope": "CHANNEL"}))

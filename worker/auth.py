@@ -6,7 +6,9 @@ for a short-lived bearer token. This auth flow
 - reuses the token until ``margin`` seconds before it expires, then refreshes before the
   next request (a request never leaves with a token about to lapse);
 - lets concurrent requests share one refresh (single-flight behind an ``asyncio.Lock``:
-  whoever waited re-checks and finds the fresh token);
+  whoever waited re-checks and finds the fresh token, or the failure of the refresh it
+  waited for: an auth outage costs one call to the rate-limited ``/v1/auth`` per wave of
+  waiting requests, not one per request);
 - answers a 401 with one refresh and one resend of the request; a second 401 is handed
   back to the caller, which treats it as transient;
 - turns a refused refresh token into ``CredentialsRejected`` and remembers it, so no
@@ -55,6 +57,8 @@ class TokenAuth(httpx.Auth):
         self._bearer: str | None = None
         self._refresh_at = 0.0
         self._rejected: CredentialsRejected | None = None
+        self._refresh_attempts = 0
+        self._last_failure: TransientError | None = None
         self.expires_at: float | None = None
         """Monotonic time the current token lapses (``None`` before the first)."""
         self.refreshes = 0
@@ -67,7 +71,9 @@ class TokenAuth(httpx.Auth):
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         if self._stale(None):
+            seen = self._refresh_attempts
             async with self._lock:
+                self._share_failure_since(seen)
                 if self._stale(None):
                     await self._store((yield self._auth_request()))
         sent_with = self._bearer
@@ -77,7 +83,9 @@ class TokenAuth(httpx.Auth):
             return
         # Read the 401 to the end first: that puts its connection back in the pool.
         await response.aread()
+        seen = self._refresh_attempts
         async with self._lock:
+            self._share_failure_since(seen)
             if self._stale(sent_with):
                 await self._store((yield self._auth_request()))
         request.headers["Authorization"] = f"Bearer {self._bearer}"
@@ -91,6 +99,17 @@ class TokenAuth(httpx.Auth):
             return True
         return sent_with is not None and sent_with == self._bearer
 
+    def _share_failure_since(self, seen: int) -> None:
+        """Fail like the refresh that ran while we waited for the lock, if it failed."""
+        failure = self._last_failure
+        if self._refresh_attempts != seen and failure is not None:
+            raise TransientError(
+                failure.reason,
+                status=failure.status,
+                retry_after=failure.retry_after,
+                error_list=failure.error_list,
+            )
+
     def _auth_request(self) -> httpx.Request:
         return httpx.Request(
             "POST",
@@ -101,6 +120,15 @@ class TokenAuth(httpx.Auth):
         )
 
     async def _store(self, response: httpx.Response) -> None:
+        self._refresh_attempts += 1
+        try:
+            await self._read_token(response)
+        except TransientError as exc:
+            self._last_failure = exc
+            raise
+        self._last_failure = None
+
+    async def _read_token(self, response: httpx.Response) -> None:
         # An overridden async_auth_flow gets responses unread (requires_response_body only
         # applies to the default flow).
         await response.aread()
