@@ -1,8 +1,6 @@
 """``scx-forwarder`` (also ``python -m worker``): the worker and its companions.
 
-Exit codes of ``run``: 0 stopped cleanly (SIGTERM/SIGINT), 1 could not start or run
-(broker unreachable, queue declared elsewhere with other arguments), 2 bad configuration,
-3 the API rejected the refresh token.
+Exit codes of ``run`` are listed in ``worker.errors`` (``EXIT_*``) and in the README.
 """
 
 from __future__ import annotations
@@ -18,10 +16,9 @@ from typing import Any
 
 import structlog
 
+from worker.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from worker.logging import configure_logging
-from worker.settings import ConfigError, Settings, load_settings
-
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_CREDENTIALS = 0, 1, 2, 3
+from worker.settings import ConfigError, load_settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,6 +156,3 @@ def _until_signal(coro: Coroutine[Any, Any, None]) -> int:
 
     asyncio.run(runner())
     return EXIT_OK
-
-
-__all__ = ["EXIT_CONFIG", "EXIT_CREDENTIALS", "EXIT_FAILED", "EXIT_OK", "Settings", "main"]

@@ -38,7 +38,7 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from worker.errors import FatalError, MessageError, ShuttingDown
+from worker.errors import EXIT_OK, FatalError, MessageError, ShuttingDown
 from worker.mapping import Mapper, decode_ticket
 from worker.scx import Forwarded, ScxClient
 from worker.settings import Settings
@@ -69,7 +69,7 @@ class Forwarder:
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._connection: AbstractRobustConnection | None = None
         self._topology: Topology | None = None
-        self.exit_code = 0
+        self.exit_code = EXIT_OK
         self.consuming = asyncio.Event()
         """Set once the consumer is registered (tests and readiness wait for it)."""
 

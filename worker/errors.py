@@ -26,6 +26,12 @@ from typing import Any, Literal
 
 ErrorKind = Literal["malformed", "invalid", "rejected", "exhausted"]
 
+# Exit codes of `scx-forwarder run` (a contract with supervisors and deploy scripts).
+EXIT_OK = 0  # stopped by SIGTERM/SIGINT after draining
+EXIT_FAILED = 1  # could not start or run: broker unreachable, topology mismatch
+EXIT_CONFIG = 2  # bad configuration
+EXIT_CREDENTIALS = 3  # the API rejected the refresh token
+
 
 class ForwarderError(Exception):
     """Base of every error the forwarder raises on purpose."""
@@ -107,13 +113,13 @@ class ShuttingDown(ForwarderError):
 class FatalError(ForwarderError):
     """The worker must stop; messages in hand go back to the queue untouched."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 class CredentialsRejected(FatalError):
     """``POST /v1/auth`` refused the refresh token (any 4xx but 408/425/429)."""
 
-    exit_code = 3
+    exit_code = EXIT_CREDENTIALS
 
     def __init__(self, status: int, error_list: list[Any]) -> None:
         super().__init__(

@@ -15,13 +15,12 @@ import structlog
 from pydantic import SecretStr
 
 from worker.consumer import Forwarder
+from worker.errors import EXIT_FAILED
 from worker.mapping import Mapper
 from worker.scx import ScxClient
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-EXIT_FAILED = 1
 
 
 async def serve(settings: Settings, refresh_token: SecretStr, mapper: Mapper | None) -> int:
