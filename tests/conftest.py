@@ -150,9 +150,11 @@ async def start_worker(
 
     yield start
     for worker in running:
-        if not worker.task.done():
-            await worker.stop()
-        await worker.client.aclose()
+        try:
+            if not worker.task.done():
+                assert await worker.stop() == 0
+        finally:
+            await worker.client.aclose()
 
 
 async def publish(

@@ -198,7 +198,7 @@ async def test_token_expiry_mid_run_is_one_refresh_for_many_concurrent_requests(
     names: Names,
     amqp: AbstractRobustConnection,
 ) -> None:
-    emulator.configure(token_lifetime=1.0, latency=0.05)
+    emulator.configure(token_lifetime=1.0, latency=0.1)
     await start_worker(worker_concurrency=32, amqp_prefetch=64)
     count = 600
     started = time.monotonic()

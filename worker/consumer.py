@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
+import aiormq
 import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
@@ -102,7 +103,12 @@ class Forwarder:
             )
             await self._stopping.wait()
             self.consuming.clear()
-            await queue.cancel(tag)
+            try:
+                await queue.cancel(tag)
+            except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError) as exc:
+                # Stopped while the connection was down or being re-established: there is
+                # no consumer to cancel, and the broker holds every unacked message already.
+                log.warning("worker.cancel_failed", error=f"{type(exc).__name__}: {exc}")
             self._client.interrupt_waits()
             await self._drain()
         finally:
