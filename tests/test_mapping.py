@@ -14,27 +14,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.examples import SEED_TICKET
+from tests.examples import SEED_EVENT_DATA, SEED_TICKET
 from worker.errors import InvalidTicket, MalformedMessage
 from worker.mapping import Mapper, decode_ticket, load_mapper
 from worker.models import Ticket
 
 SEED = SEED_TICKET
+# The shared example in other accepted spellings: mixed-case topic, upper-case role,
+# ORDER_ID, and reply_requested given explicitly.
 EVENT: dict[str, Any] = {
     "id": "evt-1",
     "type": "ticket.created",
     "time": "2023-11-07T05:32:00Z",
-    "data": {
-        "seller_id": "4711",
-        "ticket_id": "CASE-01071982",
+    "data": SEED_EVENT_DATA
+    | {
         "topic": "Question",
-        "created_at": "2023-11-07T05:31:56Z",
         "author": {"role": "BUYER", "name": "Dave"},
-        "subject": "Pod bay door seems to be locked.",
-        "message": "Open the pod bay doors HAL.",
         "reference": {"type": "ORDER_ID", "id": "19820701"},
         "reply_requested": True,
-        "attachments": [{"filename": "RedDot.png", "content_type": "image/png"}],
     },
 }
 TOP_KEYS = {*SEED}

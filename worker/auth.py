@@ -59,8 +59,6 @@ class TokenAuth(httpx.Auth):
         self._rejected: CredentialsRejected | None = None
         self._refresh_attempts = 0
         self._last_failure: TransientError | None = None
-        self.expires_at: float | None = None
-        """Monotonic time the current token lapses (``None`` before the first)."""
         self.refreshes = 0
         """Successful token refreshes so far."""
 
@@ -157,7 +155,6 @@ class TokenAuth(httpx.Auth):
         # A short-lived token (tests, or a sandbox handing out 360 s tokens) must not be
         # refreshed on every request, so the margin never exceeds a fifth of the lifetime.
         self._bearer = bearer
-        self.expires_at = now + lifetime
         self._refresh_at = now + lifetime - min(self._margin, lifetime / 5)
         self.refreshes += 1
         log.info("scx.token_refreshed", expires_in=lifetime, refreshes=self.refreshes)

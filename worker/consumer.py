@@ -37,7 +37,7 @@ import aio_pika
 import aiormq
 import orjson
 import structlog
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage
 
 from worker.errors import EXIT_OK, FatalError, MessageError, ShuttingDown
 from worker.mapping import Mapper, decode_ticket
@@ -68,7 +68,6 @@ class Forwarder:
         self._semaphore = asyncio.Semaphore(settings.worker_concurrency)
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task[Any]] = set()
-        self._connection: AbstractRobustConnection | None = None
         self._topology: Topology | None = None
         self.exit_code = EXIT_OK
         self.consuming = asyncio.Event()
@@ -83,12 +82,12 @@ class Forwarder:
     async def run(self) -> int:
         """Consume until ``stop()``; returns the process exit code."""
         settings = self._settings
-        self._connection = await aio_pika.connect_robust(
+        connection = await aio_pika.connect_robust(
             settings.amqp_url.get_secret_value(),
             client_properties={"connection_name": _connection_name(settings)},
         )
         try:
-            channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             await channel.set_qos(prefetch_count=settings.amqp_prefetch)
             self._topology = await declare_topology(channel, settings)
             queue = self._topology.queue
@@ -112,7 +111,7 @@ class Forwarder:
             self._client.interrupt_waits()
             await self._drain()
         finally:
-            await self._connection.close()
+            await connection.close()
         return self.exit_code
 
     async def _drain(self) -> None:

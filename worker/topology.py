@@ -33,7 +33,6 @@ class Topology:
     channel: AbstractChannel
     exchange: AbstractExchange
     queue: AbstractQueue
-    dead_letter_queue: AbstractQueue
 
 
 def queue_arguments(settings: Settings) -> FieldTable:
@@ -60,7 +59,7 @@ async def declare_topology(channel: AbstractChannel, settings: Settings) -> Topo
     exchange = await channel.declare_exchange(
         settings.amqp_exchange, aio_pika.ExchangeType.TOPIC, durable=True
     )
-    dead_letter_queue = await channel.declare_queue(
+    await channel.declare_queue(
         settings.dead_letter_queue,
         durable=True,
         arguments={"x-queue-type": settings.amqp_queue_type},
@@ -69,4 +68,4 @@ async def declare_topology(channel: AbstractChannel, settings: Settings) -> Topo
         settings.amqp_queue, durable=True, arguments=queue_arguments(settings)
     )
     await queue.bind(exchange, routing_key=settings.amqp_binding_key)
-    return Topology(channel, exchange, queue, dead_letter_queue)
+    return Topology(channel, exchange, queue)
