@@ -35,6 +35,11 @@ hypothesis_settings.load_profile("forwarder")
 
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REFRESH_TOKEN = "test-refresh-token-s3cr3t"
+# Delay-stage delays the tests use (short, to scale time with settings); the production
+# defaults are listed too because process-level tests run with them. Fixtures delete the
+# delay queues of both.
+TEST_RETRY_DELAYS = (0.3, 1.0)
+_ALL_RETRY_DELAYS = (*TEST_RETRY_DELAYS, 10.0, 60.0, 600.0)
 
 
 async def wait_for(
@@ -63,6 +68,13 @@ class Names:
     def dlq(self) -> str:
         return f"{self.queue}.dlq"
 
+    def retry(self, delay: float) -> str:
+        return f"{self.queue}.retry.{delay:g}s"
+
+    @property
+    def all_queues(self) -> list[str]:
+        return [self.queue, self.dlq, *(self.retry(delay) for delay in _ALL_RETRY_DELAYS)]
+
 
 @pytest.fixture
 def names() -> Names:
@@ -81,7 +93,7 @@ async def amqp() -> AsyncIterator[AbstractRobustConnection]:
 async def channel(amqp: AbstractRobustConnection, names: Names) -> AsyncIterator[AbstractChannel]:
     channel = await amqp.channel()
     yield channel
-    for queue in (names.queue, names.dlq):
+    for queue in names.all_queues:
         await channel.queue_delete(queue)
     await channel.exchange_delete(names.exchange)
     await channel.close()
@@ -105,6 +117,7 @@ def make_settings(names: Names, emulator: Emulator, **overrides: Any) -> Setting
         "scx_retry_initial_wait": 0.01,
         "scx_retry_max_wait": 0.2,
         "scx_retry_budget": 10.0,
+        "worker_retry_delays": TEST_RETRY_DELAYS,
         "worker_shutdown_grace": 5.0,
     }
     values.update(overrides)

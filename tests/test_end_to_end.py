@@ -176,19 +176,125 @@ async def test_injected_5xx_and_429_are_retried_to_success(
     assert await queue_depth(amqp, names.dlq) == 0
 
 
-async def test_transient_failures_past_the_budget_are_dead_lettered_as_exhausted(
+def events_named(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [entry for entry in logs if entry["event"] == name]
+
+
+async def test_a_message_whose_retries_run_out_waits_in_a_delay_queue_then_is_forwarded(
+    start_worker: StartWorker,
+    emulator: Emulator,
+    channel: AbstractChannel,
+    amqp: AbstractRobustConnection,
+    names: Names,
+) -> None:
+    await start_worker(scx_retry_attempts=2)
+    emulator.inject("ticket", 503, count=2)
+    with structlog.testing.capture_logs() as logs:
+        async with no_leftovers(amqp, names):
+            await publish(channel, names, [event(8)], message_id="m-503")
+            await wait_for(lambda: len(emulator.state.accepted) == 1, what="the retried send")
+    [delayed] = events_named(logs, "ticket.delayed")
+    assert (delayed["delay_s"], delayed["retry_count"], delayed["attempts"]) == (0.3, 1, 2)
+    assert emulator.state.ticket_calls == 3
+    assert await queue_depth(amqp, names.dlq) == 0
+    assert await queue_depth(amqp, names.retry(0.3)) == 0
+
+
+async def test_delays_follow_the_list_then_repeat_the_last_one(
     start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
 ) -> None:
-    await start_worker(scx_retry_attempts=3)
+    await start_worker(scx_retry_attempts=1)
+    emulator.inject("ticket", 503, count=3)
+    with structlog.testing.capture_logs() as logs:
+        await publish(channel, names, [event(8)])
+        await wait_for(lambda: len(emulator.state.accepted) == 1, timeout=30, what="acceptance")
+    delayed = events_named(logs, "ticket.delayed")
+    assert [(e["retry_count"], e["delay_s"]) for e in delayed] == [(1, 0.3), (2, 1.0), (3, 1.0)]
+
+
+async def test_past_the_maximum_age_a_failing_message_is_dead_lettered_as_exhausted(
+    start_worker: StartWorker,
+    emulator: Emulator,
+    channel: AbstractChannel,
+    amqp: AbstractRobustConnection,
+    names: Names,
+) -> None:
+    await start_worker(scx_retry_attempts=1, worker_retry_max_age=0.5)
+    emulator.inject("ticket", 503, count=10)
+    async with no_leftovers(amqp, names):
+        await publish(channel, names, [event(8)], message_id="m-old")
+        [message] = await collect(channel, names.dlq, 1, timeout=30)
+    headers = message.headers
+    # Delayed 0.3 s (0.3 s old), then 1 s: 1.3 s since the first failure is past 0.5 s.
+    assert headers["x-error-kind"] == "exhausted"
+    assert headers["x-retry-count"] == 2
+    assert headers["x-error-reason"].startswith("still failing after 2 delays")
+    detail = orjson.loads(str(headers["x-error-detail"]))
+    assert detail["retries"] == 2
+    assert detail["firstFailureAt"] == headers["x-first-failure-at"]
+    assert detail["status"] == 503
+    assert emulator.state.ticket_calls == 3
+
+
+async def test_without_a_delay_stage_a_failing_message_is_exhausted_at_once(
+    start_worker: StartWorker, emulator: Emulator, channel: AbstractChannel, names: Names
+) -> None:
+    await start_worker(scx_retry_attempts=3, worker_retry_delays=())
     emulator.inject("ticket", 503, count=3)
     await publish(channel, names, [event(8)], message_id="m-503")
     [message] = await collect(channel, names.dlq, 1)
     assert message.headers["x-error-kind"] == "exhausted"
     assert message.headers["x-attempts"] == 3
     detail = orjson.loads(str(message.headers["x-error-detail"]))
-    assert detail["status"] == 503
-    assert detail["attempts"] == 3
+    assert (detail["status"], detail["attempts"], detail["retries"]) == (503, 3, 0)
     assert emulator.state.ticket_calls == 3
+
+
+async def test_an_outage_longer_than_the_budget_loses_nothing_and_costs_few_calls(
+    start_worker: StartWorker,
+    emulator: Emulator,
+    channel: AbstractChannel,
+    amqp: AbstractRobustConnection,
+    names: Names,
+) -> None:
+    await start_worker(
+        scx_retry_budget=0.5, scx_breaker_failures=3, scx_breaker_cooldown=0.25
+    )
+    emulator.configure(fail_rate=1.0)
+    async with no_leftovers(amqp, names):
+        await publish(channel, names, [event(i) for i in range(50)])
+        await wait_for(lambda: emulator.state.ticket_calls >= 3, what="the outage to be hit")
+        await wait_for(
+            lambda: queue_depth(amqp, names.retry(1.0)), what="messages delayed twice"
+        )
+        during = emulator.state.ticket_calls
+        emulator.configure(fail_rate=0.0)
+        await wait_for(lambda: len(emulator.state.accepted) == 50, timeout=30, what="all 50")
+    assert set(emulator.state.accepted_counts.values()) == {1}
+    assert await queue_depth(amqp, names.dlq) == 0
+    # 16 concurrent first calls, then one probe per cooldown (0.25 s, 0.5 s, 1 s, ...).
+    assert during <= 16 + 10, during
+
+
+async def test_a_message_is_not_acked_while_its_delayed_copy_cannot_be_stored(
+    start_worker: StartWorker,
+    emulator: Emulator,
+    channel: AbstractChannel,
+    names: Names,
+    amqp: AbstractRobustConnection,
+) -> None:
+    worker = await start_worker(scx_retry_attempts=1)
+    await channel.queue_delete(names.retry(0.3))
+    emulator.inject("ticket", 503)
+    with structlog.testing.capture_logs() as logs:
+        await publish(channel, names, [event(3)], message_id="parked")
+        await wait_for(
+            lambda: bool(events_named(logs, "ticket.delay_failed")), what="a failed delay"
+        )
+        assert await worker.stop() == 0
+    assert await queue_depth(amqp, names.queue) == 1, "the message went back, not away"
+    await start_worker()
+    await wait_for(lambda: len(emulator.state.accepted) == 1, what="the send after the restart")
 
 
 async def test_token_expiry_mid_run_is_one_refresh_for_many_concurrent_requests(

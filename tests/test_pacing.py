@@ -1,4 +1,4 @@
-"""Pacer: sends are spaced on an even grid, and a pause holds every sender."""
+"""Pacer: even spacing, pauses that hold every sender, and budgets read from headers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pytest
 
 from tests.conftest import wait_for
 from worker.errors import ShuttingDown
-from worker.pacing import Pacer
+from worker.pacing import MAX_RESERVE, Pacer, WindowBudget
+from worker.responses import RateLimit
+from worker.waits import Waits
 
 
 async def stamps(pacer: Pacer, n: int) -> list[float]:
@@ -68,15 +70,92 @@ async def test_earlier_pause_does_not_shorten_a_later_one() -> None:
 
 
 async def test_interrupt_ends_every_wait_with_shutting_down() -> None:
-    pacer = Pacer(per_minute=6)  # a slot every 10 s
+    waits = Waits()
+    pacer = Pacer(per_minute=6, waits=waits)  # a slot every 10 s
     await pacer.acquire()
     waiting = [asyncio.create_task(pacer.acquire()) for _ in range(3)]
-    backoff = asyncio.create_task(pacer.sleep(30))
-    await wait_for(lambda: len(pacer._sleepers) == 4, what="four waits to start")
+    backoff = asyncio.create_task(waits.sleep(30))
+    # The head of the line sleeps for its slot; the two behind it wait for their turn.
+    await wait_for(lambda: waits.pending == 2, what="the head sender and the back-off to wait")
     started = time.monotonic()
-    pacer.interrupt()
+    waits.interrupt()
     results = await asyncio.gather(*waiting, backoff, return_exceptions=True)
     assert all(isinstance(r, ShuttingDown) for r in results)
     assert time.monotonic() - started < 0.5
     with pytest.raises(ShuttingDown):
         await pacer.acquire()
+
+
+# WindowBudget is pure: these tests drive it with explicit times.
+LIMIT = 120
+
+
+def test_alone_the_budget_spreads_what_is_left_over_the_time_left() -> None:
+    budget = WindowBudget()
+    seq = budget.sent()
+    budget.observe(seq, RateLimit(LIMIT, LIMIT - 1, 60.0), sent_at=0.0, now=0.01)
+    assert budget.window_end == pytest.approx(60.01)
+    # 119 left for 60 s: about every 0.504 s, the last one as the window closes.
+    assert budget.earliest(0.02, last_sent=0.0) == pytest.approx(60.01 / 119, rel=1e-3)
+
+
+def test_calls_of_others_between_two_answers_are_held_in_reserve() -> None:
+    budget = WindowBudget()
+    first = budget.sent()
+    budget.observe(first, RateLimit(LIMIT, 100, 60.0), sent_at=0.0, now=0.01)
+    second = budget.sent()
+    # 97 left after our one call: two other replicas took one each in between.
+    budget.observe(second, RateLimit(LIMIT, 97, 60.0), sent_at=1.0, now=1.01)
+    assert budget.reserve == 2
+    assert budget.remaining == 97
+    budget.remaining = 2  # two left, both likely taken by the others before our next call
+    assert budget.earliest(2.0, last_sent=1.0) == budget.window_end
+
+
+def test_the_reserve_is_capped() -> None:
+    budget = WindowBudget()
+    budget.observe(budget.sent(), RateLimit(LIMIT, 110, 60.0), sent_at=0.0, now=0.0)
+    budget.observe(budget.sent(), RateLimit(LIMIT, 10, 60.0), sent_at=1.0, now=1.0)
+    assert budget.reserve == MAX_RESERVE
+
+
+def test_our_own_calls_in_flight_count_against_what_is_left() -> None:
+    budget = WindowBudget()
+    first = budget.sent()
+    for _ in range(3):
+        budget.sent()  # sent after `first`, not yet answered
+    budget.observe(first, RateLimit(LIMIT, 50, 60.0), sent_at=0.0, now=0.1)
+    assert budget.remaining == 47
+    assert budget.reserve == 0
+
+
+def test_a_remainder_that_goes_up_starts_a_new_window() -> None:
+    budget = WindowBudget()
+    budget.observe(budget.sent(), RateLimit(LIMIT, 3, 60.0), sent_at=0.0, now=0.0)
+    assert budget.window_end == 60.0
+    budget.observe(budget.sent(), RateLimit(LIMIT, 90, 60.0), sent_at=30.0, now=30.5)
+    assert budget.window_end == pytest.approx(90.5)  # late rather than early: never a 429
+
+
+def test_an_overtaken_answer_is_ignored() -> None:
+    budget = WindowBudget()
+    first, second = budget.sent(), budget.sent()
+    budget.observe(second, RateLimit(LIMIT, 80, 60.0), sent_at=0.1, now=0.2)
+    budget.observe(first, RateLimit(LIMIT, 81, 60.0), sent_at=0.0, now=0.3)
+    assert budget.remaining == 80
+
+
+def test_nothing_left_means_waiting_for_the_window_to_end_and_no_longer() -> None:
+    budget = WindowBudget()
+    budget.observe(budget.sent(), RateLimit(LIMIT, 0, 60.0), sent_at=0.0, now=0.0)
+    assert budget.earliest(10.0, last_sent=0.0) == 60.0
+    assert budget.earliest(61.0, last_sent=0.0) == 61.0
+
+
+async def test_the_pacer_waits_for_the_next_window_when_the_headers_say_none_are_left() -> None:
+    pacer = Pacer(per_minute=6000)
+    seq = await pacer.acquire()
+    pacer.observe(seq, RateLimit(10, 0, 0.3), sent_at=time.monotonic())
+    started = time.monotonic()
+    await pacer.acquire()
+    assert time.monotonic() - started >= 0.25

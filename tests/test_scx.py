@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Coroutine
 
@@ -9,7 +10,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from worker.errors import CredentialsRejected, RetriesExhausted, TicketRejected
+from worker.breaker import State
+from worker.errors import CredentialsRejected, RetryLater, TicketRejected
 from worker.responses import retry_after
 from worker.scx import ScxClient
 from worker.settings import Settings
@@ -89,13 +91,13 @@ async def test_rejection_after_transient_failures_counts_attempts() -> None:
     assert raised.value.attempts == 2
 
 
-async def test_attempt_budget_ends_in_exhausted() -> None:
+async def test_attempt_budget_ends_in_retry_later() -> None:
     handler, seen = scripted(httpx.Response(503, json=ERRORS))
     async with client(handler, scx_retry_attempts=3) as scx:
-        with pytest.raises(RetriesExhausted) as raised:
+        with pytest.raises(RetryLater) as raised:
             await scx.send_ticket(b"{}")
     assert len(seen) == 3
-    assert raised.value.kind == "exhausted"
+    assert raised.value.reason == "HTTP 503"
     assert raised.value.detail["status"] == 503
     assert raised.value.detail["errorList"] == ERRORS["errorList"]
     assert raised.value.attempts == 3
@@ -106,10 +108,80 @@ async def test_time_budget_stops_before_a_wait_that_would_overrun_it() -> None:
     handler, seen = scripted(httpx.Response(429, headers={"Retry-After": "5"}))
     async with client(handler, scx_retry_attempts=50, scx_retry_budget=1.0) as scx:
         started = time.monotonic()
-        with pytest.raises(RetriesExhausted):
+        with pytest.raises(RetryLater):
             await scx.send_ticket(b"{}")
     assert len(seen) == 1
     assert time.monotonic() - started < 1.0
+
+
+async def test_an_outage_opens_the_breaker_so_senders_stop_calling() -> None:
+    handler, seen = scripted(httpx.Response(503))
+    async with client(
+        handler,
+        scx_retry_attempts=100,
+        scx_retry_budget=1.0,
+        scx_breaker_failures=3,
+        scx_breaker_cooldown=0.3,
+    ) as scx:
+        results = await asyncio.gather(
+            *(scx.send_ticket(b"{}") for _ in range(10)), return_exceptions=True
+        )
+        assert scx.breaker.state is State.OPEN
+    assert all(isinstance(r, RetryLater) for r in results)
+    # Without the breaker: 10 senders retrying every few ms for 1 s, hundreds of calls.
+    # With it: the first round (all ten were already on their way) and a probe or two.
+    assert len(seen) <= 14, len(seen)
+
+
+async def test_a_successful_probe_closes_the_breaker_and_releases_every_waiter() -> None:
+    handler, seen = scripted(*[httpx.Response(503)] * 3, httpx.Response(201))
+    async with client(
+        handler,
+        scx_retry_attempts=1,  # waiting for the breaker is not an attempt
+        scx_breaker_failures=3,
+        scx_breaker_cooldown=0.2,
+    ) as scx:
+        await asyncio.gather(*(scx.send_ticket(b"{}") for _ in range(3)), return_exceptions=True)
+        assert scx.breaker.state is State.OPEN
+        started = time.monotonic()
+        results = await asyncio.gather(*(scx.send_ticket(b"{}") for _ in range(5)))
+        assert scx.breaker.state is State.CLOSED
+    assert [r.status for r in results] == [201] * 5
+    assert time.monotonic() - started >= 0.15  # nobody called before the cooldown ended
+    assert len(seen) == 3 + 5  # one probe, then the other four: no call was wasted
+
+
+async def test_a_breaker_open_past_the_budget_means_retry_later_at_once_without_a_call() -> None:
+    handler, seen = scripted(httpx.Response(503))
+    async with client(
+        handler,
+        scx_retry_attempts=1,
+        scx_retry_budget=0.5,
+        scx_breaker_failures=1,
+        scx_breaker_cooldown=30,
+    ) as scx:
+        with pytest.raises(RetryLater):
+            await scx.send_ticket(b"{}")
+        started = time.monotonic()
+        with pytest.raises(RetryLater) as raised:
+            await scx.send_ticket(b"{}")
+    assert time.monotonic() - started < 0.2
+    assert raised.value.attempts == 0
+    assert raised.value.reason.startswith("circuit open")
+    assert len(seen) == 1
+
+
+async def test_rejections_and_429s_do_not_open_the_breaker() -> None:
+    handler, _ = scripted(
+        httpx.Response(422, json=ERRORS),
+        httpx.Response(429, headers={"Retry-After": "0"}),
+        httpx.Response(201),
+    )
+    async with client(handler, scx_breaker_failures=1) as scx:
+        with pytest.raises(TicketRejected):
+            await scx.send_ticket(b"{}")
+        await scx.send_ticket(b"{}")
+        assert scx.breaker.state is State.CLOSED
 
 
 async def test_connection_errors_and_timeouts_are_transient() -> None:

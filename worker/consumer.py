@@ -8,14 +8,23 @@ outcome                what happens to the message
 =====================  ============================================================
 API answered 2xx       ack
 ``MessageError``       copy to ``<queue>.dlq`` (publisher-confirmed), then ack
+``RetryLater``         copy to ``<queue>.retry.<N>s`` (confirmed), then ack; or, once
+                       ``WORKER_RETRY_MAX_AGE`` has passed since its first failure, a
+                       ``RetriesExhausted`` dead-letter (kind ``exhausted``)
 ``ShuttingDown``       nack + requeue (stopped while waiting to send: nothing sent)
 ``FatalError``         nack + requeue; the worker drains and exits non-zero
 anything else (a bug)  nack + requeue after 5 s; the delivery limit ends a loop
-dead-letter failed     nack + requeue after 5 s; tried again later, never lost
+copy to DLQ/delay failed  nack + requeue after 5 s; tried again later, never lost
 =====================  ============================================================
 
 Delivery is at-least-once: a crash between the API's 2xx and the ack, or a lost
 connection in that window, makes the broker deliver the message again.
+
+The delay stage keeps long outages out of memory: a message whose in-process retries
+ran out waits in a delay queue (``WORKER_RETRY_DELAYS``, 10 s, 60 s, 600 s by default;
+the n-th time the n-th delay, then the last one again) and comes back to the work queue
+by itself. Two headers travel with it: ``x-retry-count`` (times delayed so far) and
+``x-first-failure-at`` (ISO 8601, UTC), plus ``x-last-error`` for whoever looks.
 
 Concurrency: the broker hands out at most ``AMQP_PREFETCH`` unacked messages; at most
 ``WORKER_CONCURRENCY`` of them are worked on at once. ``stop()`` cancels the consumer,
@@ -30,6 +39,7 @@ import contextlib
 import os
 import socket
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,7 +49,14 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from worker.errors import EXIT_OK, FatalError, MessageError, ShuttingDown
+from worker.errors import (
+    EXIT_OK,
+    FatalError,
+    MessageError,
+    RetriesExhausted,
+    RetryLater,
+    ShuttingDown,
+)
 from worker.mapping import Mapper, decode_ticket
 from worker.scx import Forwarded, ScxClient
 from worker.settings import Settings
@@ -55,7 +72,58 @@ RETURN_DELAY = 5.0
 # of validation errors keeps its first ones and says so.
 MAX_DETAIL_BYTES = 8 * 1024
 
-Outcome = Forwarded | Exception
+# Headers of ours that must not travel into a copy: the broker's delivery count belongs
+# to the original queue, and a retried message is no longer a dead-letter.
+_NOT_COPIED = ("x-delivery-count",)
+
+
+@dataclass(frozen=True, slots=True)
+class Delay:
+    """Park the message in ``queue`` for ``seconds``, with these headers."""
+
+    queue: str
+    seconds: float
+    headers: dict[str, Any]
+    reason: str
+    attempts: int
+
+
+Outcome = Forwarded | Delay | Exception
+
+
+def delay_or_give_up(
+    headers: dict[str, Any], later: RetryLater, settings: Settings, now: datetime
+) -> Delay | RetriesExhausted:
+    """Where a message goes whose in-process retries ran out: a delay queue, or the DLQ."""
+    retries = headers.get("x-retry-count")
+    retries = retries if isinstance(retries, int) and retries >= 0 else 0
+    first = _parse_time(headers.get("x-first-failure-at")) or now
+    age = (now - first).total_seconds()
+    delays = settings.worker_retry_delays
+    if not delays or age >= settings.worker_retry_max_age:
+        return RetriesExhausted(
+            later.attempts,
+            later.reason,
+            {**later.detail, "retries": retries, "firstFailureAt": _iso(first)},
+            summary=(
+                f"still failing after {retries} delays, {age:.0f} s after the first "
+                f"failure (WORKER_RETRY_MAX_AGE): {later.reason}"
+            )
+            if retries
+            else None,
+        )
+    seconds = delays[min(retries, len(delays) - 1)]
+    return Delay(
+        queue=settings.retry_queue(seconds),
+        seconds=seconds,
+        headers={
+            "x-retry-count": retries + 1,
+            "x-first-failure-at": _iso(first),
+            "x-last-error": later.reason[:512],
+        },
+        reason=later.reason,
+        attempts=later.attempts,
+    )
 
 
 class Forwarder:
@@ -161,11 +229,31 @@ class Forwarder:
         self, message: AbstractIncomingMessage, outcome: Outcome, started: float
     ) -> None:
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        if isinstance(outcome, RetryLater):
+            outcome = delay_or_give_up(
+                message.headers or {}, outcome, self._settings, datetime.now(UTC)
+            )
         match outcome:
             case Forwarded(status=status, attempts=attempts):
                 await _ack(message)
                 log.info(
                     "ticket.forwarded", status=status, attempts=attempts, duration_ms=duration_ms
+                )
+            case Delay():
+                try:
+                    await self._publish_copy(message, outcome.queue, outcome.headers)
+                except Exception as exc:
+                    log.error("ticket.delay_failed", error=f"{type(exc).__name__}: {exc}")
+                    await self._return_later(message, "delay publish failed")
+                    return
+                await _ack(message)
+                log.warning(
+                    "ticket.delayed",
+                    delay_s=outcome.seconds,
+                    retry_count=outcome.headers["x-retry-count"],
+                    reason=outcome.reason,
+                    attempts=outcome.attempts,
+                    duration_ms=duration_ms,
                 )
             case MessageError():
                 try:
@@ -207,9 +295,9 @@ class Forwarder:
         await _return(message, why)
 
     async def _dead_letter(self, message: AbstractIncomingMessage, error: MessageError) -> None:
-        assert self._topology is not None
-        headers = dict(message.headers or {})
-        headers.update(
+        await self._publish_copy(
+            message,
+            self._settings.dead_letter_queue,
             {
                 "x-error-kind": error.kind,
                 "x-error-reason": error.summary[:512],
@@ -218,9 +306,20 @@ class Forwarder:
                 "x-original-exchange": message.exchange or "",
                 "x-original-routing-key": message.routing_key or "",
                 "x-original-queue": self._settings.amqp_queue,
-                "x-dead-lettered-at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            }
+                "x-dead-lettered-at": _iso(datetime.now(UTC)),
+            },
         )
+
+    async def _publish_copy(
+        self, message: AbstractIncomingMessage, queue: str, extra_headers: dict[str, Any]
+    ) -> None:
+        """Publish a copy of ``message`` into ``queue``; returns once the broker confirmed it.
+
+        Raises if the broker refused it or could not route it (the queue is gone).
+        """
+        assert self._topology is not None
+        headers = {k: v for k, v in (message.headers or {}).items() if k not in _NOT_COPIED}
+        headers.update(extra_headers)
         # Same body and properties, but never the expiration (the copy must not vanish)
         # nor user_id (the broker checks it against *our* login and would refuse it).
         copy = aio_pika.Message(
@@ -238,7 +337,7 @@ class Forwarder:
             app_id=message.app_id,
         )
         await self._topology.channel.default_exchange.publish(
-            copy, routing_key=self._settings.dead_letter_queue, mandatory=True
+            copy, routing_key=queue, mandatory=True
         )
 
 
@@ -272,6 +371,22 @@ def _delivery_count(message: AbstractIncomingMessage) -> int:
     if isinstance(count, int):
         return count
     return 1 if message.redelivered else 0
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds")
+
+
+def _parse_time(value: object) -> datetime | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
 
 
 def _detail_json(detail: dict[str, Any]) -> str:

@@ -7,11 +7,15 @@
     │   ├── MalformedMessage    kind "malformed": the body is not a UTF-8 JSON object
     │   ├── InvalidTicket       kind "invalid":   a JSON object that is not a valid ticket
     │   ├── TicketRejected      kind "rejected":  the API answered a non-retryable 4xx
-    │   └── RetriesExhausted    kind "exhausted": transient failures outlasted the retry budget
+    │   └── RetriesExhausted    kind "exhausted": transient failures went on for longer than
+    │                                             WORKER_RETRY_MAX_AGE (or no delay stage)
+    ├── RetryLater              transient failures outlasted the in-process budget: park the
+    │                           message in a delay queue (the consumer decides, by its age)
     ├── ShuttingDown            the worker stopped before this message was sent: return it
     ├── TransientError          worth another try (408/425/429/5xx, timeout, connection error);
-    │                           never leaves worker.scx: the retry loop turns it into a success
-    │                           or into RetriesExhausted
+    │   │                       never leaves worker.scx: the retry loop turns it into a success
+    │   │                       or into RetryLater
+    │   └── CircuitOpen         the breaker holds every call back for longer than the budget
     └── FatalError              the worker cannot go on: stop consuming, return the message
         └── CredentialsRejected the refresh token was refused by POST /v1/auth
 
@@ -73,12 +77,30 @@ class TicketRejected(MessageError):
 class RetriesExhausted(MessageError):
     kind = "exhausted"
 
-    def __init__(self, attempts: int, last_error: str, detail: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        attempts: int,
+        last_error: str,
+        detail: dict[str, Any],
+        *,
+        summary: str | None = None,
+    ) -> None:
         super().__init__(
-            f"gave up after {attempts} attempts: {last_error}",
+            summary or f"gave up after {attempts} attempts: {last_error}",
             {"attempts": attempts, "lastError": last_error, **detail},
             attempts=attempts,
         )
+
+
+class RetryLater(ForwarderError):
+    """Transient failures outlasted the in-process budget; ``detail`` says what failed last."""
+
+    def __init__(self, attempts: int, reason: str, detail: dict[str, Any]) -> None:
+        super().__init__(reason)
+        self.attempts = attempts
+        """Calls made to the API for this delivery (0 if the breaker let none out)."""
+        self.reason = reason
+        self.detail = detail
 
 
 class TransientError(ForwarderError):
@@ -101,6 +123,16 @@ class TransientError(ForwarderError):
         self.status = status
         self.retry_after = retry_after
         self.error_list = error_list
+
+
+class CircuitOpen(TransientError):
+    """The circuit breaker will not let a call out before the retry budget ends."""
+
+    def __init__(self, open_for: float) -> None:
+        super().__init__(
+            f"circuit open: the API kept failing, calls held back for {open_for:.1f} s",
+            retry_after=open_for,
+        )
 
 
 class ShuttingDown(ForwarderError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import orjson
@@ -47,6 +47,25 @@ def retry_after(response: httpx.Response) -> float | None:
         if remaining == 0 and interval is not None:
             return interval
     return None
+
+
+class RateLimit(NamedTuple):
+    """What one answer's ``X-RateLimit-*`` headers say about the shared budget."""
+
+    limit: int
+    remaining: int
+    interval: float
+
+
+def rate_limit(response: httpx.Response) -> RateLimit | None:
+    """The ``X-RateLimit-*`` headers, or ``None`` when any of the three is missing or bad."""
+    headers = response.headers
+    limit = _number(headers.get("x-ratelimit-limit"))
+    remaining = _number(headers.get("x-ratelimit-remaining"))
+    interval = _number(headers.get("x-ratelimit-interval-length-seconds"))
+    if limit is None or remaining is None or interval is None or limit < 1 or interval <= 0:
+        return None
+    return RateLimit(int(limit), max(0, int(remaining)), interval)
 
 
 def error_list(response: httpx.Response) -> list[Any]:

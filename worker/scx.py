@@ -4,17 +4,20 @@ One ``ScxClient`` (and so one ``httpx.AsyncClient`` with one keep-alive pool) pe
 ``send_ticket`` either returns ``Forwarded`` or raises one of
 
 - ``TicketRejected``: a non-retryable 4xx; the API's ``errorList`` and status go along;
-- ``RetriesExhausted``: 408/425/429/5xx, timeouts or connection errors outlasted the
+- ``RetryLater``: 408/425/429/5xx, timeouts or connection errors outlasted the in-process
   budget (``SCX_RETRY_ATTEMPTS`` attempts or ``SCX_RETRY_BUDGET`` seconds, whichever ends
-  first); waits grow exponentially with full jitter and never undercut the server's own
-  ``Retry-After`` / rate-limit hint;
+  first), or the circuit breaker held the call back past it; waits grow exponentially
+  with full jitter and never undercut the server's own ``Retry-After`` / rate-limit hint;
 - ``CredentialsRejected``: the refresh token was refused; the worker stops.
 
-Classification lives in ``classify`` alone.
+Classification lives in ``classify`` alone. Every call first takes its turn from the
+``Pacer`` (the rate limit) and the ``Breaker`` (outages); both are per process and shared
+by all messages, so a 429 or an outage slows the whole process down at once.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,16 +28,19 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
+    retry_if_not_exception_type,
     stop_after_attempt,
     stop_before_delay,
     wait_random_exponential,
 )
 
 from worker.auth import TokenAuth
-from worker.errors import RetriesExhausted, TicketRejected, TransientError
+from worker.breaker import Breaker
+from worker.errors import CircuitOpen, RetryLater, TicketRejected, TransientError
 from worker.pacing import Pacer
-from worker.responses import error_list, is_transient_status, retry_after
+from worker.responses import error_list, is_transient_status, rate_limit, retry_after
 from worker.settings import Settings
+from worker.waits import Waits
 
 log = structlog.get_logger(__name__)
 
@@ -81,7 +87,14 @@ class ScxClient:
             timeout=timeout,
             margin=settings.scx_token_refresh_margin,
         )
-        self.pacer = Pacer(settings.scx_max_requests_per_minute)
+        self.waits = Waits()
+        self.pacer = Pacer(settings.scx_max_requests_per_minute, waits=self.waits)
+        self.breaker = Breaker(
+            failures=settings.scx_breaker_failures,
+            cooldown=settings.scx_breaker_cooldown,
+            max_cooldown=settings.scx_breaker_max_cooldown,
+            waits=self.waits,
+        )
         self._http = httpx.AsyncClient(
             base_url=settings.scx_api_url,
             auth=self.auth,
@@ -106,19 +119,21 @@ class ScxClient:
         await self.aclose()
 
     def interrupt_waits(self) -> None:
-        """Make sends that wait for a slot or a retry give up with ``ShuttingDown``."""
-        self.pacer.interrupt()
+        """Make sends that wait (slot, pause, breaker, back-off) give up with ``ShuttingDown``."""
+        self.waits.interrupt()
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
     async def send_ticket(self, body: bytes) -> Forwarded:
-        """POST one ticket (already validated JSON) until it is accepted or cannot be."""
+        """POST one ticket (already validated JSON) until it is accepted or cannot be now."""
+        deadline = time.monotonic() + self._budget
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(TransientError),
+            retry=retry_if_exception_type(TransientError)
+            & retry_if_not_exception_type(CircuitOpen),
             stop=stop_after_attempt(self._attempts) | stop_before_delay(self._budget),
             wait=self._wait,
-            sleep=self.pacer.sleep,
+            sleep=self.waits.sleep,
             before_sleep=_log_retry,
             reraise=True,
         )
@@ -127,32 +142,63 @@ class ScxClient:
             async for attempt in retrying:
                 attempt_number = attempt.retry_state.attempt_number
                 with attempt:
-                    status = await self._post_once(body, attempt_number)
+                    status = await self._post_once(body, attempt_number, deadline)
                     return Forwarded(status, attempt_number)
         except TicketRejected as exc:
             exc.attempts = attempt_number
             raise
         except TransientError as exc:
-            raise RetriesExhausted(
-                attempt_number,
-                exc.reason,
-                {"status": exc.status, "errorList": exc.error_list or []},
+            calls = attempt_number - isinstance(exc, CircuitOpen)
+            raise RetryLater(
+                calls, exc.reason, {"status": exc.status, "errorList": exc.error_list or []}
             ) from None
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
-    async def _post_once(self, body: bytes, attempt: int) -> int:
-        await self.pacer.acquire()
-        structlog.contextvars.bind_contextvars(attempt=attempt)
+    async def _post_once(self, body: bytes, attempt: int, deadline: float) -> int:
+        probe = await self.breaker.admit(deadline)
+        answered = False
         try:
-            response = await self._http.post(TICKET_PATH, content=body, headers=_JSON_HEADERS)
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"timeout ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise TransientError(f"connection error ({type(exc).__name__}: {exc})") from None
-        if response.status_code == httpx.codes.TOO_MANY_REQUESTS:
+            seq = await self.pacer.acquire()
+            structlog.contextvars.bind_contextvars(attempt=attempt)
+            sent_at = time.monotonic()
+            try:
+                response = await self._http.post(TICKET_PATH, content=body, headers=_JSON_HEADERS)
+            except httpx.TimeoutException as exc:
+                answered = True
+                self.breaker.failed(probe)
+                raise TransientError(f"timeout ({type(exc).__name__})") from None
+            except httpx.TransportError as exc:
+                answered = True
+                self.breaker.failed(probe)
+                raise TransientError(f"connection error ({type(exc).__name__}: {exc})") from None
+            except TransientError:  # POST /v1/auth failed: the API is as down as the route
+                answered = True
+                self.breaker.failed(probe)
+                raise
+            answered = True
+            self._take_in(response, seq, sent_at, probe)
+            return classify(response)
+        finally:
+            if not answered:
+                self.breaker.abandoned(probe)
+
+    def _take_in(self, response: httpx.Response, seq: int, sent_at: float, probe: bool) -> None:
+        """Tell the pacer and the breaker what this answer says about the API."""
+        status = response.status_code
+        if (limit := rate_limit(response)) is not None:
+            self.pacer.observe(seq, limit, sent_at=sent_at)
+        if status == httpx.codes.TOO_MANY_REQUESTS:
             # Everyone in this process waits out the limit, not just this message.
-            self.pacer.pause_for(retry_after(response) or self.pacer.interval or 1.0)
-        return classify(response)
+            wait = retry_after(response)
+            if wait is None:
+                end = self.pacer.window_end()
+                wait = end - time.monotonic() if end is not None else self.pacer.interval or 1.0
+            self.pacer.pause_for(wait)
+            self.breaker.succeeded(probe)  # the API is up; it only wants us slower
+        elif status >= 500 or status == httpx.codes.REQUEST_TIMEOUT:
+            self.breaker.failed(probe)
+        else:
+            self.breaker.succeeded(probe)
 
     def _wait(self, state: RetryCallState) -> float:
         backoff = self._backoff(state)

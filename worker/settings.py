@@ -17,7 +17,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from yarl import URL
 
 SANDBOX_URL = "https://scx-sbx.api.jtl-software.com"
@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
     amqp_exchange: str = Field("marketplace", min_length=1)
     amqp_binding_key: str = Field("ticket.created", min_length=1)
-    amqp_queue: str = Field("scx.tickets", min_length=1, max_length=250)
+    # Short enough for the derived names (<queue>.retry.600s, <queue>.dlq) to fit in 255.
+    amqp_queue: str = Field("scx.tickets", min_length=1, max_length=220)
     amqp_queue_type: Literal["quorum", "classic"] = "quorum"
     # A message returned this many times (worker crash, nack) goes to the DLQ by the
     # broker's own hand, so a poison message cannot crash-loop the fleet forever.
@@ -51,6 +52,11 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(16, ge=1, le=10_000)
     worker_shutdown_grace: PositiveFloat = 25.0
     worker_mapper: str | None = None
+    # The delay stage: a message whose in-process retries ran out waits this long in
+    # <queue>.retry.<N>s (the n-th time: the n-th delay, then the last one again) before
+    # it is tried again, until WORKER_RETRY_MAX_AGE after its first failure. Empty: none.
+    worker_retry_delays: Annotated[tuple[PositiveFloat, ...], NoDecode] = (10.0, 60.0, 600.0)
+    worker_retry_max_age: PositiveFloat = 24 * 3600.0
 
     # --- SCX API ----------------------------------------------------------------------
     scx_api_url: str = SANDBOX_URL
@@ -61,10 +67,15 @@ class Settings(BaseSettings):
     scx_request_timeout: PositiveFloat = 30.0
     scx_pool_size: int | None = Field(None, ge=1, le=10_000)
     scx_token_refresh_margin: float = Field(60.0, ge=0)
-    scx_retry_attempts: int = Field(6, ge=1, le=100)
-    scx_retry_budget: PositiveFloat = 120.0
+    # The in-process budget is short on purpose: a message that keeps failing moves to
+    # the delay stage instead of occupying a concurrency slot (and memory) for minutes.
+    scx_retry_attempts: int = Field(5, ge=1, le=100)
+    scx_retry_budget: PositiveFloat = 30.0
     scx_retry_initial_wait: PositiveFloat = 0.5
-    scx_retry_max_wait: PositiveFloat = 30.0
+    scx_retry_max_wait: PositiveFloat = 10.0
+    scx_breaker_failures: int = Field(5, ge=1, le=10_000)
+    scx_breaker_cooldown: PositiveFloat = 5.0
+    scx_breaker_max_cooldown: PositiveFloat = 60.0
 
     # --- logging ----------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -74,6 +85,22 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("worker_retry_delays", mode="before")
+    @classmethod
+    def _delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("worker_retry_delays")
+    @classmethod
+    def _few_delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if len(value) > 10:
+            raise ValueError("at most 10 delays (each one is a queue)")
+        if any(delay < 0.001 for delay in value):
+            raise ValueError("each delay must be at least 0.001 s (1 ms, the TTL's unit)")
+        return value
 
     @field_validator("amqp_url")
     @classmethod
@@ -105,6 +132,14 @@ class Settings(BaseSettings):
     @property
     def dead_letter_queue(self) -> str:
         return f"{self.amqp_queue}.dlq"
+
+    @property
+    def retry_queues(self) -> dict[str, float]:
+        """The delay stage's queues: name -> delay in seconds."""
+        return {self.retry_queue(delay): delay for delay in self.worker_retry_delays}
+
+    def retry_queue(self, delay: float) -> str:
+        return f"{self.amqp_queue}.retry.{delay:g}s"
 
     @property
     def amqp_url_redacted(self) -> str:
