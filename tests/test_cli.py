@@ -375,6 +375,42 @@ async def test_a_message_that_kills_the_worker_ends_in_the_dlq_by_the_delivery_l
     assert dead.headers["x-first-death-reason"] == "delivery_limit"
 
 
+async def test_a_poison_message_does_not_drag_the_messages_around_it_into_the_dlq(
+    emulator: Emulator, channel: AbstractChannel, names: Names
+) -> None:
+    """Default prefetch and concurrency: the crash returns every message the worker held."""
+    env = worker_env(
+        names,
+        emulator,
+        WORKER_MAPPER="tests.mappers:crash_on_poison",
+        AMQP_DELIVERY_LIMIT="2",
+        PYTHONPATH=str(Path(__file__).parent.parent),
+    )
+    valid = [orjson.dumps({"case": f"C-{i}"}) for i in range(40)]
+    crashes = 0
+    while len(emulator.state.accepted) < len(valid):
+        worker = await spawn("run", env=env)
+        exited = asyncio.create_task(worker.wait(timeout=30))
+        if not crashes:
+            await wait_for(lambda: worker.has_event("worker.consuming"), what="the worker")
+            await publish(channel, names, [orjson.dumps({"poison": True}), *valid])
+        await wait_for(
+            lambda: exited.done() or len(emulator.state.accepted) == len(valid),
+            what="a crash or the end",
+        )
+        if not exited.done():
+            worker.process.send_signal(signal.SIGTERM)
+            assert await exited == 0
+            break
+        assert exited.result() == 70
+        crashes += 1
+        assert crashes <= 4, "the poison message must not crash-loop the worker forever"
+    assert crashes == 3
+    assert sorted(emulator.state.accepted_counts) == sorted(f"C-{i}" for i in range(40))
+    [dead] = await collect(channel, names.dlq, 1)
+    assert orjson.loads(dead.body) == {"poison": True}
+
+
 async def test_a_queue_declared_elsewhere_with_other_arguments_exits_1_with_a_hint(
     emulator: Emulator, channel: AbstractChannel, names: Names
 ) -> None:

@@ -27,7 +27,17 @@ by itself. Two headers travel with it: ``x-retry-count`` (times delayed so far) 
 ``x-first-failure-at`` (ISO 8601, UTC), plus ``x-last-error`` for whoever looks.
 
 Concurrency: the broker hands out at most ``AMQP_PREFETCH`` unacked messages; at most
-``WORKER_CONCURRENCY`` of them are worked on at once. ``stop()`` cancels the consumer,
+``WORKER_CONCURRENCY`` of them are worked on at once.
+
+Poison messages: a message that kills the process (a native crash, the OOM killer) is
+returned by the broker together with every unacked message the process held, and the
+quorum queue counts a delivery for each. If they came back together every time, the
+innocent ones would reach ``AMQP_DELIVERY_LIMIT`` with the poison one. So a worker starts
+*narrow*, with a prefetch of 1: messages that come back after a crash come first and are
+worked through one at a time, each alone in the process, until the first fresh message
+(``x-delivery-count`` 0) arrives; then it re-subscribes with ``AMQP_PREFETCH`` (a
+consumer's prefetch cannot change in place). A crash loop thus returns only the poison
+message, which alone reaches the delivery limit and the DLQ. ``stop()`` cancels the consumer,
 returns what has not started, and gives in-flight messages ``WORKER_SHUTDOWN_GRACE``
 seconds to finish (keep Kubernetes' ``terminationGracePeriodSeconds`` above it).
 """
@@ -50,6 +60,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from worker.errors import (
+    EXIT_FAILED,
     EXIT_OK,
     FatalError,
     MessageError,
@@ -137,6 +148,10 @@ class Forwarder:
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._topology: Topology | None = None
+        self._consumer_tag: str | None = None
+        self._narrow = settings.amqp_prefetch > 1
+        self._consumer_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
         self.exit_code = EXIT_OK
         self.consuming = asyncio.Event()
         """Set once the consumer is registered (tests and readiness wait for it)."""
@@ -156,10 +171,10 @@ class Forwarder:
         )
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            await channel.set_qos(prefetch_count=settings.amqp_prefetch)
+            await channel.set_qos(prefetch_count=1 if self._narrow else settings.amqp_prefetch)
             self._topology = await declare_topology(channel, settings)
             queue = self._topology.queue
-            tag = await queue.consume(self._on_message)
+            self._consumer_tag = await queue.consume(self._on_message)
             self.consuming.set()
             log.info(
                 "worker.consuming",
@@ -170,12 +185,17 @@ class Forwarder:
             )
             await self._stopping.wait()
             self.consuming.clear()
-            try:
-                await queue.cancel(tag)
-            except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError) as exc:
-                # Stopped while the connection was down or being re-established: there is
-                # no consumer to cancel, and the broker holds every unacked message already.
-                log.warning("worker.cancel_failed", error=f"{type(exc).__name__}: {exc}")
+            async with self._consumer_lock:
+                try:
+                    if self._consumer_tag is not None:
+                        await queue.cancel(self._consumer_tag)
+                except (
+                    aiormq.exceptions.AMQPError,
+                    aiormq.exceptions.ChannelInvalidStateError,
+                ) as exc:
+                    # Stopped while the connection was down or being re-established: no
+                    # consumer to cancel, and the broker holds every unacked message already.
+                    log.warning("worker.cancel_failed", error=f"{type(exc).__name__}: {exc}")
             self._client.interrupt_waits()
             await self._drain()
         finally:
@@ -196,9 +216,35 @@ class Forwarder:
                 await asyncio.wait(late)
         log.info("worker.stopped", exit_code=self.exit_code)
 
+    async def _widen(self) -> None:
+        """Leave the narrow start: re-subscribe with the full ``AMQP_PREFETCH``."""
+        assert self._topology is not None
+        queue, channel = self._topology.queue, self._topology.channel
+        async with self._consumer_lock:
+            if self._stopping.is_set() or self._consumer_tag is None:
+                return
+            try:
+                # Messages already delivered stay ours to ack after the cancel.
+                await queue.cancel(self._consumer_tag)
+                self._consumer_tag = None
+                await channel.set_qos(prefetch_count=self._settings.amqp_prefetch)
+                self._consumer_tag = await queue.consume(self._on_message)
+            except Exception as exc:
+                # Without a consumer this process would idle forever: exit and let the
+                # supervisor start a fresh one. Unacked messages go back to the queue.
+                log.error("worker.resubscribe_failed", error=f"{type(exc).__name__}: {exc}")
+                self.stop(EXIT_FAILED)
+                return
+        log.info("worker.prefetch_widened", prefetch=self._settings.amqp_prefetch)
+
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if self._narrow and _delivery_count(message) == 0:
+            self._narrow = False
+            widen = asyncio.create_task(self._widen())
+            self._background.add(widen)
+            widen.add_done_callback(self._background.discard)
         async with self._semaphore:
             if self._stopping.is_set():
                 await _return(message, "worker is stopping")
