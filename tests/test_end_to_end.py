@@ -304,9 +304,11 @@ async def test_token_expiry_mid_run_is_one_refresh_for_many_concurrent_requests(
     names: Names,
     amqp: AbstractRobustConnection,
 ) -> None:
-    emulator.configure(token_lifetime=1.0, latency=0.1)
+    # 2 s tokens, refreshed 0.4 s early: a margin that a busy two-core CI machine's event
+    # loop lag does not eat (at 1 s tokens and 0.2 s it did, now and then).
+    emulator.configure(token_lifetime=2.0, latency=0.1)
     await start_worker(worker_concurrency=32, amqp_prefetch=64)
-    count = 600
+    count = 1200
     started = time.monotonic()
     async with no_leftovers(amqp, names):
         await publish(channel, names, [event(i) for i in range(count)])
@@ -316,7 +318,7 @@ async def test_token_expiry_mid_run_is_one_refresh_for_many_concurrent_requests(
     assert state.max_concurrent_ticket_calls >= 8, "requests really ran concurrently"
     assert state.unauthorized == 0, "tokens are refreshed before they lapse"
     # One refresh per token lifetime (less the margin), however many requests are waiting.
-    assert 2 <= state.auth_calls <= elapsed / 0.8 + 2, (state.auth_calls, elapsed)
+    assert 2 <= state.auth_calls <= elapsed / 1.6 + 2, (state.auth_calls, elapsed)
     assert set(state.accepted_counts.values()) == {1}
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import structlog
+from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 from tenacity import (
     AsyncRetrying,
@@ -95,16 +96,19 @@ class ScxClient:
             max_cooldown=settings.scx_breaker_max_cooldown,
             waits=self.waits,
         )
+        limits = httpx.Limits(
+            max_connections=settings.pool_size, max_keepalive_connections=settings.pool_size
+        )
         self._http = httpx.AsyncClient(
             base_url=settings.scx_api_url,
             auth=self.auth,
             timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=settings.pool_size,
-                max_keepalive_connections=settings.pool_size,
-            ),
             headers={"Accept": "application/json", "Accept-Language": "en"},
-            transport=transport,
+            # httpx stays the API (its Auth flow is the token manager); aiohttp carries the
+            # bytes. httpcore's pool cost ~2.7 ms of CPU per request in its bookkeeping
+            # (profiled: has_expired -> anyio extra attributes on every pool scan), which made
+            # more concurrency slower; aiohttp's connector does the same job for a fraction.
+            transport=transport or AiohttpTransport(limits=limits),
         )
         self._attempts = settings.scx_retry_attempts
         self._budget = settings.scx_retry_budget
