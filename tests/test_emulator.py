@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 from tests.examples import SEED_TICKET
-from worker.emulator import Emulator, EmulatorConfig, serve
+from worker.emulator import DROPPED, Emulator, EmulatorConfig, serve
 
 REFRESH_TOKEN = "test-refresh-token"
 TICKET_URL = "/v1/channel/ticket"
@@ -526,6 +527,252 @@ async def test_reset_clears_state_and_faults(
     assert emulator.state.ticket_calls == 0
     # Tokens survive a reset; faults do not.
     assert (await client.post(TICKET_URL, json=VALID, headers=auth)).status_code == 201
+
+
+# --- run-time switches: outage, rate windows, token lifetime, the ledger ----------------------
+
+
+def with_id(ticket_id: str) -> dict[str, Any]:
+    return VALID | {"ticketId": ticket_id}
+
+
+async def test_an_outage_answers_every_call_with_503_and_is_recorded(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    assert (await client.post(TICKET_URL, json=with_id("before"), headers=auth)).status_code == 201
+    emulator.configure(outage=True)
+    for _ in range(3):
+        response = await client.post(TICKET_URL, json=VALID, headers=auth | EN)
+        assert response.status_code == 503
+        assert messages(response) == ["service temporarily unavailable"]
+        assert "Retry-After" not in response.headers
+    form = {"refreshToken": REFRESH_TOKEN}
+    assert (await client.post("/v1/auth", data=form)).status_code == 503, "auth is down too"
+    emulator.configure(outage=False)
+    assert (await client.post(TICKET_URL, json=with_id("after"), headers=auth)).status_code == 201
+
+    [outage] = emulator.state.outages
+    assert (outage.ticket_calls, outage.auth_calls, outage.statuses) == (3, 1, {503: 4})
+    assert outage.ended_at is not None
+    assert outage.started_at <= outage.ended_at <= emulator.clock()
+    assert outage.recovered_after is not None
+    assert 0 <= outage.recovered_after < 5
+    assert emulator.state.statuses == {201: 2, 503: 3}
+    assert emulator.state.auth_failures == 1
+    assert list(emulator.state.accepted_counts) == ["before", "after"]
+
+
+async def test_an_outage_with_status_429_carries_rate_limit_headers_and_retry_after(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    emulator.configure(outage=True, outage_status=429, retry_after=1.5, rate_interval=6)
+    response = await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "2"
+    assert response.headers["X-RateLimit-Remaining"] == "0"
+    assert response.headers["X-RateLimit-Limit"] == "60"
+    assert response.headers["X-RateLimit-Interval-Length-Seconds"] == "6"
+    emulator.configure(outage_status=502)  # changed while it lasts
+    assert (await client.post(TICKET_URL, json=VALID, headers=auth)).status_code == 502
+    assert emulator.state.outages[0].statuses == {429: 1, 502: 1}
+
+
+async def test_an_outage_in_drop_mode_closes_connections_without_an_answer(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    emulator.configure(outage=True, outage_mode="drop")
+    for _ in range(2):
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.post(TICKET_URL, json=VALID, headers=auth)
+    emulator.configure(outage=False)
+    assert (await client.post(TICKET_URL, json=VALID, headers=auth)).status_code == 201
+    assert emulator.state.dropped == 2
+    assert emulator.state.outages[0].statuses == {DROPPED: 2}
+    assert emulator.state.statuses == {201: 1}, "a dropped call has no status"
+
+
+async def test_each_outage_is_recorded_on_its_own_and_reset_keeps_a_running_one(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    for _ in range(2):
+        emulator.configure(outage=True)
+        await client.post(TICKET_URL, json=VALID, headers=auth)
+        emulator.configure(outage=True)  # switching it on again is not a new outage
+        emulator.configure(outage=False)
+    assert [o.ticket_calls for o in emulator.state.outages] == [1, 1]
+    assert all(o.recovered_after is None for o in emulator.state.outages), "nothing accepted"
+
+    emulator.configure(outage=True)
+    emulator.reset()
+    assert len(emulator.state.outages) == 1, "still down after a reset, recorded afresh"
+    assert (await client.post(TICKET_URL, json=VALID, headers=auth)).status_code == 503
+
+
+async def test_an_emulator_created_in_an_outage_records_it() -> None:
+    async with Emulator(EmulatorConfig(outage=True)) as emulator:
+        async with httpx.AsyncClient(base_url=emulator.base_url) as client:
+            assert (await client.post(TICKET_URL, json=VALID)).status_code == 503
+        assert emulator.state.outages[0].ticket_calls == 1
+
+
+async def test_latency_changed_at_run_time_applies_to_the_next_call(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    emulator.configure(latency=0.3)
+    started = time.monotonic()
+    await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert time.monotonic() - started >= 0.3
+    emulator.configure(latency=0)
+    started = time.monotonic()
+    await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert time.monotonic() - started < 0.3
+
+
+async def test_token_lifetime_changed_at_run_time_applies_to_tokens_issued_from_then_on(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    emulator.configure(token_lifetime=0.2)
+    short = await bearer(client)
+
+    async def short_one_expired() -> bool:
+        response = await client.post(TICKET_URL, json=VALID, headers=short)
+        return response.status_code == 401
+
+    await poll_until(short_one_expired)
+    # The token issued before the change keeps its hour.
+    assert (await client.post(TICKET_URL, json=VALID, headers=auth)).status_code == 201
+    emulator.configure(token_lifetime=3600)
+    response = await client.post("/v1/auth", data={"refreshToken": REFRESH_TOKEN})
+    assert response.json()["expiresIn"] == 3600
+
+
+async def test_rate_windows_are_recorded_and_a_new_limit_starts_a_new_window(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    emulator.configure(rate_limit=2, rate_interval=60)
+    statuses = [
+        (await client.post(TICKET_URL, json=VALID, headers=auth)).status_code for _ in range(3)
+    ]
+    assert statuses == [201, 201, 429]
+    emulator.configure(rate_limit=5)
+    response = await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert response.status_code == 201
+    assert response.headers["X-RateLimit-Remaining"] == "4", "the new limit has a fresh window"
+    emulator.configure(rate_limit=None)  # lifted
+    response = await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert response.status_code == 201
+    assert "X-RateLimit-Limit" not in response.headers
+    first, second = emulator.state.rate_windows
+    assert (first.limit, first.interval, first.requests, first.accepted, first.limited) == (
+        2,
+        60,
+        3,
+        2,
+        1,
+    )
+    assert (second.limit, second.requests, second.accepted, second.limited) == (5, 1, 1, 0)
+    assert first.started_at <= second.started_at <= emulator.clock()
+
+
+async def test_rate_interval_changed_at_run_time_takes_effect(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    emulator.configure(rate_limit=1, rate_interval=60)
+    await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert (await client.post(TICKET_URL, json=VALID, headers=auth)).status_code == 429
+    emulator.configure(rate_interval=0.2)
+
+    async def accepted_again() -> bool:
+        response = await client.post(TICKET_URL, json=VALID, headers=auth)
+        return response.status_code == 201
+
+    await poll_until(accepted_again)
+    assert emulator.state.rate_windows[-1].interval == 0.2
+
+
+async def test_the_ledger_counts_duplicates_and_when_tickets_were_accepted(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    for ticket_id in ("a", "b", "a", "a"):
+        await client.post(TICKET_URL, json=with_id(ticket_id), headers=auth)
+    state = emulator.state
+    assert state.accepted_counts == {"a": 3, "b": 1}
+    assert (state.accepted_total, state.duplicates) == (4, 2)
+    assert state.first_accepted_at is not None
+    assert state.last_accepted_at is not None
+    assert 0 < state.first_accepted_at <= state.last_accepted_at <= emulator.clock()
+
+
+async def test_the_state_route_can_leave_out_the_bodies_but_not_the_counts(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    for index in range(50):
+        await client.post(TICKET_URL, json=with_id(f"T-{index}"), headers=auth)
+    emulator.configure(outage=True, rate_limit=100)
+    await client.post(TICKET_URL, json=VALID, headers=auth)
+    emulator.configure(outage=False)
+    await client.post(TICKET_URL, json=with_id("T-0"), headers=auth)
+
+    full = (await client.get("/_emulator/state")).json()
+    assert len(full["accepted"]) == 51
+    lean = (await client.get("/_emulator/state", params={"bodies": "0"})).json()
+    assert "accepted" not in lean
+    assert len(lean["accepted_counts"]) == 50
+    assert lean["accepted_counts"]["T-0"] == 2
+    assert (lean["accepted_total"], lean["duplicates"]) == (51, 1)
+    [outage] = lean["outages"]
+    assert (outage["ticket_calls"], outage["statuses"]) == (1, {"503": 1})
+    assert outage["recovered_after"] >= 0
+    [window] = lean["rate_windows"]
+    assert (window["limit"], window["requests"], window["accepted"]) == (100, 1, 1)
+    assert lean["clock"] >= outage["ended_at"]
+
+
+async def test_outage_and_new_limits_are_switched_over_the_control_route(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    config = await client.post("/_emulator/config", json={"outage": True, "outage_mode": "drop"})
+    assert config.json()["outage"] is True
+    with pytest.raises(httpx.RemoteProtocolError):
+        await client.post(TICKET_URL, json=VALID, headers=auth)
+    await client.post(
+        "/_emulator/config", json={"outage_mode": "status", "outage_status": 500, "latency": 0}
+    )
+    assert (await client.post(TICKET_URL, json=VALID, headers=auth)).status_code == 500
+    await client.post("/_emulator/config", json={"outage": False, "token_lifetime": 7})
+    assert (await client.post(TICKET_URL, json=VALID, headers=auth)).status_code == 201
+    assert emulator.config.token_lifetime == 7
+    state = (await client.get("/_emulator/state")).json()
+    assert state["outages"][0]["statuses"] == {"0": 1, "500": 1}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"outage": "yes"},
+        {"outage": 1},
+        {"outage_mode": "sometimes"},
+        {"outage_status": 200},
+        {"outage_status": True},
+        {"fail_status": 302},
+        {"fail_rate": 1.5},
+        {"token_lifetime": 0},
+        {"latency": -1},
+        {"rate_limit": 0},
+        {"rate_interval": 0},
+        {"retry_after": -2},
+        {"refresh_token": ""},
+    ],
+)
+async def test_config_rejects_values_out_of_range(
+    emulator: Emulator, client: httpx.AsyncClient, change: dict[str, Any]
+) -> None:
+    before = dataclasses.asdict(emulator.config)
+    with pytest.raises(ValueError):
+        emulator.configure(**change)
+    assert (await client.post("/_emulator/config", json=change)).status_code == 400
+    assert dataclasses.asdict(emulator.config) == before
+    assert emulator.state.outages == []
 
 
 # --- control API and serve() ------------------------------------------------------------------

@@ -4,9 +4,26 @@ Emulated: ``POST /v1/auth`` (form-encoded ``refreshToken`` in, an opaque bearer 
 configurable lifetime out) and ``POST /v1/channel/ticket`` (bearer check, then the body is
 validated against ``ticket.schema.json``, written from API-FACTS.md independently of our own
 models so that it catches their mistakes; a valid ticket gets 201 and is recorded). Errors come
-as ``{"errorList": [...]}``, German unless ``Accept-Language: en``. A fixed-window rate limit
-with ``X-RateLimit-*`` headers, latency, injected failures and token revocation can all be
-changed at run time.
+as ``{"errorList": [...]}``, German unless ``Accept-Language: en``.
+
+Faults, all switchable at run time (``Emulator.configure`` / ``inject`` / ``revoke_tokens``,
+or the control routes), each taking effect with the next request:
+
+- **outage**: every call (ticket and auth) is answered with ``outage_status`` (503; a 429
+  carries the ``X-RateLimit-*`` headers), or with ``outage_mode="drop"`` its connection is
+  closed without an answer. Each outage is recorded (``state.outages``): calls answered while
+  it lasted, per status (0 = dropped), and the seconds from its end to the next accepted ticket;
+- **rate limit**: a fixed window of ``rate_limit`` ticket calls per ``rate_interval`` seconds,
+  ``X-RateLimit-Limit``/``-Remaining``/``-Interval-Length-Seconds`` on every answer, 429 with
+  ``Retry-After`` past the limit; each window is recorded (``state.rate_windows``). Changing
+  either value starts a new window;
+- **latency** before every ticket answer; **token lifetime** of the tokens issued from then on
+  (``revoke_tokens`` ends the current ones); **injected** answers for the next N calls of a
+  route; a random **fail rate**.
+
+The ledger (``state.accepted_counts``: ticket id -> accepted POSTs, with ``accepted_total`` and
+``duplicates``) costs O(1) per ticket; ``GET /_emulator/state?bodies=0`` leaves the accepted
+bodies out of the snapshot, for runs of tens of thousands of tickets.
 
 Not emulated: every other route (attachment upload, events), JWT contents (tokens are
 opaque), rate limits on ``/v1/auth`` (inject a 429 instead), limits shared between routes,
@@ -43,6 +60,8 @@ Route = Literal["ticket", "auth"]
 _Text = tuple[str, str]  # (German, English)
 # What a 429 injection reports as X-RateLimit-Limit: JTL's production limits for each route.
 _PRODUCTION_LIMITS: dict[Route, int] = {"ticket": 60, "auth": 10}
+# Recorded in place of a status for a call whose connection an outage dropped.
+DROPPED = 0
 
 
 @dataclass
@@ -50,27 +69,71 @@ class EmulatorConfig:
     # None accepts any non-empty refresh token; a string accepts only that one (to test the
     # "credentials rejected" path).
     refresh_token: str | None = None
+    # Of tokens issued from then on; tokens already out keep theirs (revoke to end them).
     token_lifetime: float = 3600.0
     latency: float = 0.0
     rate_limit: int | None = None
     rate_interval: float = 60.0
+    # Retry-After of rate-limit and outage answers; None: until the window ends / no header.
     retry_after: float | None = None
     # Random outages: this fraction of ticket calls is answered with fail_status.
     fail_rate: float = 0.0
     fail_status: int = 503
+    # The API is down: every call is answered with outage_status, or dropped ("drop").
+    outage: bool = False
+    outage_status: int = 503
+    outage_mode: Literal["status", "drop"] = "status"
 
 
+def _is_status(value: object) -> bool:
+    return isinstance(value, int) and 400 <= value <= 599
+
+
+# Per field: the JSON types it takes and the values it allows (the control route passes raw
+# JSON, so neither is trusted to the annotations).
 _NUMBER = (int, float)
-_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
-    "refresh_token": (str, type(None)),
-    "token_lifetime": _NUMBER,
-    "latency": _NUMBER,
-    "rate_limit": (int, type(None)),
-    "rate_interval": _NUMBER,
-    "retry_after": (*_NUMBER, type(None)),
-    "fail_rate": _NUMBER,
-    "fail_status": (int,),
+_CONFIG_RULES: dict[str, tuple[tuple[type, ...], Callable[[Any], bool]]] = {
+    "refresh_token": ((str, type(None)), lambda v: v is None or bool(v)),
+    "token_lifetime": (_NUMBER, lambda v: v > 0),
+    "latency": (_NUMBER, lambda v: v >= 0),
+    "rate_limit": ((int, type(None)), lambda v: v is None or v >= 1),
+    "rate_interval": (_NUMBER, lambda v: v > 0),
+    "retry_after": ((*_NUMBER, type(None)), lambda v: v is None or v >= 0),
+    "fail_rate": (_NUMBER, lambda v: 0 <= v <= 1),
+    "fail_status": ((int,), _is_status),
+    "outage": ((bool,), lambda v: True),
+    "outage_status": ((int,), _is_status),
+    "outage_mode": ((str,), lambda v: v in ("status", "drop")),
 }
+
+
+@dataclass
+class Outage:
+    """One outage: when it began and ended (seconds since the emulator was created)."""
+
+    started_at: float
+    ended_at: float | None = None
+    ticket_calls: int = 0
+    auth_calls: int = 0
+    # Calls answered while it lasted, by status; DROPPED (0) for a dropped connection.
+    statuses: Counter[int] = field(default_factory=Counter)
+    # Seconds from its end to the next accepted ticket: how long the client took to recover.
+    recovered_after: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"statuses": _by_status(self.statuses)}
+
+
+@dataclass
+class RateWindow:
+    """One fixed rate-limit window and what happened in it."""
+
+    started_at: float  # seconds since the emulator was created
+    limit: int
+    interval: float
+    requests: int = 0
+    accepted: int = 0
+    limited: int = 0  # answered 429
 
 
 @dataclass
@@ -80,16 +143,33 @@ class EmulatorState:
     ticket_calls: int = 0
     unauthorized: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
+    dropped: int = 0  # calls whose connection an outage closed without an answer
+    # The ledger. Bodies in arrival order; counts per ticketId (a count above 1 is a ticket
+    # the client sent again after it had been accepted).
     accepted: list[dict[str, Any]] = field(default_factory=list)
     accepted_counts: Counter[str] = field(default_factory=Counter)
+    accepted_total: int = 0
+    duplicates: int = 0
+    first_accepted_at: float | None = None  # seconds since the emulator was created
+    last_accepted_at: float | None = None
     max_concurrent_ticket_calls: int = 0
+    outages: list[Outage] = field(default_factory=list)
+    rate_windows: list[RateWindow] = field(default_factory=list)
     # Keys lower-cased, so lookups do not depend on how the client spelled them.
     request_headers: dict[str, str] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, bodies: bool = True) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["statuses"] = {str(status): n for status, n in self.statuses.items()}
+        data["statuses"] = _by_status(self.statuses)
+        data["outages"] = [outage.to_json() for outage in self.outages]
+        data["rate_windows"] = [asdict(window) for window in self.rate_windows]
+        if not bodies:
+            del data["accepted"]
         return data
+
+
+def _by_status(statuses: Counter[int]) -> dict[str, int]:
+    return {str(status): n for status, n in statuses.items()}
 
 
 @dataclass(frozen=True)
@@ -102,22 +182,33 @@ class Emulator:
     def __init__(self, config: EmulatorConfig | None = None) -> None:
         self.config = config or EmulatorConfig()
         self.state = EmulatorState()
+        self._epoch = time.monotonic()
         self._faults: dict[Route, deque[_Fault]] = {"ticket": deque(), "auth": deque()}
         self._random = random.Random()
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
         self.issued_tokens: list[str] = []
         """Every token handed out, revoked or not: tests check that none reaches a log."""
-        self._window_start: float | None = None
-        self._window_used = 0
+        self._window: RateWindow | None = None
         self._in_flight = 0
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
+        if self.config.outage:
+            self._begin_outage()
 
     @property
     def base_url(self) -> str:
         if self._base_url is None:
             raise RuntimeError("the emulator is not running")
         return self._base_url
+
+    def clock(self) -> float:
+        """Seconds since the emulator was created: the time base of the recorded state."""
+        return time.monotonic() - self._epoch
+
+    @property
+    def outage(self) -> Outage | None:
+        """The latest outage (running or over), None if there was none."""
+        return self.state.outages[-1] if self.state.outages else None
 
     def inject(
         self, route: Route, status: int, count: int = 1, retry_after: float | None = None
@@ -138,22 +229,45 @@ class Emulator:
         self._tokens.clear()
 
     def reset(self) -> None:
-        """Clear counters, recorded tickets, faults and the rate window; keep config, tokens."""
+        """Clear counters, recorded tickets, faults and the rate window; keep config, tokens.
+
+        An outage that is on stays on and is recorded afresh.
+        """
         self.state = EmulatorState()
         for queue in self._faults.values():
             queue.clear()
-        self._window_start, self._window_used = None, 0
+        self._window = None
+        if self.config.outage:
+            self._begin_outage()
 
     def configure(self, **changes: Any) -> None:
-        """Change config fields in place, type-checked (the control route passes raw JSON)."""
+        """Change config fields in place, checked (the control route passes raw JSON).
+
+        Every change applies from the next request on; ``outage`` switches record an outage,
+        a new ``rate_limit`` or ``rate_interval`` starts a new window.
+        """
         for name, value in changes.items():
-            allowed = _CONFIG_TYPES.get(name)
-            if allowed is None:
+            rule = _CONFIG_RULES.get(name)
+            if rule is None:
                 raise ValueError(f"unknown config field {name!r}")
-            if isinstance(value, bool) or not isinstance(value, allowed):
+            types, allowed = rule
+            wrong_bool = isinstance(value, bool) and bool not in types
+            if wrong_bool or not isinstance(value, types) or not allowed(value):
                 raise ValueError(f"invalid value for {name}: {value!r}")
+        was_down = self.config.outage
         for name, value in changes.items():
             setattr(self.config, name, value)
+        if self.config.outage and not was_down:
+            self._begin_outage()
+        elif was_down and not self.config.outage:
+            outage = self.outage
+            if outage is not None:
+                outage.ended_at = self.clock()
+        if {"rate_limit", "rate_interval"} & changes.keys():
+            self._window = None
+
+    def _begin_outage(self) -> None:
+        self.state.outages.append(Outage(started_at=self.clock()))
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         if self._runner is not None:
@@ -194,6 +308,8 @@ class Emulator:
 
     async def _auth(self, request: web.Request) -> web.Response:
         self.state.auth_calls += 1
+        if self.config.outage:
+            return self._outage_response(request, "auth")
         response = await self._answer_auth(request)
         if response.status >= 400:
             self.state.auth_failures += 1
@@ -237,6 +353,8 @@ class Emulator:
         try:
             if self.config.latency > 0:
                 await asyncio.sleep(self.config.latency)
+            if self.config.outage:
+                return self._outage_response(request, "ticket")
             response = await self._answer_ticket(request)
         finally:
             self._in_flight -= 1
@@ -245,14 +363,45 @@ class Emulator:
             state.unauthorized += 1
         return response
 
+    def _outage_response(self, request: web.Request, route: Route) -> web.Response:
+        outage = self.outage
+        assert outage is not None  # configure() opens one whenever `outage` is switched on
+        if route == "ticket":
+            outage.ticket_calls += 1
+        else:
+            outage.auth_calls += 1
+        if self.config.outage_mode == "drop" and request.transport is not None:
+            # Closed without a byte of answer; aiohttp then skips writing the response below.
+            request.transport.abort()
+            outage.statuses[DROPPED] += 1
+            self.state.dropped += 1
+            return web.Response(status=503)
+        status = self.config.outage_status
+        outage.statuses[status] += 1
+        if route == "ticket":
+            self.state.statuses[status] += 1
+        else:
+            self.state.auth_failures += 1
+        headers: dict[str, str] = {}
+        if status == 429:
+            limit = self.config.rate_limit if route == "ticket" else None
+            headers = _rate_headers(
+                _PRODUCTION_LIMITS[route] if limit is None else limit, 0, self.config.rate_interval
+            )
+        if self.config.retry_after is not None:
+            headers["Retry-After"] = str(math.ceil(self.config.retry_after))
+        text = "Dienst vorübergehend nicht verfügbar", "service temporarily unavailable"
+        return _fail(request, status, f"EMU{status}", text, headers)
+
     async def _answer_ticket(self, request: web.Request) -> web.Response:
         now = time.monotonic()
         if fault := self._pop_fault("ticket"):
             return self._fault_response(request, "ticket", fault, self._limit_headers(now))
-        over_limit = self._take_slot(now)
+        window = self._take_slot(now)
         headers = self._limit_headers(now)
-        if over_limit:
-            headers["Retry-After"] = self._window_retry_after(now)
+        if window is not None and window.requests > window.limit:
+            window.limited += 1
+            headers["Retry-After"] = self._window_retry_after(window, now)
             text = "Zu viele Anfragen", "too many requests"
             return _fail(request, 429, "RATE429", text, headers)
         if not self._authorized(request, now):
@@ -268,38 +417,61 @@ class Emulator:
             return _fail(request, 400, "VAL100", text, headers)
         if violations := _schema_violations(body, english=_english(request)):
             return _json({"errorList": violations}, 400, headers)
-        self.state.accepted.append(body)
-        self.state.accepted_counts[body["ticketId"]] += 1
+        self._record_accepted(body, window)
         return web.Response(status=201, headers=headers)
+
+    def _record_accepted(self, body: dict[str, Any], window: RateWindow | None) -> None:
+        state, at = self.state, self.clock()
+        state.accepted.append(body)
+        counts = state.accepted_counts
+        counts[body["ticketId"]] += 1
+        state.accepted_total += 1
+        if counts[body["ticketId"]] > 1:
+            state.duplicates += 1
+        if state.first_accepted_at is None:
+            state.first_accepted_at = at
+        state.last_accepted_at = at
+        if window is not None:
+            window.accepted += 1
+        outage = self.outage
+        if outage and outage.ended_at is not None and outage.recovered_after is None:
+            outage.recovered_after = at - outage.ended_at
 
     def _authorized(self, request: web.Request, now: float) -> bool:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         expiry = self._tokens.get(token.strip())
         return scheme.lower() == "bearer" and expiry is not None and now < expiry
 
-    def _take_slot(self, now: float) -> bool:
-        """Count a request against the fixed window; True when it is over the limit."""
+    def _take_slot(self, now: float) -> RateWindow | None:
+        """Count a request against the fixed window it falls in (None: no limit)."""
         limit = self.config.rate_limit
         if limit is None:
-            return False
-        if self._window_start is None or now >= self._window_start + self.config.rate_interval:
-            self._window_start, self._window_used = now, 0
-        self._window_used += 1
-        return self._window_used > limit
+            return None
+        window = self._window
+        if window is None or now >= self._window_end(window):
+            interval = self.config.rate_interval
+            window = RateWindow(started_at=now - self._epoch, limit=limit, interval=interval)
+            self._window = window
+            self.state.rate_windows.append(window)
+        window.requests += 1
+        return window
+
+    def _window_end(self, window: RateWindow) -> float:
+        return self._epoch + window.started_at + window.interval
 
     def _limit_headers(self, now: float) -> dict[str, str]:
         limit = self.config.rate_limit
         if limit is None:
             return {}
-        ended = self._window_start is None or now >= self._window_start + self.config.rate_interval
-        used = 0 if ended else self._window_used
+        window = self._window
+        ended = window is None or now >= self._window_end(window)
+        used = 0 if ended or window is None else window.requests
         return _rate_headers(limit, max(0, limit - used), self.config.rate_interval)
 
-    def _window_retry_after(self, now: float) -> str:
+    def _window_retry_after(self, window: RateWindow, now: float) -> str:
         wait = self.config.retry_after
         if wait is None:
-            assert self._window_start is not None  # _take_slot has opened a window
-            wait = self._window_start + self.config.rate_interval - now
+            wait = self._window_end(window) - now
         return str(math.ceil(wait))
 
     def _pop_fault(self, route: Route) -> _Fault | None:
@@ -339,8 +511,11 @@ class Emulator:
         return _json(asdict(self.config)) if name == "config" else await self._snapshot(request)
 
     async def _snapshot(self, request: web.Request) -> web.Response:
+        """The state; ``?bodies=0`` leaves out the accepted bodies (the counts stay)."""
+        bodies = request.query.get("bodies", "1").lower() not in ("0", "false", "no")
         pending = {route: [f.status for f in queue] for route, queue in self._faults.items()}
-        return _json(self.state.to_json() | {"pending_faults": pending})
+        state = self.state.to_json(bodies=bodies)
+        return _json(state | {"pending_faults": pending, "clock": round(self.clock(), 3)})
 
 
 async def serve(

@@ -1,0 +1,144 @@
+"""The worker or the broker goes away in the middle of a backlog: nothing may be lost."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import pytest
+
+from tests.conftest import Names, rabbitmqctl
+from tests.reliability.conftest import MakeFleet, Record
+from tests.reliability.harness import (
+    FAST_RETRIES,
+    DeadLetters,
+    finish,
+    make_backlog,
+    publish_backlog,
+    seconds,
+    wait_until,
+)
+from worker.emulator import Emulator
+
+BACKLOG = 2000
+
+
+@pytest.mark.timeout(300)
+async def test_worker_sigkilled_mid_backlog(
+    broker: Names, emulator: Emulator, dead: DeadLetters, make_fleet: MakeFleet, record: Record
+) -> None:
+    """Worker SIGKILLed after a third of the backlog, then restarted."""
+    prefetch = 32
+    emulator.configure(latency=0.02)  # requests in flight when the kill lands
+    fleet = make_fleet(AMQP_PREFETCH=str(prefetch), WORKER_CONCURRENCY="16", **FAST_RETRIES)
+    backlog = make_backlog(BACKLOG, seed=11)
+    await publish_backlog(fleet.env, backlog)
+    started = time.monotonic()
+    victim = await fleet.start()
+    third = len(backlog.valid) // 3
+    counts = emulator.state.accepted_counts
+    await wait_until(lambda: len(counts) >= third, timeout=120, fleet=fleet, what="a third")
+
+    victim.process.kill()
+    assert await victim.wait() == -signal.SIGKILL
+    record.figures["accepted_at_kill"] = len(counts)
+    await fleet.start()
+    books = await finish(
+        record.figures, backlog, emulator, dead, broker, started=started, timeout=180, fleet=fleet
+    )
+    record.bounds = {
+        "lost": "= 0",
+        "duplicated": f"≤ {prefetch} (AMQP_PREFETCH of the killed worker)",
+    }
+    books.check(max_duplicates=prefetch, fleet=fleet)
+
+
+@pytest.mark.timeout(300)
+async def test_sigterm_at_100ms_latency_finishes_in_flight_work(
+    broker: Names, emulator: Emulator, dead: DeadLetters, make_fleet: MakeFleet, record: Record
+) -> None:
+    """SIGTERM during a backlog at 100 ms API latency; a second worker drains the rest."""
+    grace = 10.0
+    emulator.configure(latency=0.1)
+    fleet = make_fleet(**FAST_RETRIES | {"WORKER_SHUTDOWN_GRACE": f"{grace:g}"})
+    backlog = make_backlog(BACKLOG, seed=12)
+    await publish_backlog(fleet.env, backlog)
+    started = time.monotonic()
+    first = await fleet.start()
+    counts = emulator.state.accepted_counts
+    third = len(backlog.valid) // 3
+    await wait_until(lambda: len(counts) >= third, timeout=120, fleet=fleet, what="a third")
+
+    signalled = time.monotonic()
+    first.process.send_signal(signal.SIGTERM)
+    code = await first.wait(timeout=grace + 30)
+    exit_s = time.monotonic() - signalled
+    state = emulator.state
+    # Every request that reached the API was answered and counted: none was abandoned.
+    abandoned = state.ticket_calls - state.accepted_total
+    record.figures.update(exit_code=code, exit_s=seconds(exit_s), abandoned_calls=abandoned)
+    assert code == 0, fleet.tail()
+    assert exit_s <= grace, f"took {exit_s:.1f} s, WORKER_SHUTDOWN_GRACE is {grace:g} s"
+    assert abandoned == 0, f"{abandoned} calls abandoned in flight"
+
+    emulator.configure(latency=0.0)
+    await fleet.start()
+    books = await finish(
+        record.figures, backlog, emulator, dead, broker, started=started, timeout=180, fleet=fleet
+    )
+    record.bounds = {
+        "exit": f"code 0 within WORKER_SHUTDOWN_GRACE = {grace:g} s",
+        "lost": "= 0",
+        "duplicated": "= 0 (every accepted count exactly 1)",
+    }
+    books.check(max_duplicates=0, fleet=fleet)
+    assert set(state.accepted_counts.values()) == {1}, "a ticket was sent twice"
+
+
+@pytest.mark.timeout(400)
+async def test_broker_restarted_mid_backlog(
+    broker: Names, emulator: Emulator, dead: DeadLetters, make_fleet: MakeFleet, record: Record
+) -> None:
+    """Broker restarted mid-backlog (rabbitmqctl stop_app, 3 s, start_app)."""
+    prefetch = 32
+    downtime = 3.0
+    fleet = make_fleet(AMQP_PREFETCH=str(prefetch), **FAST_RETRIES)
+    backlog = make_backlog(BACKLOG, seed=13)
+    await publish_backlog(fleet.env, backlog)
+    started = time.monotonic()
+    worker = await fleet.start()
+    state = emulator.state
+    third = len(backlog.valid) // 3
+    await wait_until(
+        lambda: len(state.accepted_counts) >= third, timeout=120, fleet=fleet, what="a third"
+    )
+
+    stopped = time.monotonic()
+    try:
+        await rabbitmqctl("stop_app")
+        await asyncio.sleep(downtime)  # the fault itself: the broker stays down this long
+    finally:
+        await rabbitmqctl("start_app")  # never leave the shared broker down
+    await rabbitmqctl("await_startup")
+    back = time.monotonic()
+    record.figures["broker_down_s"] = seconds(back - stopped)
+    before = state.accepted_total
+    await wait_until(
+        lambda: state.accepted_total > before,
+        timeout=120,
+        fleet=fleet,
+        what="a ticket forwarded after the restart",
+    )
+    record.figures["recovery_s"] = seconds(time.monotonic() - back)
+    books = await finish(
+        record.figures, backlog, emulator, dead, broker, started=started, timeout=240, fleet=fleet
+    )
+    record.figures["worker_restarts"] = len(fleet.processes) - 1
+    record.bounds = {
+        "lost": "= 0",
+        "duplicated": f"≤ {prefetch} (AMQP_PREFETCH: the unacked messages redelivered)",
+        "worker": "the same process reconnects by itself",
+    }
+    assert fleet.alive() == [worker], fleet.tail()
+    books.check(max_duplicates=prefetch, fleet=fleet)
