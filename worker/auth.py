@@ -32,6 +32,7 @@ import orjson
 import structlog
 from pydantic import SecretStr
 
+from worker import metrics
 from worker.errors import CredentialsRejected, TransientError
 from worker.responses import error_list, is_transient_status, retry_after
 
@@ -157,6 +158,7 @@ class TokenAuth(httpx.Auth):
         self._bearer = bearer
         self._refresh_at = now + lifetime - min(self._margin, lifetime / 5)
         self.refreshes += 1
+        metrics.token_refreshed(lifetime)
         log.info("scx.token_refreshed", expires_in=lifetime, refreshes=self.refreshes)
 
 

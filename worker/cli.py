@@ -1,6 +1,10 @@
 """``scx-forwarder`` (also ``python -m worker``): the worker and its companions.
 
 Exit codes of ``run`` are listed in ``worker.errors`` (``EXIT_*``) and in the README.
+The operations commands share them: ``check`` and ``dlq ...`` exit 0 when done, 1 when a
+check failed or the command could not run (broker unreachable, a queue missing, a
+replayed copy refused), 2 for a bad configuration or usage (``dlq purge`` without
+``--yes``).
 """
 
 from __future__ import annotations
@@ -8,17 +12,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import aiormq
+import orjson
 import structlog
 
 from worker.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from worker.logging import configure_logging
 from worker.settings import ConfigError, load_settings
+
+if TYPE_CHECKING:
+    from worker.dlq import Filter
+
+_T = TypeVar("_T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,7 +86,54 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--invalid", type=int, default=0, help="bad bodies appended")
     sample.add_argument("--seed", type=int, default=7)
     sample.set_defaults(command=_cmd_sample)
+
+    check = sub.add_parser(
+        "check",
+        help="smoke-test the configuration: broker, queues (passively), a token; exit 0 or 1",
+    )
+    check.set_defaults(command=_cmd_check)
+
+    _add_dlq_parser(sub)
     return parser
+
+
+def _add_dlq_parser(sub: Any) -> None:
+    dlq = sub.add_parser("dlq", help="inspect, replay, purge or export <AMQP_QUEUE>.dlq")
+    actions = dlq.add_subparsers(required=True, metavar="ACTION")
+
+    def filters(parser: argparse.ArgumentParser, *, kind_required: bool = False) -> None:
+        parser.add_argument(
+            "--kind",
+            required=kind_required,
+            help="malformed, invalid, rejected, exhausted, delivery-limit, ...",
+        )
+        parser.add_argument("--ticket-id", help="only the ticket with this id")
+
+    stats = actions.add_parser("stats", help="counts by x-error-kind, oldest and newest")
+    stats.add_argument("--json", action="store_true", help="one JSON object")
+    stats.set_defaults(command=_cmd_dlq_stats)
+
+    listing = actions.add_parser("list", help="a table of dead-lettered messages")
+    filters(listing)
+    listing.add_argument("--limit", type=_count, default=100, help="at most N (0: all)")
+    listing.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    listing.set_defaults(command=_cmd_dlq_list)
+
+    replay = actions.add_parser("replay", help="move matching messages back to the work queue")
+    filters(replay)
+    replay.add_argument("--limit", type=_count, default=0, help="at most N (0: all)")
+    replay.add_argument("--dry-run", action="store_true", help="count, move nothing")
+    replay.set_defaults(command=_cmd_dlq_replay)
+
+    purge = actions.add_parser("purge", help="delete matching messages (needs --yes)")
+    filters(purge, kind_required=True)
+    purge.add_argument("--yes", action="store_true", help="really delete them")
+    purge.set_defaults(command=_cmd_dlq_purge)
+
+    export = actions.add_parser("export", help="copy messages to JSON lines, removing nothing")
+    export.add_argument("file", metavar="FILE.jsonl", help="'-' for stdout")
+    filters(export)
+    export.set_defaults(command=_cmd_dlq_export)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -141,6 +201,174 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         out.write(line + b"\n")
     out.flush()
     return EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from worker.check import check
+
+    settings = load_settings()
+    passed, report = asyncio.run(check(settings))
+    print(report)
+    return EXIT_OK if passed else EXIT_FAILED
+
+
+def _cmd_dlq_stats(args: argparse.Namespace) -> int:
+    from worker import dlq, dlq_report
+
+    settings = load_settings()
+    by_kind = _dlq_run(dlq.stats(settings))
+    if by_kind is None:
+        return EXIT_FAILED
+    if args.json:
+        print(orjson.dumps(dlq_report.stats_json(by_kind)).decode())
+    else:
+        print(dlq_report.format_stats(settings.dead_letter_queue, by_kind, _now()))
+    return EXIT_OK
+
+
+def _cmd_dlq_list(args: argparse.Namespace) -> int:
+    from worker import dlq, dlq_report
+
+    settings = load_settings()
+    outcome = _dlq_run(dlq.list_entries(settings, _filter(args), args.limit))
+    if outcome is None:
+        return EXIT_FAILED
+    now = _now()
+    if args.json:
+        out = sys.stdout.buffer
+        for entry in outcome.entries:
+            out.write(orjson.dumps(dlq_report.entry_json(entry, now)) + b"\n")
+        out.flush()
+        return EXIT_OK
+    if outcome.entries:
+        # Cut to the terminal's width; piped into a file or a pager, nothing is cut.
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 10_000
+        print(dlq_report.format_table(outcome.entries, now, width))
+    print(
+        f"{len(outcome.entries)} of {outcome.matched} matching messages shown "
+        f"({outcome.scanned} in {settings.dead_letter_queue!r}; --limit 0 shows all)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _cmd_dlq_replay(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from worker import dlq
+
+    settings = load_settings()
+    # A bar on a terminal only (disable=None); scripts and logs get the summary line.
+    with tqdm(unit="msg", disable=None, file=sys.stderr, desc="scanned") as bar:
+
+        def progress(scanned: int, total: int, moved: int) -> None:
+            bar.total = total
+            bar.set_postfix(replayed=moved, refresh=False)
+            bar.update(scanned - bar.n)
+
+        outcome = _dlq_run(
+            dlq.replay(
+                settings,
+                _filter(args),
+                limit=args.limit,
+                dry_run=args.dry_run,
+                progress=progress,
+            )
+        )
+    if outcome is None:
+        return EXIT_FAILED
+    done = f"would replay {outcome.selected}" if args.dry_run else f"replayed {outcome.acted}"
+    print(
+        f"{done} of {outcome.matched} matching messages ({_filter(args)}; "
+        f"{outcome.scanned} scanned) from {settings.dead_letter_queue!r} "
+        f"to {settings.amqp_queue!r}"
+    )
+    return EXIT_OK
+
+
+def _cmd_dlq_purge(args: argparse.Namespace) -> int:
+    from worker import dlq
+
+    if not args.yes:
+        print(
+            "scx-forwarder dlq purge: deletes messages for good; add --yes to go ahead "
+            "(see them first with: scx-forwarder dlq list --kind ...)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    settings = load_settings()
+    outcome = _dlq_run(dlq.purge(settings, _filter(args)))
+    if outcome is None:
+        return EXIT_FAILED
+    print(
+        f"deleted {outcome.acted} of {outcome.scanned} messages ({_filter(args)}) "
+        f"from {settings.dead_letter_queue!r}"
+    )
+    return EXIT_OK
+
+
+def _cmd_dlq_export(args: argparse.Namespace) -> int:
+    from worker import dlq
+
+    settings = load_settings()
+    to_stdout = args.file == "-"
+    try:
+        stream = sys.stdout.buffer if to_stdout else Path(args.file).open("wb")  # noqa: SIM115
+    except OSError as exc:
+        print(
+            f"scx-forwarder dlq export: cannot write {args.file}: {exc.strerror}", file=sys.stderr
+        )
+        return EXIT_FAILED
+    with contextlib.nullcontext(stream) if to_stdout else stream:
+        outcome = _dlq_run(dlq.export(settings, stream, _filter(args)))
+    if outcome is None:
+        return EXIT_FAILED
+    print(
+        f"exported {outcome.matched} of {outcome.scanned} messages from "
+        f"{settings.dead_letter_queue!r} to {args.file}; the queue keeps them all",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _dlq_run(coro: Coroutine[Any, Any, _T]) -> _T | None:
+    """Run a dlq command; print why it could not run (None), never a URL's password."""
+    from worker.dlq import DlqError
+
+    try:
+        return asyncio.run(coro)
+    except DlqError as exc:
+        print(f"scx-forwarder dlq: {exc}", file=sys.stderr)
+    except (
+        OSError,
+        aiormq.exceptions.AMQPError,
+        aiormq.exceptions.ChannelInvalidStateError,
+    ) as exc:
+        # Unacked messages go back to the DLQ with the connection; nothing is lost. The
+        # exception's text is not printed: it might quote a URL.
+        print(
+            f"scx-forwarder dlq: stopped by {type(exc).__name__} (broker unreachable, "
+            "connection lost, or a write failed); what was not moved stays in the DLQ",
+            file=sys.stderr,
+        )
+    return None
+
+
+def _filter(args: argparse.Namespace) -> Filter:
+    from worker.dlq import Filter
+
+    return Filter(kind=args.kind, ticket_id=args.ticket_id)
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return number
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _until_signal(coro: Coroutine[Any, Any, None]) -> int:

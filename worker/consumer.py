@@ -59,6 +59,7 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
+from worker import metrics
 from worker.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -169,6 +170,7 @@ class Forwarder:
             settings.amqp_url.get_secret_value(),
             client_properties={"connection_name": _connection_name(settings)},
         )
+        metrics.watch_connection(connection)
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             await channel.set_qos(prefetch_count=1 if self._narrow else settings.amqp_prefetch)
@@ -250,6 +252,7 @@ class Forwarder:
                 await _return(message, "worker is stopping")
                 return
             self._in_flight.add(task)
+            metrics.started()
             try:
                 with structlog.contextvars.bound_contextvars(
                     message_id=message.message_id,
@@ -260,6 +263,7 @@ class Forwarder:
                     await self._settle(message, outcome, started)
             finally:
                 self._in_flight.discard(task)
+                metrics.finished()
 
     async def _process(self, message: AbstractIncomingMessage) -> Outcome:
         try:
@@ -282,6 +286,7 @@ class Forwarder:
         match outcome:
             case Forwarded(status=status, attempts=attempts):
                 await _ack(message)
+                metrics.forwarded(message.timestamp)
                 log.info(
                     "ticket.forwarded", status=status, attempts=attempts, duration_ms=duration_ms
                 )
@@ -293,6 +298,7 @@ class Forwarder:
                     await self._return_later(message, "delay publish failed")
                     return
                 await _ack(message)
+                metrics.delayed(outcome.reason)
                 log.warning(
                     "ticket.delayed",
                     delay_s=outcome.seconds,
@@ -313,6 +319,7 @@ class Forwarder:
                     await self._return_later(message, "dead-letter publish failed")
                     return
                 await _ack(message)
+                metrics.dead_lettered(outcome.kind, message.timestamp)
                 log.info(
                     "ticket.dead_lettered",
                     kind=outcome.kind,

@@ -35,6 +35,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from worker import metrics
 from worker.auth import TokenAuth
 from worker.breaker import Breaker
 from worker.errors import CircuitOpen, RetryLater, TicketRejected, TransientError
@@ -102,6 +103,7 @@ class ScxClient:
             base_url=settings.scx_api_url,
             auth=self.auth,
             timeout=timeout,
+            event_hooks=metrics.http_hooks(),
             # Everything a ticket call needs, merged once here rather than per request: the
             # auth flow builds its own (form-encoded) request and does not inherit these.
             headers={
@@ -226,4 +228,5 @@ def _log_retry(state: RetryCallState) -> None:
         fields["wait_s"] = round(state.next_action.sleep, 3)
     if isinstance(exc, TransientError):
         fields.update(reason=exc.reason, status=exc.status)
+    metrics.retried(exc)
     log.warning("scx.retry", **fields)

@@ -1,5 +1,9 @@
 """``scx-forwarder run``: wire settings, API client and forwarder; map signals to a drain.
 
+The metrics and probe server (``worker.health``, ``METRICS_PORT``) starts before the
+forwarder connects, so ``/healthz`` answers during start-up and ``/readyz`` says why it
+is not ready yet, and it stops after the drain.
+
 The first SIGTERM/SIGINT asks the forwarder to stop consuming and drain within
 ``WORKER_SHUTDOWN_GRACE``; a second one cancels in-flight work at once (their messages
 return to the queue when the connection closes).
@@ -14,6 +18,7 @@ import aiormq
 import structlog
 from pydantic import SecretStr
 
+from worker import health, metrics
 from worker.consumer import Forwarder
 from worker.errors import EXIT_FAILED
 from worker.mapping import Mapper
@@ -24,8 +29,9 @@ log = structlog.get_logger(__name__)
 
 
 async def serve(settings: Settings, refresh_token: SecretStr, mapper: Mapper | None) -> int:
-    async with ScxClient(settings, refresh_token) as client:
+    async with ScxClient(settings, refresh_token) as client, health.serving(settings):
         forwarder = Forwarder(settings, client, mapper=mapper)
+        metrics.watch_consumer(forwarder.consuming.is_set)
         task = asyncio.ensure_future(forwarder.run())
         signals = 0
 

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     scx_breaker_cooldown: PositiveFloat = 5.0
     scx_breaker_max_cooldown: PositiveFloat = 60.0
 
+    # --- observability ----------------------------------------------------------------
+    # One port serves /metrics, /healthz and /readyz (worker.health); 0 turns it off.
+    metrics_port: int = Field(9090, ge=0, le=65535)
+    # All interfaces by default: the kubelet probes and Prometheus scrapes the pod's IP.
+    metrics_host: str = Field("0.0.0.0", min_length=1)  # noqa: S104
+
     # --- logging ----------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -1,0 +1,207 @@
+"""``scx-forwarder check``: can this configuration run here? A deploy pipeline's smoke step.
+
+It checks, in order, and prints one line per check:
+
+- **config**: the settings parse, a refresh token is readable, ``WORKER_MAPPER`` imports.
+  A bad configuration raises ``ConfigError`` before anything is contacted (exit 2, as
+  for ``run``);
+- **broker**: a connection with the configured URL and credentials;
+- **exchange / queue / dlq / retry queues**: each looked up with a *passive* declare, so
+  nothing is created or changed; a missing one is a warning (``run`` declares it), and
+  the work queue and DLQ report their ready messages and consumers;
+- **token**: one ``POST /v1/auth`` with the refresh token (one call of the route's
+  budget); the token itself is never printed.
+
+Exit 0 when no check failed (warnings allowed), 1 when one did. Not checked: whether
+an existing queue's arguments match what the worker would declare (``run`` exits 1 with
+``worker.topology_mismatch`` then), and bindings (AMQP cannot look them up passively).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import aio_pika
+import aiormq
+import httpx
+import orjson
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from pydantic import SecretStr
+from yarl import URL
+
+from worker.responses import is_transient_status
+from worker.settings import ConfigError, Settings
+
+BROKER_TIMEOUT = 10.0
+
+Status = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    status: Status
+    detail: str
+
+
+def check_config(settings: Settings) -> tuple[SecretStr, Result]:
+    """The parts of the configuration ``load_settings`` cannot judge; ``ConfigError`` if bad."""
+    refresh_token = settings.refresh_token()
+    if settings.worker_mapper:
+        from worker.mapping import load_mapper
+
+        try:
+            load_mapper(settings.worker_mapper)
+        except ValueError as exc:
+            raise ConfigError(f"WORKER_MAPPER: {exc}") from None
+    detail = (
+        f"queue {settings.amqp_queue!r} ({settings.amqp_queue_type}), "
+        f"API {settings.scx_api_url}, broker {settings.amqp_url_redacted}"
+    )
+    return refresh_token, Result("config", "ok", detail)
+
+
+async def run_checks(settings: Settings, refresh_token: SecretStr) -> list[Result]:
+    """Every check after the configuration's, in the order they are printed."""
+    results = await check_broker(settings)
+    results.append(await check_token(settings, refresh_token))
+    return results
+
+
+async def check_broker(settings: Settings) -> list[Result]:
+    try:
+        connection = await aio_pika.connect(
+            settings.amqp_url.get_secret_value(),
+            timeout=BROKER_TIMEOUT,
+            client_properties={
+                "connection_name": f"scx-forwarder check {socket.gethostname()}:{os.getpid()}"
+            },
+        )
+    except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
+        return [
+            Result(
+                "broker",
+                "fail",
+                f"cannot connect to {settings.amqp_url_redacted}: {_safe_error(exc, settings)}",
+            )
+        ]
+    results = [Result("broker", "ok", f"connected to {settings.amqp_url_redacted}")]
+    async with connection:
+        results.append(await _exchange(connection, settings.amqp_exchange))
+        results.append(await _queue(connection, "queue", settings.amqp_queue))
+        results.append(await _queue(connection, "dlq", settings.dead_letter_queue))
+        for name in settings.retry_queues:
+            results.append(await _queue(connection, "retry queue", name, counts=False))
+    return results
+
+
+async def check_token(settings: Settings, refresh_token: SecretStr) -> Result:
+    """Trade the refresh token for an access token once; report only how that went."""
+    url = f"{settings.scx_api_url}/v1/auth"
+    timeout = httpx.Timeout(settings.scx_request_timeout, connect=settings.scx_connect_timeout)
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            response = await client.post(
+                url,
+                data={"refreshToken": refresh_token.get_secret_value()},
+                headers={"Accept": "application/json", "Accept-Language": "en"},
+            )
+    except httpx.HTTPError as exc:
+        return Result("token", "fail", f"cannot reach {url}: {type(exc).__name__}")
+    status = response.status_code
+    if status < 300:
+        return Result("token", "ok", f"obtained from {url}{_lifetime(response.content)}")
+    if is_transient_status(status):
+        return Result("token", "fail", f"POST {url} answered HTTP {status} (try again later)")
+    return Result(
+        "token",
+        "fail",
+        f"the API refused the refresh token (HTTP {status}); "
+        "check SCX_REFRESH_TOKEN / SCX_REFRESH_TOKEN_FILE",
+    )
+
+
+def render(results: list[Result]) -> str:
+    """The report: one line per check, then the verdict."""
+    lines = [f"  {r.status:<5} {r.name:<12} {r.detail}" for r in results]
+    failed = sum(r.status == "fail" for r in results)
+    warned = sum(r.status == "warn" for r in results)
+    verdict = f"check failed: {failed} of {len(results)} checks" if failed else "check passed"
+    if warned:
+        verdict += f" ({warned} warning{'s' if warned > 1 else ''})"
+    return "\n".join([*lines, verdict])
+
+
+def passed(results: list[Result]) -> bool:
+    return all(r.status != "fail" for r in results)
+
+
+async def _exchange(connection: AbstractConnection, name: str) -> Result:
+    async def declare(channel: AbstractChannel) -> str:
+        await channel.declare_exchange(name, passive=True)
+        return repr(name)
+
+    return await _passive(connection, "exchange", name, declare)
+
+
+async def _queue(
+    connection: AbstractConnection, label: str, name: str, *, counts: bool = True
+) -> Result:
+    async def declare(channel: AbstractChannel) -> str:
+        queue = await channel.declare_queue(name, passive=True)
+        if not counts:
+            return repr(name)
+        declared = queue.declaration_result
+        consumers = declared.consumer_count or 0
+        return (
+            f"{name!r}: {declared.message_count} ready, "
+            f"{consumers} consumer{'' if consumers == 1 else 's'}"
+        )
+
+    return await _passive(connection, label, name, declare)
+
+
+async def _passive(
+    connection: AbstractConnection,
+    label: str,
+    name: str,
+    declare: Callable[[AbstractChannel], Awaitable[str]],
+) -> Result:
+    """Run one passive declare on a channel of its own (a 404 closes the channel)."""
+    channel = await connection.channel()
+    try:
+        return Result(label, "ok", await declare(channel))
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return Result(label, "warn", f"{name!r} does not exist yet (run declares it)")
+    except aiormq.exceptions.ChannelAccessRefused:
+        return Result(label, "fail", f"{name!r}: access refused for this broker user")
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
+def _lifetime(content: bytes) -> str:
+    try:
+        payload = orjson.loads(content)
+        seconds = float(payload["expiresIn"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return ""
+    return f", expires in {seconds:.0f} s"
+
+
+def _safe_error(exc: BaseException, settings: Settings) -> str:
+    """The error's type and text, with the broker password blanked should it appear."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    password = URL(settings.amqp_url.get_secret_value()).password
+    return text.replace(password, "***") if password else text
+
+
+async def check(settings: Settings) -> tuple[bool, str]:
+    """All checks; ``(passed, report)``. Raises ``ConfigError`` for a bad configuration."""
+    refresh_token, config = check_config(settings)
+    results = [config, *await run_checks(settings, refresh_token)]
+    return passed(results), render(results)

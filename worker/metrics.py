@@ -1,0 +1,296 @@
+"""Prometheus metrics, and the small state the readiness probe reads (``worker.health``).
+
+Every metric is named ``scx_forwarder_*`` and lives in prometheus-client's default
+registry, next to its ``process_*`` and ``python_*`` collectors:
+
+=============================================  ==========  ================================
+metric                                         type        labels
+=============================================  ==========  ================================
+``tickets_forwarded_total``                    counter
+``tickets_dead_lettered_total``                counter     ``kind``
+``tickets_delayed_total``                      counter     ``reason``
+``retries_total``                              counter     ``reason``
+``api_requests_total``                         counter     ``route``, ``status_class``
+``api_request_duration_seconds``               histogram   ``route``
+``publish_to_ack_seconds``                     histogram
+``messages_in_flight``                         gauge
+``token_expires_in_seconds``                   gauge
+``rate_limit_remaining``                       gauge
+``broker_connected``, ``consumer_up``          gauge (0/1)
+``event_loop_lag_seconds``                     gauge
+=============================================  ==========  ================================
+
+The hot path calls the plain functions below (``forwarded()``, ``dead_lettered(kind)``,
+...), one line each, so worker modules never touch a metric object. Labels are bounded
+on purpose: a ``reason`` is reduced to a short class (``http_503``, ``timeout``,
+``connection``, ``circuit_open``, ``auth_http_503``, ``other``) by ``reason_label``, never
+the error text, which would make a new time series per distinct message.
+
+API requests are observed through httpx event hooks (``http_hooks()``), which see the
+ticket calls and the token refreshes alike; a request that got no answer at all (timeout,
+connection error) has no status class and shows up in ``retries_total`` instead.
+
+State is per process: one worker per process is the deployment unit. Tests that run
+several forwarders in one process share these counters and compare differences.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import time
+import weakref
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from aio_pika.abc import AbstractConnection
+from prometheus_client import Counter, Gauge, Histogram
+
+from worker.responses import is_transient_status
+
+PREFIX = "scx_forwarder_"
+KINDS = ("malformed", "invalid", "rejected", "exhausted")
+ROUTES = ("ticket", "auth")
+
+TICKETS_FORWARDED = Counter(
+    PREFIX + "tickets_forwarded_total", "Tickets the API accepted (2xx) and that were acked."
+)
+TICKETS_DEAD_LETTERED = Counter(
+    PREFIX + "tickets_dead_lettered_total",
+    "Tickets copied to the dead-letter queue, by x-error-kind.",
+    ["kind"],
+)
+TICKETS_DELAYED = Counter(
+    PREFIX + "tickets_delayed_total",
+    "Tickets parked in a delay queue after their in-process retries ran out, by reason.",
+    ["reason"],
+)
+RETRIES = Counter(
+    PREFIX + "retries_total", "In-process retries of an API call, by reason.", ["reason"]
+)
+API_REQUESTS = Counter(
+    PREFIX + "api_requests_total",
+    "Answers from the SCX API, by route (ticket, auth) and status class (2xx, 4xx, 5xx).",
+    ["route", "status_class"],
+)
+API_DURATION = Histogram(
+    PREFIX + "api_request_duration_seconds",
+    "Time from sending an API request to its answer's headers, by route.",
+    ["route"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+# AMQP timestamps have whole seconds, and at 60 calls a minute a backlog waits minutes
+# to hours: the buckets span a second to a day.
+PUBLISH_TO_ACK = Histogram(
+    PREFIX + "publish_to_ack_seconds",
+    "Time from a message's AMQP timestamp (its publish) to its ack, forwarded or dead-lettered.",
+    buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
+)
+IN_FLIGHT = Gauge(
+    PREFIX + "messages_in_flight", "Messages being worked on (at most WORKER_CONCURRENCY)."
+)
+TOKEN_EXPIRES_IN = Gauge(
+    PREFIX + "token_expires_in_seconds", "Seconds until the access token held expires (0: none)."
+)
+RATE_LIMIT_REMAINING = Gauge(
+    PREFIX + "rate_limit_remaining",
+    "X-RateLimit-Remaining of the last ticket answer that had it (NaN until one had).",
+)
+BROKER_CONNECTED = Gauge(
+    PREFIX + "broker_connected", "1 while the connection to RabbitMQ is open, else 0."
+)
+CONSUMER_UP = Gauge(
+    PREFIX + "consumer_up", "1 while the worker consumes the work queue (and is connected)."
+)
+LOOP_LAG = Gauge(
+    PREFIX + "event_loop_lag_seconds", "How late the event loop ran the last heartbeat (1 s apart)."
+)
+
+
+def _show_zeros() -> None:
+    """Create the usual label sets at 0, so dashboards and rate() see them from the start."""
+    for kind in KINDS:
+        TICKETS_DEAD_LETTERED.labels(kind)
+    for route in ROUTES:
+        for status_class in ("2xx", "4xx", "5xx"):
+            API_REQUESTS.labels(route, status_class)
+    RATE_LIMIT_REMAINING.set(math.nan)
+
+
+_show_zeros()
+
+
+class _State:
+    """What the probes and function-backed gauges read; one instance per process."""
+
+    def __init__(self) -> None:
+        self.connection: weakref.ref[AbstractConnection] | None = None
+        self.consuming: Callable[[], bool] = lambda: False
+        self.token_deadline: float | None = None
+        self.last_auth_status: int | None = None
+
+
+_state = _State()
+
+
+# --- hooks for the hot path ----------------------------------------------------------
+
+
+def forwarded(published: datetime | None = None) -> None:
+    """The API accepted a ticket; ``published`` is the message's AMQP timestamp, if any."""
+    TICKETS_FORWARDED.inc()
+    _observe_age(published)
+
+
+def dead_lettered(kind: str, published: datetime | None = None) -> None:
+    """A message's copy is in the DLQ (and the original acked)."""
+    TICKETS_DEAD_LETTERED.labels(kind).inc()
+    _observe_age(published)
+
+
+def delayed(reason: str) -> None:
+    """A message went to the delay stage; ``reason`` is the last error's text."""
+    TICKETS_DELAYED.labels(reason_label(reason)).inc()
+
+
+def retried(error: object) -> None:
+    """An API call failed transiently and will be tried again; ``error`` as text or exception."""
+    RETRIES.labels(reason_label(str(error))).inc()
+
+
+def _observe_age(published: datetime | None) -> None:
+    """A message was settled for good; observe its age if it carried an AMQP timestamp.
+
+    A message that went through the delay stage or was replayed from the DLQ keeps its
+    first timestamp, so this is the whole way from the marketplace to the API.
+    """
+    if published is None:
+        return
+    if published.tzinfo is None:  # AMQP timestamps are UTC seconds; some clients drop the zone
+        published = published.replace(tzinfo=UTC)
+    PUBLISH_TO_ACK.observe(max(0.0, (datetime.now(UTC) - published).total_seconds()))
+
+
+def started() -> None:
+    IN_FLIGHT.inc()
+
+
+def finished() -> None:
+    IN_FLIGHT.dec()
+
+
+def loop_lag(seconds: float) -> None:
+    LOOP_LAG.set(seconds)
+
+
+def token_refreshed(lifetime: float) -> None:
+    """A new access token was stored; it lives ``lifetime`` seconds from now."""
+    _state.token_deadline = time.monotonic() + lifetime
+
+
+def watch_connection(connection: AbstractConnection) -> None:
+    """Report this broker connection in ``broker_connected`` and the readiness probe."""
+    _state.connection = weakref.ref(connection)
+
+
+def watch_consumer(consuming: Callable[[], bool]) -> None:
+    """Report the worker's consumer state (``Forwarder.consuming.is_set``)."""
+    _state.consuming = consuming
+
+
+def http_hooks() -> dict[str, list[Callable[..., Any]]]:
+    """httpx ``event_hooks`` that count and time every API request and read rate limits."""
+    return {"request": [_on_request], "response": [_on_response]}
+
+
+# --- what the probes read ------------------------------------------------------------
+
+
+def broker_connected() -> bool:
+    connection = _state.connection() if _state.connection is not None else None
+    return connection is not None and not connection.is_closed and connection.connected.is_set()
+
+
+def consumer_up() -> bool:
+    return broker_connected() and _state.consuming()
+
+
+def token_status() -> tuple[bool, str]:
+    """Whether a token is held or obtainable, and why; never calls the API itself.
+
+    Probing ``/v1/auth`` would spend the rate-limited route's budget every few seconds, so
+    this judges by what the worker saw: a token held now, or the last refresh's answer.
+    The worker fetches its first token just before its first send, so "none yet" is fine.
+    """
+    deadline = _state.token_deadline
+    now = time.monotonic()
+    if deadline is not None and deadline > now:
+        return True, f"held, expires in {deadline - now:.0f} s"
+    status = _state.last_auth_status
+    if status is None:
+        return True, "none yet; fetched before the first send"
+    if status < 300:
+        return True, "expired while idle; refreshed before the next send"
+    if is_transient_status(status):
+        return False, f"the last refresh failed with HTTP {status}"
+    return False, f"the API refused the refresh token (HTTP {status})"
+
+
+def reason_label(text: str) -> str:
+    """A short, bounded label for an error text (see the module docstring)."""
+    lowered = text.lower()
+    prefix = "auth_" if "/v1/auth" in lowered else ""
+    if lowered.startswith("circuit open"):
+        return "circuit_open"
+    if status := re.search(r"\bhttp (\d{3})\b", lowered):
+        return f"{prefix}http_{status.group(1)}"
+    if "timeout" in lowered or "timed out" in lowered:
+        return f"{prefix}timeout"
+    if "connection" in lowered:
+        return f"{prefix}connection"
+    return f"{prefix}other"
+
+
+# --- internals -----------------------------------------------------------------------
+
+_sent_at: weakref.WeakKeyDictionary[httpx.Request, float] = weakref.WeakKeyDictionary()
+
+
+def _route(request: httpx.Request) -> str:
+    path = request.url.path
+    if path.endswith("/v1/auth"):
+        return "auth"
+    if path.startswith("/v1/channel/ticket"):
+        return "ticket"
+    return "other"
+
+
+async def _on_request(request: httpx.Request) -> None:
+    _sent_at[request] = time.perf_counter()
+
+
+async def _on_response(response: httpx.Response) -> None:
+    request = response.request
+    route = _route(request)
+    sent = _sent_at.pop(request, None)
+    if sent is not None:
+        API_DURATION.labels(route).observe(time.perf_counter() - sent)
+    API_REQUESTS.labels(route, f"{response.status_code // 100}xx").inc()
+    if route == "auth":
+        _state.last_auth_status = response.status_code
+    elif route == "ticket" and (remaining := response.headers.get("x-ratelimit-remaining")):
+        with contextlib.suppress(ValueError):
+            RATE_LIMIT_REMAINING.set(float(remaining))
+
+
+def _token_expires_in() -> float:
+    deadline = _state.token_deadline
+    return max(0.0, deadline - time.monotonic()) if deadline is not None else 0.0
+
+
+TOKEN_EXPIRES_IN.set_function(_token_expires_in)
+BROKER_CONNECTED.set_function(lambda: float(broker_connected()))
+CONSUMER_UP.set_function(lambda: float(consumer_up()))
