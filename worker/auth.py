@@ -74,7 +74,8 @@ class TokenAuth(httpx.Auth):
             async with self._lock:
                 self._share_failure_since(seen)
                 if self._stale(None):
-                    await self._store((yield self._auth_request()))
+                    asked_at = self._clock()
+                    await self._store((yield self._auth_request()), asked_at)
         sent_with = self._bearer
         request.headers["Authorization"] = f"Bearer {sent_with}"
         response = yield request
@@ -86,7 +87,8 @@ class TokenAuth(httpx.Auth):
         async with self._lock:
             self._share_failure_since(seen)
             if self._stale(sent_with):
-                await self._store((yield self._auth_request()))
+                asked_at = self._clock()
+                await self._store((yield self._auth_request()), asked_at)
         request.headers["Authorization"] = f"Bearer {self._bearer}"
         yield request
 
@@ -118,16 +120,16 @@ class TokenAuth(httpx.Auth):
             extensions={"timeout": self._timeout},
         )
 
-    async def _store(self, response: httpx.Response) -> None:
+    async def _store(self, response: httpx.Response, asked_at: float) -> None:
         self._refresh_attempts += 1
         try:
-            await self._read_token(response)
+            await self._read_token(response, asked_at)
         except TransientError as exc:
             self._last_failure = exc
             raise
         self._last_failure = None
 
-    async def _read_token(self, response: httpx.Response) -> None:
+    async def _read_token(self, response: httpx.Response, asked_at: float) -> None:
         # An overridden async_auth_flow gets responses unread (requires_response_body only
         # applies to the default flow).
         await response.aread()
@@ -152,11 +154,12 @@ class TokenAuth(httpx.Auth):
                 f"({type(exc).__name__})",
                 status=status,
             ) from None
-        now = self._clock()
+        # The lifetime runs from when the API issued the token, somewhere during the round
+        # trip: counting from the request keeps the whole round trip on the safe side.
         # A short-lived token (tests, or a sandbox handing out 360 s tokens) must not be
         # refreshed on every request, so the margin never exceeds a fifth of the lifetime.
         self._bearer = bearer
-        self._refresh_at = now + lifetime - min(self._margin, lifetime / 5)
+        self._refresh_at = asked_at + lifetime - min(self._margin, lifetime / 5)
         self.refreshes += 1
         metrics.token_refreshed(lifetime)
         log.info("scx.token_refreshed", expires_in=lifetime, refreshes=self.refreshes)
