@@ -45,3 +45,14 @@ reliability: install broker
 	$(BIN)/python -m tests.reliability.report $(RELIABILITY_RESULTS) docs/RELIABILITY.md; \
 	exit $$status
 
+# The worker against its peers and a raw ceiling, written to docs/BENCHMARKS.md and
+# docs/benchmarks.png (bench/run.py, about 15 minutes; it starts its own nginx and
+# installs it with apt-get when missing). `make bench BENCH_ARGS=--quick`: a 2-minute smoke run.
+BENCH_STAMP := $(VENV)/.bench-installed
+.PHONY: bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: install broker $(BENCH_STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)

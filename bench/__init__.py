@@ -1,0 +1,1 @@
+"""``make bench``: the worker against its peers, on one machine, in one run (see run.py)."""
