@@ -44,12 +44,13 @@ class Settings(BaseSettings):
     # A message returned this many times (worker crash, nack) goes to the DLQ by the
     # broker's own hand, so a poison message cannot crash-loop the fleet forever.
     amqp_delivery_limit: int = Field(5, ge=1, le=1000)
-    # Defaults measured with bench/concurrency.py (README, "Tuning"): past 16-32 concurrent
-    # requests httpx's connection pool costs more CPU than the extra overlap gains.
-    amqp_prefetch: int = Field(32, ge=1, le=65535)
+    # Defaults chosen with `make bench` (docs/BENCHMARKS.md, README "Tuning"): on the aiohttp
+    # transport 32 concurrent requests cost no more CPU per message than 16 and double
+    # what one process can have in flight against a slow API; prefetch = 2 x concurrency.
+    amqp_prefetch: int = Field(64, ge=1, le=65535)
 
     # --- worker -----------------------------------------------------------------------
-    worker_concurrency: int = Field(16, ge=1, le=10_000)
+    worker_concurrency: int = Field(32, ge=1, le=10_000)
     worker_shutdown_grace: PositiveFloat = 25.0
     worker_mapper: str | None = None
     # The delay stage: a message whose in-process retries ran out waits this long in
