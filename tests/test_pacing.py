@@ -38,7 +38,7 @@ async def test_zero_turns_spacing_off() -> None:
     pacer = Pacer(per_minute=0)
     started = time.monotonic()
     await stamps(pacer, 100)
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 1.0  # spaced at any real rate: minutes
 
 
 async def test_a_pause_holds_senders_that_already_hold_a_slot() -> None:
@@ -95,8 +95,8 @@ def test_alone_the_budget_spreads_what_is_left_over_the_time_left() -> None:
     seq = budget.sent()
     budget.observe(seq, RateLimit(LIMIT, LIMIT - 1, 60.0), sent_at=0.0, now=0.01)
     assert budget.window_end == pytest.approx(60.01)
-    # 119 left for 60 s: about every 0.504 s, the last one as the window closes.
-    assert budget.earliest(0.02, last_sent=0.0) == pytest.approx(60.01 / 119, rel=1e-3)
+    # 119 left for 60 s: about every 0.5 s, the last one half a second before it closes.
+    assert budget.earliest(0.02, last_sent=0.0) == pytest.approx(60.01 / 120, rel=1e-3)
 
 
 def test_calls_of_others_between_two_answers_are_held_in_reserve() -> None:
