@@ -60,6 +60,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from worker import metrics
+from worker.copies import message_copy
 from worker.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -373,22 +374,7 @@ class Forwarder:
         assert self._topology is not None
         headers = {k: v for k, v in (message.headers or {}).items() if k not in _NOT_COPIED}
         headers.update(extra_headers)
-        # Same body and properties, but never the expiration (the copy must not vanish)
-        # nor user_id (the broker checks it against *our* login and would refuse it).
-        copy = aio_pika.Message(
-            body=message.body,
-            headers=headers,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            priority=message.priority,
-            correlation_id=message.correlation_id,
-            reply_to=message.reply_to,
-            message_id=message.message_id,
-            timestamp=message.timestamp,
-            type=message.type,
-            app_id=message.app_id,
-        )
+        copy = message_copy(message, headers)
         await self._topology.channel.default_exchange.publish(
             copy, routing_key=queue, mandatory=True
         )

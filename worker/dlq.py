@@ -70,6 +70,7 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
+from worker.copies import message_copy
 from worker.settings import Settings
 
 REPLAY_COUNT = "x-replay-count"
@@ -448,22 +449,7 @@ def replay_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
     headers = {k: v for k, v in old.items() if k not in STRIPPED_ON_REPLAY}
     replays = old.get(REPLAY_COUNT)
     headers[REPLAY_COUNT] = (replays if isinstance(replays, int) else 0) + 1
-    # As the consumer's dead-letter copy: same body and properties, never an expiration
-    # (it must not vanish) nor user_id (the broker checks it against our login).
-    return aio_pika.Message(
-        body=message.body,
-        headers=headers,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        priority=message.priority,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        message_id=message.message_id,
-        timestamp=message.timestamp,
-        type=message.type,
-        app_id=message.app_id,
-    )
+    return message_copy(message, headers)
 
 
 async def _publish_to_work_queue(scan: Scan, message: AbstractIncomingMessage) -> None:
