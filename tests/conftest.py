@@ -249,6 +249,18 @@ async def close_broker_connections(name_prefix: str) -> int:
     return len(pids)
 
 
+@pytest.fixture
+async def broker_user() -> AsyncIterator[tuple[str, str]]:
+    """A broker login of its own, so a test can look for its password in what it prints."""
+    user, password = f"fwd-{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
+    await rabbitmqctl("add_user", user, password)
+    try:
+        await rabbitmqctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+        yield user, password
+    finally:
+        await rabbitmqctl("delete_user", user)
+
+
 async def rabbitmqctl(*args: str) -> str:
     process = await asyncio.create_subprocess_exec(
         "rabbitmqctl", "-q", *args, stdout=asyncio.subprocess.PIPE

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
-
 import aiormq
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from tests.conftest import AMQP_URL, REFRESH_TOKEN, Names, rabbitmqctl
+from tests.conftest import AMQP_URL, REFRESH_TOKEN, Names
 from tests.test_dlq import Result, cli, settings_for
 from worker.emulator import Emulator
 from worker.topology import declare_topology
@@ -40,21 +37,10 @@ async def declared(amqp: AbstractRobustConnection, names: Names, channel: Abstra
     await declaring.close()
 
 
-@pytest.fixture
-async def broker_login() -> AsyncIterator[tuple[str, str]]:
-    user, password = f"chk-{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
-    await rabbitmqctl("add_user", user, password)
-    try:
-        await rabbitmqctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
-        yield user, password
-    finally:
-        await rabbitmqctl("delete_user", user)
-
-
 async def test_a_working_setup_passes_and_prints_no_secret(
-    declared: None, names: Names, emulator: Emulator, broker_login: tuple[str, str]
+    declared: None, names: Names, emulator: Emulator, broker_user: tuple[str, str]
 ) -> None:
-    user, password = broker_login
+    user, password = broker_user
     result = await check(names, emulator, AMQP_URL=f"amqp://{user}:{password}@127.0.0.1:5672/")
     assert result.code == 0, result.out + result.err
     report = lines(result)
