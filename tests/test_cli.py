@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from tests.conftest import (
     collect,
     publish,
     queue_depth,
-    rabbitmqctl,
     wait_for,
 )
 from tests.test_end_to_end import event
@@ -136,18 +134,6 @@ async def test_sigterm_finishes_in_flight_messages_and_loses_none(
     await start_worker()
     await wait_for(lambda: len(emulator.state.accepted) == 30, what="the rest forwarded")
     assert set(emulator.state.accepted_counts.values()) == {1}
-
-
-@pytest.fixture
-async def broker_user() -> AsyncIterator[tuple[str, str]]:
-    """A broker login of its own, so the test can look for its password in the logs."""
-    user, password = f"fwd-{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
-    await rabbitmqctl("add_user", user, password)
-    try:
-        await rabbitmqctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
-        yield user, password
-    finally:
-        await rabbitmqctl("delete_user", user)
 
 
 async def test_logs_are_json_lines_without_any_secret(
@@ -339,6 +325,46 @@ async def test_emulator_command_serves_the_api_until_sigterm(unused_tcp_port: in
     assert await emulator.wait() == 0
 
 
+async def crash_loop(
+    env: dict[str, str],
+    channel: AbstractChannel,
+    names: Names,
+    emulator: Emulator,
+    bodies: list[bytes],
+    *,
+    valid: int,
+    max_crashes: int,
+) -> int:
+    """Like a supervisor: restart the worker whenever it dies until ``valid`` tickets are in.
+
+    ``bodies`` are published once the first worker consumes; returns how often it crashed.
+    """
+
+    async def one_life(first: bool) -> int | None:
+        """One worker's life: its exit code if it died, None once the valid ones are in."""
+        worker = await spawn("run", env=env)
+        exited = asyncio.create_task(worker.wait(timeout=30))
+        if first:
+            await wait_for(lambda: worker.has_event("worker.consuming"), what="the worker")
+            await publish(channel, names, bodies)
+        await wait_for(
+            lambda: exited.done() or len(emulator.state.accepted) == valid,
+            what="a crash or the end",
+        )
+        if exited.done():
+            return exited.result()
+        worker.process.send_signal(signal.SIGTERM)
+        assert await exited == 0
+        return None
+
+    crashes = 0
+    while (code := await one_life(first=crashes == 0)) is not None:
+        assert code == 70
+        crashes += 1
+        assert crashes <= max_crashes, "the poison message must not crash-loop the worker forever"
+    return crashes
+
+
 async def test_a_message_that_kills_the_worker_ends_in_the_dlq_by_the_delivery_limit(
     emulator: Emulator, channel: AbstractChannel, names: Names
 ) -> None:
@@ -352,29 +378,7 @@ async def test_a_message_that_kills_the_worker_ends_in_the_dlq_by_the_delivery_l
         PYTHONPATH=str(Path(__file__).parent.parent),
     )
     bodies = [orjson.dumps({"poison": True})] + [orjson.dumps({"case": f"C-{i}"}) for i in range(3)]
-
-    async def run_once(first: bool) -> int | None:
-        """One worker's life: its exit code if it died, None once the valid ones are through."""
-        worker = await spawn("run", env=env)
-        await wait_for(lambda: worker.has_event("worker.consuming"), what="the worker to consume")
-        if first:
-            await publish(channel, names, bodies, message_id="poison")
-        exited = asyncio.create_task(worker.wait(timeout=20))
-        await wait_for(
-            lambda: exited.done() or len(emulator.state.accepted) == 3, what="a crash or the end"
-        )
-        if exited.done():
-            return exited.result()
-        worker.process.send_signal(signal.SIGTERM)
-        assert await exited == 0
-        return None
-
-    crashes = 0
-    # Like a supervisor: restart the worker whenever it dies, until the backlog is through.
-    while (code := await run_once(first=crashes == 0)) is not None:
-        assert code == 70
-        crashes += 1
-        assert crashes <= 5, "the poison message must not crash-loop the worker forever"
+    crashes = await crash_loop(env, channel, names, emulator, bodies, valid=3, max_crashes=5)
     assert crashes == 3, "delivered three times: the third return is over a limit of 2"
     assert sorted(emulator.state.accepted_counts) == ["C-0", "C-1", "C-2"]
     [dead] = await collect(channel, names.dlq, 1)
@@ -394,29 +398,8 @@ async def test_a_poison_message_does_not_drag_the_messages_around_it_into_the_dl
         PYTHONPATH=str(Path(__file__).parent.parent),
     )
     valid = [orjson.dumps({"case": f"C-{i}"}) for i in range(40)]
-
-    async def one_life(first: bool) -> int | None:
-        """One worker's life: its exit code if it died, None once all valid ones are in."""
-        worker = await spawn("run", env=env)
-        exited = asyncio.create_task(worker.wait(timeout=30))
-        if first:
-            await wait_for(lambda: worker.has_event("worker.consuming"), what="the worker")
-            await publish(channel, names, [orjson.dumps({"poison": True}), *valid])
-        await wait_for(
-            lambda: exited.done() or len(emulator.state.accepted) == len(valid),
-            what="a crash or the end",
-        )
-        if exited.done():
-            return exited.result()
-        worker.process.send_signal(signal.SIGTERM)
-        assert await exited == 0
-        return None
-
-    crashes = 0
-    while (code := await one_life(first=crashes == 0)) is not None:
-        assert code == 70
-        crashes += 1
-        assert crashes <= 4, "the poison message must not crash-loop the worker forever"
+    bodies = [orjson.dumps({"poison": True}), *valid]
+    crashes = await crash_loop(env, channel, names, emulator, bodies, valid=40, max_crashes=4)
     assert crashes == 3
     assert sorted(emulator.state.accepted_counts) == sorted(f"C-{i}" for i in range(40))
     [dead] = await collect(channel, names.dlq, 1)
