@@ -36,7 +36,6 @@ several forwarders in one process share these counters and compare differences.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 import time
@@ -149,6 +148,11 @@ def dead_lettered(kind: str, published: datetime | None = None) -> None:
     """A message's copy is in the DLQ (and the original acked)."""
     TICKETS_DEAD_LETTERED.labels(kind).inc()
     _observe_age(published)
+
+
+def rate_limit_remaining(remaining: int) -> None:
+    """The API's ``X-RateLimit-Remaining``, as the client read it for its pacing."""
+    RATE_LIMIT_REMAINING.set(remaining)
 
 
 def delayed(reason: str) -> None:
@@ -281,9 +285,6 @@ async def _on_response(response: httpx.Response) -> None:
     API_REQUESTS.labels(route, f"{response.status_code // 100}xx").inc()
     if route == "auth":
         _state.last_auth_status = response.status_code
-    elif route == "ticket" and (remaining := response.headers.get("x-ratelimit-remaining")):
-        with contextlib.suppress(ValueError):
-            RATE_LIMIT_REMAINING.set(float(remaining))
 
 
 def _token_expires_in() -> float:

@@ -219,7 +219,9 @@ class ScxClient:
         """Tell the pacer and the breaker what this answer says about the API."""
         status = response.status_code
         if (limit := rate_limit(response)) is not None:
+            # Read once here, for the pacer and the metric alike.
             self.pacer.observe(seq, limit, sent_at=sent_at)
+            metrics.rate_limit_remaining(limit.remaining)
         if status == httpx.codes.TOO_MANY_REQUESTS:
             # Everyone in this process waits out the limit, not just this message.
             wait = retry_after(response)
