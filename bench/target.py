@@ -30,7 +30,8 @@ ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
 APT_PACKAGES = ("nginx", "libnginx-mod-http-echo")
 LATENCIES_MS = (0, 20, 100)
 TOKEN = "bench-access-token"
-# What /v1/auth answers; worker/auth.py reads authToken and expiresIn (tokenExpireAt as fallback).
+# What /v1/auth answers; worker/scx/auth.py reads authToken and expiresIn
+# (tokenExpireAt as fallback).
 AUTH_BODY = (
     f'{{"scope":"CHANNEL","authToken":"{TOKEN}",'
     '"tokenExpireAt":"2099-12-31T23:59:59.000+00:00","expiresIn":3600}'

@@ -12,8 +12,8 @@ import pytest
 from pydantic import SecretStr
 
 from tests.conftest import wait_for
-from worker.auth import TokenAuth
 from worker.errors import CredentialsRejected, TransientError
+from worker.scx.auth import TokenAuth
 
 REFRESH = "refresh-secret-123"
 

@@ -10,9 +10,9 @@ import pytest
 
 from tests.conftest import wait_for
 from worker.errors import ShuttingDown
-from worker.pacing import MAX_RESERVE, Pacer, WindowBudget
-from worker.responses import RateLimit
-from worker.waits import Waits
+from worker.scx.pacing import MAX_RESERVE, Pacer, WindowBudget
+from worker.scx.responses import RateLimit
+from worker.scx.waits import Waits
 
 
 async def stamps(pacer: Pacer, n: int) -> list[float]:

@@ -10,10 +10,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from worker.breaker import State
 from worker.errors import CredentialsRejected, RetryLater, TicketRejected
-from worker.responses import retry_after
 from worker.scx import ScxClient
+from worker.scx.breaker import State
+from worker.scx.responses import retry_after
 from worker.settings import Settings
 
 Handler = Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]

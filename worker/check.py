@@ -33,7 +33,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from pydantic import SecretStr
 from yarl import URL
 
-from worker.responses import is_transient_status
+from worker.scx.responses import is_transient_status
 from worker.settings import ConfigError, Settings
 
 BROKER_TIMEOUT = 10.0

@@ -48,7 +48,7 @@ import httpx
 from aio_pika.abc import AbstractConnection
 from prometheus_client import Counter, Gauge, Histogram
 
-from worker.responses import is_transient_status
+from worker.scx.responses import is_transient_status
 
 PREFIX = "scx_forwarder_"
 KINDS = ("malformed", "invalid", "rejected", "exhausted")

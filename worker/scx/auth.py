@@ -34,7 +34,7 @@ from pydantic import SecretStr
 
 from worker import metrics
 from worker.errors import CredentialsRejected, TransientError
-from worker.responses import error_list, is_transient_status, retry_after
+from worker.scx.responses import error_list, is_transient_status, retry_after
 
 log = structlog.get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """Reading SCX API answers: which statuses are transient, the server's wait hints, errorList.
 
-These rules are shared by the token flow (``worker.auth``) and the ticket client
+These rules are shared by the token flow (``worker.scx.auth``) and the ticket client
 (``worker.scx``), so both classify a status the same way.
 """
 

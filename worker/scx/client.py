@@ -36,13 +36,13 @@ from tenacity import (
 )
 
 from worker import metrics
-from worker.auth import TokenAuth
-from worker.breaker import Breaker
 from worker.errors import CircuitOpen, RetryLater, TicketRejected, TransientError
-from worker.pacing import Pacer
-from worker.responses import error_list, is_transient_status, rate_limit, retry_after
+from worker.scx.auth import TokenAuth
+from worker.scx.breaker import Breaker
+from worker.scx.pacing import Pacer
+from worker.scx.responses import error_list, is_transient_status, rate_limit, retry_after
+from worker.scx.waits import Waits
 from worker.settings import Settings
-from worker.waits import Waits
 
 log = structlog.get_logger(__name__)
 

@@ -39,8 +39,8 @@ import math
 import time
 from collections.abc import Callable
 
-from worker.responses import RateLimit
-from worker.waits import Waits
+from worker.scx.responses import RateLimit
+from worker.scx.waits import Waits
 
 # What other callers used between two of our answers is capped: a burst seen once
 # (answers overtaking each other) must not hold a whole window back.

@@ -27,7 +27,7 @@ from enum import Enum
 import structlog
 
 from worker.errors import CircuitOpen
-from worker.waits import Waits
+from worker.scx.waits import Waits
 
 log = structlog.get_logger(__name__)
 
