@@ -18,6 +18,7 @@ from worker.emulator import DROPPED, Emulator, EmulatorConfig, serve
 
 REFRESH_TOKEN = "test-refresh-token"
 TICKET_URL = "/v1/channel/ticket"
+DOWNLOAD_URL = "/v1/channel/ticket/attachment"
 EN = {"Accept-Language": "en"}
 
 VALID = SEED_TICKET
@@ -445,7 +446,7 @@ async def test_injected_auth_failures(emulator: Emulator, client: httpx.AsyncCli
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"route": "events", "status": 503},
+        {"route": "orders", "status": 503},
         {"route": "ticket", "status": 201},
         {"route": "ticket", "status": True},
         {"route": "ticket", "status": 503, "count": 0},
@@ -789,7 +790,13 @@ async def test_control_api(
         assert (await client.post("/_emulator/config", json=bad)).status_code == 400
 
     injected = await client.post("/_emulator/inject", json={"route": "ticket", "status": 502})
-    assert injected.json()["pending_faults"] == {"ticket": [502], "auth": []}
+    assert injected.json()["pending_faults"] == {
+        "auth": [],
+        "ticket": [502],
+        "upload": [],
+        "download": [],
+        "events": [],
+    }
     assert (
         await client.post("/_emulator/inject", json={"route": "x", "status": 1})
     ).status_code == 400
@@ -831,3 +838,26 @@ async def test_serve_runs_until_cancelled() -> None:
     async with httpx.AsyncClient(base_url=urls[0]) as client:
         with pytest.raises(httpx.ConnectError):
             await client.get("/_emulator/state")
+
+
+async def test_download_serves_a_stored_file_behind_the_channel_gate(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    stored = emulator.files.put("4711", "CASE-1", "scan.pdf", "application/pdf", b"%PDF-1.7 x")
+    query = {"sellerId": "4711", "ticketId": "CASE-1", "filename": "scan.pdf"}
+    emulator.config.rate_limit = 5
+
+    response = await client.get(DOWNLOAD_URL, params=query, headers=auth)
+    assert response.status_code == 200
+    assert response.content == b"%PDF-1.7 x"
+    assert response.headers["content-type"].startswith("application/pdf")
+    assert response.headers["x-ratelimit-remaining"] == "4", "it shares the channel limit"
+
+    missing = await client.get(DOWNLOAD_URL, params={**query, "filename": "x.pdf"}, headers=auth)
+    assert missing.status_code == 404
+    assert missing.json()["errorList"][0]["code"] == "NOTFOUND404"
+    assert (await client.get(DOWNLOAD_URL, params=query)).status_code == 401
+    emulator.inject("download", 503)
+    assert (await client.get(DOWNLOAD_URL, params=query, headers=auth)).status_code == 503
+    assert emulator.state.channel_calls["download"] == 4
+    assert stored.sha256 == emulator.files.to_json()[0]["sha256"]

@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     scx_breaker_cooldown: PositiveFloat = 5.0
     scx_breaker_max_cooldown: PositiveFloat = 60.0
 
+    # --- attachments (worker/attachments/) ---------------------------------------------
+
+    # --- state record (Redis) ---------------------------------------------------------
+
+    # --- events bridge (scx-forwarder events) -------------------------------------------
+
+    # --- outcome events, CloudEvents, tracing -------------------------------------------
+
     # --- observability ----------------------------------------------------------------
     # One port serves /metrics, /healthz and /readyz (worker.health); 0 turns it off.
     metrics_port: int = Field(9090, ge=0, le=65535)

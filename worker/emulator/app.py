@@ -25,9 +25,15 @@ The ledger (``state.accepted_counts``: ticket id -> accepted POSTs, with ``accep
 ``duplicates``) costs O(1) per ticket; ``GET /_emulator/state?bodies=0`` leaves the accepted
 bodies out of the snapshot, for runs of tens of thousands of tickets.
 
-Not emulated: every other route (attachment upload, events), JWT contents (tokens are
-opaque), rate limits on ``/v1/auth`` (inject a 429 instead), limits shared between routes,
-any duplicate-``ticketId`` behaviour (every valid POST gets 201 and is counted), sandbox quirks.
+Every ``/v1/channel*`` route passes one gate (``_gate``): latency, outage, its own fault queue
+(``inject(route, ...)``: ``ticket``, ``upload``, ``download``, ``events``; ``auth`` for
+``/v1/auth``), the rate limit they share, the bearer token; then the route's own answer.
+``GET /v1/channel/ticket/attachment`` serves the files in ``Emulator.files``
+(``worker.emulator.files``).
+
+Not emulated: JWT contents (tokens are opaque), rate limits on ``/v1/auth`` (inject a 429
+instead), any duplicate-``ticketId`` behaviour (every valid POST gets 201 and is counted),
+sandbox quirks.
 
 Tests drive it through :class:`Emulator`; the demo and out-of-process tests use the control
 routes under ``/_emulator/`` (``GET state``; ``POST config``, ``inject``, ``revoke``, ``reset``).
@@ -41,7 +47,7 @@ import random
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -54,12 +60,21 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from jsonschema import Draft202012Validator, ValidationError
 
+from worker.emulator.files import FileStore
+
 log = structlog.get_logger(__name__)
 
-Route = Literal["ticket", "auth"]
+# Every route has its own fault queue; all but "auth" are /v1/channel* routes, which share one
+# rate limit and pass the same gate (latency, outage, faults, rate limit, bearer token).
+Route = Literal["auth", "ticket", "upload", "download", "events"]
+ROUTES: tuple[Route, ...] = ("auth", "ticket", "upload", "download", "events")
 _Text = tuple[str, str]  # (German, English)
-# What a 429 injection reports as X-RateLimit-Limit: JTL's production limits for each route.
-_PRODUCTION_LIMITS: dict[Route, int] = {"ticket": 60, "auth": 10}
+# What a 429 injection reports as X-RateLimit-Limit: JTL's production limits.
+_CHANNEL_LIMIT = 60
+_AUTH_LIMIT = 10
+# A channel route's answer once the gate let the request through; ``headers`` carry the
+# rate-limit headers every answer of the route must include.
+Answer = Callable[[web.Request, dict[str, str]], Awaitable[web.StreamResponse]]
 # Recorded in place of a status for a call whose connection an outage dropped.
 DROPPED = 0
 
@@ -115,6 +130,7 @@ class Outage:
     ended_at: float | None = None
     ticket_calls: int = 0
     auth_calls: int = 0
+    other_calls: int = 0  # the other /v1/channel* routes (uploads, downloads, events)
     # Calls answered while it lasted, by status; DROPPED (0) for a dropped connection.
     statuses: Counter[int] = field(default_factory=Counter)
     # Seconds from its end to the next accepted ticket: how long the client took to recover.
@@ -142,7 +158,10 @@ class EmulatorState:
     auth_failures: int = 0
     ticket_calls: int = 0
     unauthorized: int = 0
-    statuses: Counter[int] = field(default_factory=Counter)
+    statuses: Counter[int] = field(default_factory=Counter)  # of ticket calls
+    # Every /v1/channel* call by route, and its answers as "route status" (e.g. "upload 201").
+    channel_calls: Counter[str] = field(default_factory=Counter)
+    route_statuses: Counter[str] = field(default_factory=Counter)
     dropped: int = 0  # calls whose connection an outage closed without an answer
     # The ledger. Bodies in arrival order; counts per ticketId (a count above 1 is a ticket
     # the client sent again after it had been accepted).
@@ -183,13 +202,15 @@ class Emulator:
         self.config = config or EmulatorConfig()
         self.state = EmulatorState()
         self._epoch = time.monotonic()
-        self._faults: dict[Route, deque[_Fault]] = {"ticket": deque(), "auth": deque()}
+        self._faults: dict[Route, deque[_Fault]] = {route: deque() for route in ROUTES}
         self._random = random.Random()
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
         self.issued_tokens: list[str] = []
         """Every token handed out, revoked or not: tests check that none reaches a log."""
         self._window: RateWindow | None = None
         self._in_flight = 0
+        self.files = FileStore()
+        """Attachment files by (seller, ticket, filename): uploads land here, downloads read."""
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
         if self.config.outage:
@@ -216,7 +237,7 @@ class Emulator:
         """Answer the next ``count`` requests on ``route`` with ``status``, unvalidated."""
         # Checked here rather than trusted to the types: the control route passes raw JSON.
         if route not in self._faults:
-            raise ValueError(f"route must be 'ticket' or 'auth', not {route!r}")
+            raise ValueError(f"route must be one of {', '.join(ROUTES)}, not {route!r}")
         if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
             raise ValueError(f"status must be an integer from 400 to 599, not {status!r}")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -234,6 +255,7 @@ class Emulator:
         An outage that is on stays on and is recorded afresh.
         """
         self.state = EmulatorState()
+        self.files.clear()
         for queue in self._faults.values():
             queue.clear()
         self._window = None
@@ -301,7 +323,10 @@ class Emulator:
     def _make_app(self) -> web.Application:
         app = web.Application(middlewares=[_error_list_middleware])
         app.router.add_post("/v1/auth", self._auth)
-        app.router.add_post("/v1/channel/ticket", self._ticket)
+        app.router.add_post("/v1/channel/ticket", self._channel("ticket", self._answer_ticket))
+        app.router.add_get(
+            "/v1/channel/ticket/attachment", self._channel("download", self._answer_download)
+        )
         app.router.add_get("/_emulator/state", self._snapshot)
         app.router.add_post("/_emulator/{action}", self._control)
         return app
@@ -342,9 +367,21 @@ class Emulator:
         }
         return _json(body)
 
-    async def _ticket(self, request: web.Request) -> web.Response:
+    def _channel(self, route: Route, answer: Answer) -> Handler:
+        """The handler of a /v1/channel* route: the shared gate, then the route's answer."""
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._through_gate(request, route, answer)
+
+        return handle
+
+    async def _through_gate(
+        self, request: web.Request, route: Route, answer: Answer
+    ) -> web.StreamResponse:
         state = self.state
-        state.ticket_calls += 1
+        state.channel_calls[route] += 1
+        if route == "ticket":
+            state.ticket_calls += 1
         state.request_headers = {
             k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"
         }
@@ -354,49 +391,22 @@ class Emulator:
             if self.config.latency > 0:
                 await asyncio.sleep(self.config.latency)
             if self.config.outage:
-                return self._outage_response(request, "ticket")
-            response = await self._answer_ticket(request)
+                return self._outage_response(request, route)
+            response = await self._gate(request, route, answer)
         finally:
             self._in_flight -= 1
-        state.statuses[response.status] += 1
+        state.route_statuses[f"{route} {response.status}"] += 1
+        if route == "ticket":
+            state.statuses[response.status] += 1
         if response.status == 401:
             state.unauthorized += 1
         return response
 
-    def _outage_response(self, request: web.Request, route: Route) -> web.Response:
-        outage = self.outage
-        assert outage is not None  # configure() opens one whenever `outage` is switched on
-        if route == "ticket":
-            outage.ticket_calls += 1
-        else:
-            outage.auth_calls += 1
-        if self.config.outage_mode == "drop" and request.transport is not None:
-            # Closed without a byte of answer; aiohttp then skips writing the response below.
-            request.transport.abort()
-            outage.statuses[DROPPED] += 1
-            self.state.dropped += 1
-            return web.Response(status=503)
-        status = self.config.outage_status
-        outage.statuses[status] += 1
-        if route == "ticket":
-            self.state.statuses[status] += 1
-        else:
-            self.state.auth_failures += 1
-        headers: dict[str, str] = {}
-        if status == 429:
-            limit = self.config.rate_limit if route == "ticket" else None
-            headers = _rate_headers(
-                _PRODUCTION_LIMITS[route] if limit is None else limit, 0, self.config.rate_interval
-            )
-        if self.config.retry_after is not None:
-            headers["Retry-After"] = str(math.ceil(self.config.retry_after))
-        text = "Dienst vorübergehend nicht verfügbar", "service temporarily unavailable"
-        return _fail(request, status, f"EMU{status}", text, headers)
-
-    async def _answer_ticket(self, request: web.Request) -> web.Response:
+    async def _gate(self, request: web.Request, route: Route, answer: Answer) -> web.StreamResponse:
+        """Faults, the shared rate limit and the bearer token, in the API's order."""
         now = time.monotonic()
-        if fault := self._pop_fault("ticket"):
-            return self._fault_response(request, "ticket", fault, self._limit_headers(now))
+        if fault := self._pop_fault(route):
+            return self._fault_response(request, route, fault, self._limit_headers(now))
         window = self._take_slot(now)
         headers = self._limit_headers(now)
         if window is not None and window.requests > window.limit:
@@ -407,6 +417,43 @@ class Emulator:
         if not self._authorized(request, now):
             text = "Zugriffstoken fehlt, ist ungültig oder abgelaufen", "invalid or expired token"
             return _fail(request, 401, "AUTH401", text, headers)
+        response = await answer(request, headers)
+        if window is not None and response.status < 300:
+            window.accepted += 1
+        return response
+
+    def _outage_response(self, request: web.Request, route: Route) -> web.Response:
+        outage = self.outage
+        assert outage is not None  # configure() opens one whenever `outage` is switched on
+        if route == "ticket":
+            outage.ticket_calls += 1
+        elif route == "auth":
+            outage.auth_calls += 1
+        else:
+            outage.other_calls += 1
+        if self.config.outage_mode == "drop" and request.transport is not None:
+            # Closed without a byte of answer; aiohttp then skips writing the response below.
+            request.transport.abort()
+            outage.statuses[DROPPED] += 1
+            self.state.dropped += 1
+            return web.Response(status=503)
+        status = self.config.outage_status
+        outage.statuses[status] += 1
+        if route == "auth":
+            self.state.auth_failures += 1
+        else:
+            self.state.route_statuses[f"{route} {status}"] += 1
+            if route == "ticket":
+                self.state.statuses[status] += 1
+        headers: dict[str, str] = {}
+        if status == 429:
+            headers = _rate_headers(self._reported_limit(route), 0, self.config.rate_interval)
+        if self.config.retry_after is not None:
+            headers["Retry-After"] = str(math.ceil(self.config.retry_after))
+        text = "Dienst vorübergehend nicht verfügbar", "service temporarily unavailable"
+        return _fail(request, status, f"EMU{status}", text, headers)
+
+    async def _answer_ticket(self, request: web.Request, headers: dict[str, str]) -> web.Response:
         if request.content_type != "application/json":
             text = "Der Body muss JSON sein", "body must be application/json"
             return _fail(request, 400, "VAL100", text, headers)
@@ -417,10 +464,26 @@ class Emulator:
             return _fail(request, 400, "VAL100", text, headers)
         if violations := _schema_violations(body, english=_english(request)):
             return _json({"errorList": violations}, 400, headers)
-        self._record_accepted(body, window)
+        self._record_accepted(body)
         return web.Response(status=201, headers=headers)
 
-    def _record_accepted(self, body: dict[str, Any], window: RateWindow | None) -> None:
+    async def _answer_download(self, request: web.Request, headers: dict[str, str]) -> web.Response:
+        """``GET /v1/channel/ticket/attachment?sellerId=&ticketId=&filename=``: the bytes."""
+        query = request.query
+        key = (query.get("sellerId", ""), query.get("ticketId", ""), query.get("filename", ""))
+        if not all(key):
+            text = (
+                "sellerId, ticketId und filename sind Pflichtparameter",
+                "sellerId, ticketId and filename are required",
+            )
+            return _fail(request, 400, "VAL100", text, headers)
+        stored = self.files.get(*key)
+        if stored is None:
+            text = "Anhang nicht gefunden", "attachment not found"
+            return _fail(request, 404, "NOTFOUND404", text, headers)
+        return web.Response(body=stored.data, content_type=stored.content_type, headers=headers)
+
+    def _record_accepted(self, body: dict[str, Any]) -> None:
         state, at = self.state, self.clock()
         state.accepted.append(body)
         counts = state.accepted_counts
@@ -431,8 +494,6 @@ class Emulator:
         if state.first_accepted_at is None:
             state.first_accepted_at = at
         state.last_accepted_at = at
-        if window is not None:
-            window.accepted += 1
         outage = self.outage
         if outage and outage.ended_at is not None and outage.recovered_after is None:
             outage.recovered_after = at - outage.ended_at
@@ -478,7 +539,7 @@ class Emulator:
         queue = self._faults[route]
         if queue:
             return queue.popleft()
-        if route == "ticket" and self._random.random() < self.config.fail_rate:
+        if route != "auth" and self._random.random() < self.config.fail_rate:
             return _Fault(self.config.fail_status, None)
         return None
 
@@ -486,13 +547,17 @@ class Emulator:
         self, request: web.Request, route: Route, fault: _Fault, headers: dict[str, str]
     ) -> web.Response:
         if fault.status == 429:
-            limit = self.config.rate_limit if route == "ticket" else None
-            limit = _PRODUCTION_LIMITS[route] if limit is None else limit
-            headers = _rate_headers(limit, 0, self.config.rate_interval)
+            headers = _rate_headers(self._reported_limit(route), 0, self.config.rate_interval)
         if fault.retry_after is not None:
             headers["Retry-After"] = str(math.ceil(fault.retry_after))
         text = "Vom Emulator eingespeister Fehler", "fault injected by the emulator"
         return _fail(request, fault.status, f"EMU{fault.status}", text, headers)
+
+    def _reported_limit(self, route: Route) -> int:
+        """``X-RateLimit-Limit`` of a 429 the emulator makes up (a fault, an outage)."""
+        if route == "auth":
+            return _AUTH_LIMIT
+        return self.config.rate_limit or _CHANNEL_LIMIT
 
     async def _control(self, request: web.Request) -> web.Response:
         actions: dict[str, Callable[..., None]] = {
@@ -515,7 +580,8 @@ class Emulator:
         bodies = request.query.get("bodies", "1").lower() not in ("0", "false", "no")
         pending = {route: [f.status for f in queue] for route, queue in self._faults.items()}
         state = self.state.to_json(bodies=bodies)
-        return _json(state | {"pending_faults": pending, "clock": round(self.clock(), 3)})
+        extra = {"pending_faults": pending, "files": self.files.to_json()}
+        return _json(state | extra | {"clock": round(self.clock(), 3)})
 
 
 async def serve(
