@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(command=_cmd_run)
 
+    events = sub.add_parser(
+        "events", help="poll SCX seller events and publish them to RabbitMQ (the bridge)"
+    )
+    events.set_defaults(command=_cmd_events)
+
     emu = sub.add_parser("emulator", help="run the local SCX API stand-in")
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument("--port", type=int, default=8080)
@@ -74,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
         "--fail-rate", type=float, default=0.0, metavar="FRACTION", help="random 5xx share"
     )
     emu.add_argument("--fail-status", type=int, default=503, metavar="STATUS")
+    emu.add_argument(
+        "--event-visibility",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="seconds a polled, unacknowledged seller event stays hidden",
+    )
     emu.set_defaults(command=_cmd_emulator)
 
     pub = sub.add_parser("publish", help="publish events from a JSON-lines file ('-' = stdin)")
@@ -154,6 +166,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings, refresh_token, mapper))
 
 
+def _cmd_events(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    refresh_token = settings.refresh_token()
+    from worker.bridge_service import serve_events
+
+    return asyncio.run(serve_events(settings, refresh_token))
+
+
 def _cmd_emulator(args: argparse.Namespace) -> int:
     from worker.emulator import EmulatorConfig, serve
 
@@ -166,6 +187,7 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
         rate_interval=args.rate_interval,
         fail_rate=args.fail_rate,
         fail_status=args.fail_status,
+        event_visibility=args.event_visibility,
     )
 
     def ready(url: str) -> None:

@@ -18,7 +18,19 @@ metric                                         type        labels
 ``rate_limit_remaining``                       gauge
 ``broker_connected``, ``consumer_up``          gauge (0/1)
 ``event_loop_lag_seconds``                     gauge
+``events_polled_total``                        counter     ``type``
+``events_published_total``                     counter     ``type``
+``events_acknowledged_total``                  counter     ``type``
+``events_unrouted_total``                      counter     ``type``
+``events_without_id_total``                    counter
+``events_poll_errors_total``                   counter
+``events_publish_delay_seconds``               histogram
+``events_last_poll_timestamp_seconds``         gauge
+``events_poller_active``                       gauge (0/1)
 =============================================  ==========  ================================
+
+The ``events_*`` metrics are the events bridge's (``scx-forwarder events``); their ``type``
+is the SCX event type when it is a known one, else ``other`` (``bridge_mapping.type_label``).
 
 The hot path calls the plain functions below (``forwarded()``, ``dead_lettered(kind)``,
 ...), one line each, so worker modules never touch a metric object. Labels are bounded
@@ -52,7 +64,7 @@ from worker.scx.responses import is_transient_status
 
 PREFIX = "scx_forwarder_"
 KINDS = ("malformed", "invalid", "rejected", "exhausted")
-ROUTES = ("ticket", "auth")
+ROUTES = ("ticket", "auth", "events")
 
 TICKETS_FORWARDED = Counter(
     PREFIX + "tickets_forwarded_total", "Tickets the API accepted (2xx) and that were acked."
@@ -106,6 +118,47 @@ CONSUMER_UP = Gauge(
 )
 LOOP_LAG = Gauge(
     PREFIX + "event_loop_lag_seconds", "How late the event loop ran the last heartbeat (1 s apart)."
+)
+
+EVENTS_POLLED = Counter(
+    PREFIX + "events_polled_total", "Seller events received from GET /v1/channel/event.", ["type"]
+)
+EVENTS_PUBLISHED = Counter(
+    PREFIX + "events_published_total",
+    "Seller events whose every message the broker confirmed (routed or kept as unrouted).",
+    ["type"],
+)
+EVENTS_ACKNOWLEDGED = Counter(
+    PREFIX + "events_acknowledged_total",
+    "Seller events acknowledged in SCX (DELETE /v1/channel/event answered 2xx).",
+    ["type"],
+)
+EVENTS_UNROUTED = Counter(
+    PREFIX + "events_unrouted_total",
+    "Messages kept in EVENTS_UNROUTED_QUEUE: no queue bound for them, or the event unmappable.",
+    ["type"],
+)
+EVENTS_WITHOUT_ID = Counter(
+    PREFIX + "events_without_id_total",
+    "Polled items without an id: they cannot be acknowledged and come again.",
+)
+EVENTS_POLL_ERRORS = Counter(
+    PREFIX + "events_poll_errors_total",
+    "Polls of GET /v1/channel/event that failed after their retries.",
+)
+# createdAt has seconds, and an event waits at least the poll interval: seconds to a day.
+EVENTS_PUBLISH_DELAY = Histogram(
+    PREFIX + "events_publish_delay_seconds",
+    "Time from a seller event's createdAt to the broker's confirmation of its last message.",
+    buckets=(1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
+)
+EVENTS_LAST_POLL = Gauge(
+    PREFIX + "events_last_poll_timestamp_seconds",
+    "Unix time of the last successful GET /v1/channel/event (0: none yet).",
+)
+EVENTS_POLLER_ACTIVE = Gauge(
+    PREFIX + "events_poller_active",
+    "1 while this process holds the events lock (EVENTS_LOCK_NAME) and polls, else 0.",
 )
 
 
@@ -210,6 +263,41 @@ def http_hooks() -> dict[str, list[Callable[..., Any]]]:
     return {"request": [_on_request], "response": [_on_response]}
 
 
+def events_polled(event_type: str) -> None:
+    EVENTS_POLLED.labels(event_type).inc()
+
+
+def events_published(event_type: str, created: datetime | None) -> None:
+    """Every message of an event is confirmed; ``created`` is its ``createdAt``."""
+    EVENTS_PUBLISHED.labels(event_type).inc()
+    if created is not None:
+        EVENTS_PUBLISH_DELAY.observe(max(0.0, (datetime.now(UTC) - created).total_seconds()))
+
+
+def events_acknowledged(event_type: str) -> None:
+    EVENTS_ACKNOWLEDGED.labels(event_type).inc()
+
+
+def events_unrouted(event_type: str) -> None:
+    EVENTS_UNROUTED.labels(event_type).inc()
+
+
+def events_without_id() -> None:
+    EVENTS_WITHOUT_ID.inc()
+
+
+def events_poll_failed() -> None:
+    EVENTS_POLL_ERRORS.inc()
+
+
+def events_polled_now() -> None:
+    EVENTS_LAST_POLL.set(time.time())
+
+
+def events_poller_active(active: bool) -> None:
+    EVENTS_POLLER_ACTIVE.set(1 if active else 0)
+
+
 # --- what the probes read ------------------------------------------------------------
 
 
@@ -269,6 +357,8 @@ def _route(request: httpx.Request) -> str:
         return "auth"
     if path.startswith("/v1/channel/ticket"):
         return "ticket"
+    if path.startswith("/v1/channel/event"):
+        return "events"
     return "other"
 
 

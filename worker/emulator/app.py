@@ -29,7 +29,9 @@ Every ``/v1/channel*`` route passes one gate (``_gate``): latency, outage, its o
 (``inject(route, ...)``: ``ticket``, ``upload``, ``download``, ``events``; ``auth`` for
 ``/v1/auth``), the rate limit they share, the bearer token; then the route's own answer.
 ``GET /v1/channel/ticket/attachment`` serves the files in ``Emulator.files``
-(``worker.emulator.files``).
+(``worker.emulator.files``). ``GET``/``DELETE /v1/channel/event`` (route ``events``) serve
+and acknowledge the seller events a test injects (``Emulator.add_events``,
+``POST /_emulator/events``; ``worker.emulator.events``).
 
 Not emulated: JWT contents (tokens are opaque), rate limits on ``/v1/auth`` (inject a 429
 instead), any duplicate-``ticketId`` behaviour (every valid POST gets 201 and is counted),
@@ -60,6 +62,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from jsonschema import Draft202012Validator, ValidationError
 
+from worker.emulator.events import EventQueue
 from worker.emulator.files import FileStore
 
 log = structlog.get_logger(__name__)
@@ -98,6 +101,8 @@ class EmulatorConfig:
     outage: bool = False
     outage_status: int = 503
     outage_mode: Literal["status", "drop"] = "status"
+    # Seconds a polled, unacknowledged seller event stays hidden before it comes again.
+    event_visibility: float = 300.0
 
 
 def _is_status(value: object) -> bool:
@@ -119,6 +124,7 @@ _CONFIG_RULES: dict[str, tuple[tuple[type, ...], Callable[[Any], bool]]] = {
     "outage": ((bool,), lambda v: True),
     "outage_status": ((int,), _is_status),
     "outage_mode": ((str,), lambda v: v in ("status", "drop")),
+    "event_visibility": (_NUMBER, lambda v: v >= 0),
 }
 
 
@@ -211,6 +217,8 @@ class Emulator:
         self._in_flight = 0
         self.files = FileStore()
         """Attachment files by (seller, ticket, filename): uploads land here, downloads read."""
+        self.events = EventQueue(self.files, lambda: self.config.event_visibility)
+        """The channel's seller events (``GET``/``DELETE /v1/channel/event``) and their ledger."""
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
         if self.config.outage:
@@ -246,6 +254,10 @@ class Emulator:
             raise ValueError(f"retry_after must be a non-negative number, not {retry_after!r}")
         self._faults[route].extend([_Fault(status, retry_after)] * count)
 
+    def add_events(self, events: list[Any], files: list[dict[str, Any]] | None = None) -> list[str]:
+        """Inject seller events (kept as given) and the files their replies name."""
+        return self.events.add(events, files)
+
     def revoke_tokens(self) -> None:
         self._tokens.clear()
 
@@ -256,6 +268,7 @@ class Emulator:
         """
         self.state = EmulatorState()
         self.files.clear()
+        self.events.clear()
         for queue in self._faults.values():
             queue.clear()
         self._window = None
@@ -326,6 +339,10 @@ class Emulator:
         app.router.add_post("/v1/channel/ticket", self._channel("ticket", self._answer_ticket))
         app.router.add_get(
             "/v1/channel/ticket/attachment", self._channel("download", self._answer_download)
+        )
+        app.router.add_get("/v1/channel/event", self._channel("events", self.events.answer_get))
+        app.router.add_delete(
+            "/v1/channel/event", self._channel("events", self.events.answer_delete)
         )
         app.router.add_get("/_emulator/state", self._snapshot)
         app.router.add_post("/_emulator/{action}", self._control)
@@ -560,11 +577,12 @@ class Emulator:
         return self.config.rate_limit or _CHANNEL_LIMIT
 
     async def _control(self, request: web.Request) -> web.Response:
-        actions: dict[str, Callable[..., None]] = {
+        actions: dict[str, Callable[..., object]] = {
             "config": self.configure,
             "inject": self.inject,
             "revoke": self.revoke_tokens,
             "reset": self.reset,
+            "events": self.add_events,
         }
         name = request.match_info["action"]
         if name not in actions:
@@ -580,7 +598,11 @@ class Emulator:
         bodies = request.query.get("bodies", "1").lower() not in ("0", "false", "no")
         pending = {route: [f.status for f in queue] for route, queue in self._faults.items()}
         state = self.state.to_json(bodies=bodies)
-        extra = {"pending_faults": pending, "files": self.files.to_json()}
+        extra = {
+            "pending_faults": pending,
+            "files": self.files.to_json(),
+            "events": self.events.ledger.to_json(ids=bodies) | {"pending": self.events.pending},
+        }
         return _json(state | extra | {"clock": round(self.clock(), 3)})
 
 
