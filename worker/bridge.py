@@ -83,6 +83,8 @@ HEARTBEAT = 5  # seconds; proposed to the broker, which takes the lower of its o
 LOCK_RETRY = 2.0
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
 CONNECT_TIMEOUT = 10.0
+# After a failed poll or acknowledgement: the first wait, and the longest (it doubles).
+FAILURE_WAITS = (1.0, 30.0)
 
 
 class BrokerLost(Exception):
@@ -117,6 +119,7 @@ class Bridge:
         self._in_hand: list[Planned] = []
         self._to_ack: list[tuple[str, str]] = []  # (event id, type label)
         self._spool = spool_dir("events")
+        self._failures = 0
         self.exit_code = EXIT_OK
         self.active = False
         """True while this process holds the lock and polls."""
@@ -204,11 +207,16 @@ class Bridge:
         self.running = True
         await self._finish(publisher)
         lock = Lock(connection, settings.events_lock_name)
+        standby = False
         while not self._stopping.is_set():
             self._check_connection()
             if not await lock.take():
+                if not standby:
+                    log.info("events.standby", lock=settings.events_lock_name)
+                    standby = True
                 await self._pause(LOCK_RETRY)
                 continue
+            standby = False
             self._set_active(True)
             while not self._stopping.is_set():
                 self._check_connection()
@@ -216,14 +224,20 @@ class Bridge:
                     log.warning("events.lock_lost", lock=settings.events_lock_name)
                     self._set_active(False)
                     break
-                if not await self._poll(publisher):
-                    await self._pause(settings.events_poll_interval)
+                if wait := await self._poll(publisher):
+                    await self._pause(wait)
         await self._finish(publisher)
 
-    async def _poll(self, publisher: Publisher) -> bool:
-        """One poll and its batch; True when the page was full (poll again at once)."""
+    async def _poll(self, publisher: Publisher) -> float:
+        """One poll and its batch; returns how long to wait before the next one.
+
+        A full page is followed by the next poll at once (the pacer spaces the calls), a
+        short one by ``EVENTS_POLL_INTERVAL``; while polls or acknowledgements fail, the
+        wait doubles from ``FAILURE_WAITS[0]`` up to ``FAILURE_WAITS[1]`` seconds.
+        """
+        interval = self._settings.events_poll_interval
         if not await self._acknowledge():
-            return False  # the API is failing: no new batch before the old one is acked
+            return self._failed(interval)  # no new batch before the old one is acked
         limit = self._settings.events_batch_size
         structlog.contextvars.clear_contextvars()  # the client binds ``attempt`` per call
         try:
@@ -231,13 +245,20 @@ class Bridge:
         except (RetryLater, RequestRejected) as exc:
             metrics.events_poll_failed()
             log.warning("events.poll_failed", error=str(exc))
-            return False
+            return self._failed(interval)
+        self._failures = 0
         metrics.events_polled_now()
         if items:
             log.info("events.polled", count=len(items), limit=limit)
         self._in_hand = await self._plan(items)
         await self._finish(publisher)
-        return len(items) >= limit
+        return 0.0 if len(items) >= limit else interval
+
+    def _failed(self, interval: float) -> float:
+        first, longest = FAILURE_WAITS
+        wait: float = min(longest, first * 2.0**self._failures)
+        self._failures += 1
+        return max(interval, wait)
 
     async def _plan(self, items: list[object]) -> list[Planned]:
         """Decode every item and fetch what replies need; the batch to publish, in order."""
@@ -399,7 +420,7 @@ class Bridge:
 
     def _set_active(self, active: bool) -> None:
         if active != self.active:
-            log.info("events.poller_active" if active else "events.poller_standby")
+            log.info("events.poller_active" if active else "events.poller_inactive")
         self.active = active
         metrics.events_poller_active(active)
 
