@@ -22,6 +22,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from tests.conftest import Names, wait_for
+from tests.tcp_proxy import TcpProxy
 from tests.test_cli import Process, spawn, worker_env
 from worker.emulator import Emulator
 from worker.emulator.events import seller_event, ticket_reply
@@ -512,3 +513,104 @@ async def test_api_outage_and_429s_back_off_and_lose_no_acknowledgement(
         > 0
     )
     assert emulator.state.route_statuses["events 503"] > 0
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[TcpProxy]:
+    tcp = TcpProxy()
+    await tcp.start()
+    yield tcp
+    await tcp.close()
+
+
+def polled(process: Process) -> int:
+    return sum(1 for line in process.lines if b'"event":"events.polled"' in line)
+
+
+async def test_two_replicas_one_polls_and_the_standby_takes_over_after_kill_9(
+    emulator: Emulator, names: Names, taps: Any, processes: list[Process]
+) -> None:
+    tap = await taps("all", "#")
+    env = bridge_env(names, emulator)
+    first = await start_bridge(env, processes)
+    second = await spawn("events", env=env)
+    processes.append(second)
+    await wait_for(lambda: second.has_event("events.standby"), what="the second to stand by")
+    ledger = emulator.events.ledger
+    for round_ in range(3):  # events in several polls: only the first replica takes them
+        emulator.add_events([seller_event(f"a-{round_}-{n}", "System:Test", {}) for n in range(5)])
+        await wait_for(lambda: emulator.events.pending == 0, what="the round acknowledged")
+    assert polled(first) >= 1
+    assert polled(second) == 0
+    assert not second.has_event("events.poller_active")
+
+    first.process.kill()
+    killed = time.monotonic()
+    assert await first.wait() == -signal.SIGKILL
+    emulator.add_events([seller_event("b-1", "System:Test", {})])
+    await wait_for(lambda: ledger.acked_counts["b-1"] == 1, timeout=20, what="the standby to poll")
+    took = time.monotonic() - killed
+    print(f"standby took over after {took:.1f} s")
+    assert took <= 15, f"the standby took {took:.1f} s"
+    assert second.has_event("events.poller_active")
+    await tap.until(16, quiet=0.5)
+
+
+async def test_a_standby_takes_over_from_a_replica_that_lost_its_connection(
+    emulator: Emulator, names: Names, taps: Any, processes: list[Process], proxy: TcpProxy
+) -> None:
+    """A silent partition (nothing flows, no socket closes): found by heartbeats."""
+    env = bridge_env(names, emulator)
+    cut_off = await start_bridge(env | {"AMQP_URL": proxy.url()}, processes)
+    standby = await spawn("events", env=env)
+    processes.append(standby)
+    await wait_for(lambda: standby.has_event("events.standby"), what="the standby")
+
+    proxy.freeze()
+    frozen = time.monotonic()
+    await wait_for(
+        lambda: standby.has_event("events.poller_active"),
+        timeout=20,
+        what="the standby to take the lock",
+    )
+    took = time.monotonic() - frozen
+    print(f"standby took over after {took:.1f} s")
+    assert took <= 15, f"the standby took {took:.1f} s"
+    emulator.add_events([seller_event("c-1", "System:Test", {})])
+    await wait_for(lambda: emulator.events.ledger.acked_counts["c-1"] == 1, what="c-1 acked")
+    assert polled(standby) >= 1
+    # The cut-off replica notices by its own heartbeats and stands by once it is back.
+    await proxy.restore()
+    await wait_for(
+        lambda: cut_off.has_event("events.connection_lost"), timeout=30, what="the loss noticed"
+    )
+    await wait_for(lambda: cut_off.has_event("events.standby"), timeout=30, what="a standby")
+
+
+async def test_broker_gone_for_10_s_nothing_acknowledged_meanwhile_all_published_after(
+    emulator: Emulator, names: Names, taps: Any, processes: list[Process], proxy: TcpProxy
+) -> None:
+    tap = await taps("all", "#")
+    backlog = make_backlog(150, seed=21)
+    emulator.add_events(backlog.items, backlog.files)
+    emulator.configure(latency=0.02)
+    env = bridge_env(names, emulator, AMQP_URL=proxy.url(), EVENTS_BATCH_SIZE="10")
+    bridge = await start_bridge(env, processes)
+    ledger = emulator.events.ledger
+    await wait_for(lambda: ledger.acked_total >= 30, what="a fifth acknowledged")
+
+    await proxy.cut()
+    await asyncio.sleep(0.5)  # an acknowledgement already on its way may still land
+    acked, calls = ledger.acked_total, ledger.ack_calls
+    await asyncio.sleep(10)  # the fault itself: the broker is gone this long
+    assert (ledger.acked_total, ledger.ack_calls) == (acked, calls), "acknowledged meanwhile"
+    assert acked < len(backlog.items)
+    await proxy.restore()
+
+    await wait_for(
+        lambda: acked_once(emulator, backlog.event_ids), timeout=60, what="every event acked"
+    )
+    await tap.until(len(backlog.expected))
+    check_published(tap, backlog, exactly_once=False)
+    assert bridge.has_event("events.connection_lost")
+    assert bridge.process.returncode is None
