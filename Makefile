@@ -40,7 +40,7 @@ RELIABILITY_RESULTS := build/reliability.json
 .PHONY: reliability
 reliability: install broker
 	rm -f $(RELIABILITY_RESULTS)
-	RELIABILITY_REPORT=$(RELIABILITY_RESULTS) $(BIN)/pytest tests/reliability $(PYTEST_ARGS); \
+	RELIABILITY_REPORT=$(RELIABILITY_RESULTS) RELIABILITY_EVENTS=2000 $(BIN)/pytest tests/reliability $(PYTEST_ARGS); \
 	status=$$?; \
 	$(BIN)/python -m tests.reliability.report $(RELIABILITY_RESULTS) docs/RELIABILITY.md; \
 	exit $$status

@@ -26,8 +26,9 @@ class TcpProxy:
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
-    def url(self, user: str = "guest", password: str = "guest") -> str:
-        return f"amqp://{user}:{password}@127.0.0.1:{self.port}/"
+    def url(self) -> str:
+        """The test broker's URL (guest/guest), through this proxy."""
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
 
     async def cut(self) -> None:
         """Refuse new connections and reset every open one."""
@@ -57,10 +58,9 @@ class TcpProxy:
             writer.transport.abort()
             return
         self._writers |= {writer, up_writer}
-        try:
+        # Nobody awaits this handler; the sockets are closed below either way.
+        with contextlib.suppress(OSError, asyncio.CancelledError):
             await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
-        except (OSError, asyncio.CancelledError):
-            pass  # nobody awaits this handler; the sockets are closed below either way
         for w in (writer, up_writer):
             self._writers.discard(w)
             w.transport.abort()

@@ -147,6 +147,18 @@ class Tap:
         await asyncio.sleep(quiet)  # a late duplicate must get its chance to show up
         await self.take()
 
+    async def until_all(self, ids: set[str], *, timeout: float = 60.0, quiet: float = 1.0) -> None:
+        """Wait until every one of ``ids`` arrived (duplicates may come too), then a quiet
+        period."""
+
+        async def complete() -> bool:
+            await self.take()
+            return ids <= self.by_id().keys()
+
+        await wait_for(complete, timeout=timeout, what=f"{len(ids)} message ids in {self.name}")
+        await asyncio.sleep(quiet)
+        await self.take()
+
     def by_id(self) -> dict[str, list[AbstractIncomingMessage]]:
         grouped: dict[str, list[AbstractIncomingMessage]] = {}
         for message in self.messages:
@@ -255,7 +267,8 @@ async def test_every_event_is_published_once_files_first_and_acknowledged_once(
     check_files_first(tap)
     ledger = emulator.events.ledger
     assert set(ledger.acked_counts.values()) == {1}
-    assert ledger.acked_again == 0 and ledger.unknown_acks == 0
+    assert ledger.acked_again == 0
+    assert ledger.unknown_acks == 0
     # Acknowledged in batches: 60 events in pages of 25 are 3 calls, never one per event.
     assert ledger.ack_calls == 3
     assert emulator.events.pending == 0
@@ -407,7 +420,8 @@ async def test_unroutable_and_malformed_events_are_kept_and_acknowledged(
 
     # The item without an id is never acknowledged; it is logged and counted.
     ledger = emulator.events.ledger
-    assert ledger.acked_total == 5 and ledger.unknown_acks == 0
+    assert ledger.acked_total == 5
+    assert ledger.unknown_acks == 0
     assert emulator.events.pending == 1
     assert bridge.has_event("events.without_id")
 

@@ -155,7 +155,8 @@ def test_the_reply_maps_exactly_with_files_first() -> None:
 
 def test_a_reply_without_name_or_attachments_leaves_them_out() -> None:
     decoded = decode(reply(**{"from": {"role": "buyer"}, "attachment": None}))
-    assert isinstance(decoded, SellerEvent) and decoded.reply is not None
+    assert isinstance(decoded, SellerEvent)
+    assert decoded.reply is not None
     (message,) = reply_messages(decoded, decoded.reply, [], "custom.key")
     data = orjson.loads(message.payload())["data"]
     assert message.routing_key == "custom.key"
@@ -166,7 +167,8 @@ def test_a_reply_without_name_or_attachments_leaves_them_out() -> None:
 def test_a_filename_named_twice_is_fetched_once() -> None:
     files = [{"filename": "a.txt", "contentType": "text/plain"}] * 2
     decoded = decode(reply(attachment=files))
-    assert isinstance(decoded, SellerEvent) and decoded.reply is not None
+    assert isinstance(decoded, SellerEvent)
+    assert decoded.reply is not None
     assert [f.filename for f in decoded.reply.files()] == ["a.txt"]
 
 
