@@ -103,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
         "check",
         help="smoke-test the configuration: broker, queues (passively), a token; exit 0 or 1",
     )
+    check.add_argument(
+        "--events",
+        action="store_true",
+        help="also the events bridge: its unrouted queue, and whether a bridge holds the lock",
+    )
     check.set_defaults(command=_cmd_check)
 
     _add_dlq_parser(sub)
@@ -229,7 +234,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from worker.check import check
 
     settings = load_settings()
-    passed, report = asyncio.run(check(settings))
+    passed, report = asyncio.run(check(settings, events=args.events))
     print(report)
     return EXIT_OK if passed else EXIT_FAILED
 
