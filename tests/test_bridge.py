@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
+import httpx
 import orjson
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
@@ -628,3 +629,43 @@ async def test_broker_gone_for_10_s_nothing_acknowledged_meanwhile_all_published
     check_published(tap, backlog, exactly_once=False)
     assert bridge.has_event("events.connection_lost")
     assert bridge.process.returncode is None
+
+
+async def test_probes_and_metrics_of_the_bridge(
+    emulator: Emulator,
+    names: Names,
+    taps: Any,
+    processes: list[Process],
+    unused_tcp_port: int,
+) -> None:
+    await taps("all", "#")
+    emulator.add_events(
+        [
+            seller_event("p-1", "Seller:Order.Shipping", {}, created_at="2026-11-30T00:00:00Z"),
+            {"type": "System:Test"},
+        ]
+    )
+    env = bridge_env(names, emulator, METRICS_PORT=str(unused_tcp_port), METRICS_HOST="127.0.0.1")
+    await start_bridge(env, processes)
+    await wait_for(lambda: emulator.events.pending == 1, what="p-1 acknowledged")
+    base = f"http://127.0.0.1:{unused_tcp_port}"
+    async with httpx.AsyncClient(base_url=base) as http:
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert (await http.get("/healthz")).status_code == 200
+        text = (await http.get("/metrics")).text
+    shipping = 'type="Seller:Order.Shipping"'
+    for line in (
+        f"scx_forwarder_events_polled_total{{{shipping}}} 1.0",
+        f"scx_forwarder_events_published_total{{{shipping}}} 1.0",
+        f"scx_forwarder_events_acknowledged_total{{{shipping}}} 1.0",
+        'scx_forwarder_events_polled_total{type="System:Test"} 1.0',
+        "scx_forwarder_events_without_id_total 1.0",
+        "scx_forwarder_events_poller_active 1.0",
+        "scx_forwarder_events_publish_delay_seconds_count 1.0",
+    ):
+        assert line in text, line
+    last_poll = next(
+        line for line in text.splitlines() if line.startswith("scx_forwarder_events_last_poll")
+    )
+    assert float(last_poll.split()[-1]) > time.time() - 60
