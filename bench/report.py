@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 from bench.contenders import Role
+from bench.events import EventsResult, events_table
 from bench.pacing import PacingResult
 from bench.phases import DrainResult, LatencyResult, RssResult
 
@@ -22,6 +23,7 @@ class Results:
     rss: list[RssResult] = field(default_factory=list)
     latency: list[LatencyResult] = field(default_factory=list)
     pacing: list[PacingResult] = field(default_factory=list)
+    events: list[EventsResult] = field(default_factory=list)
     profile: str | None = None
 
 
@@ -226,6 +228,9 @@ def tables(results: Results) -> list[str]:
     if results.pacing:
         out += ["### Pacing against the emulator's rate limit", "", *pacing_table(results.pacing)]
         out += [""]
+    if results.events:
+        out += ["### The events bridge draining a backlog under the rate limit", ""]
+        out += [*events_table(results.events), ""]
     return out
 
 

@@ -32,6 +32,7 @@ from typing import TypeVar
 from bench import report
 from bench.broker import Broker, broker_lost
 from bench.contenders import CONTENDERS, Contender, Role, variant
+from bench.events import EventsResult, events_drain
 from bench.measure import Session
 from bench.pacing import Emulator, PacingResult, pacing
 from bench.phases import DrainResult, LatencyResult, RssResult, drain, latency, rss
@@ -40,7 +41,7 @@ from bench.profile import profile_worker
 from bench.target import NginxTarget, TargetUnavailable, ensure_nginx, nginx_version
 
 REPO = Path(__file__).resolve().parent.parent
-PHASES = ("drain", "rss", "latency", "pacing")
+PHASES = ("drain", "rss", "latency", "pacing", "events")
 # Variables the worker reads: the harness must not hand its own environment's values to a
 # contender that is meant to run with the defaults.
 WORKER_PREFIXES = ("AMQP_", "SCX_", "WORKER_", "LOG_", "METRICS_", "BENCH_")
@@ -56,6 +57,7 @@ FULL = {
     "pacing_limit": 20,
     "pacing_interval": 10.0,
     "pacing_seconds": 60.0,
+    "events_count": 10_000,
 }
 QUICK = {
     "latencies": "0,100",
@@ -68,6 +70,7 @@ QUICK = {
     "pacing_limit": 10,
     "pacing_interval": 5.0,
     "pacing_seconds": 10.0,
+    "events_count": 1_000,
 }
 
 
@@ -98,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pacing-interval", type=float, help="emulator --rate-interval (s)")
     p.add_argument("--pacing-seconds", type=float, help="measured time (whole windows)")
     p.add_argument("--pacing-workers", default="1,3")
+    p.add_argument(
+        "--events-count",
+        type=int,
+        help="seller events the events bridge drains (at the pacing phase's limit)",
+    )
     p.add_argument(
         "--profile", type=Path, metavar="FILE", help="also py-spy the worker at 0 ms, to FILE"
     )
@@ -215,6 +223,9 @@ async def _phases(
     if "pacing" in phases:
         results.pacing = await _pacing_phase(args, session)
         clock = _lap("pacing", clock)
+    if "events" in phases:
+        results.events = await _events_phase(args, session)
+        clock = _lap("events", clock)
     if args.profile is not None:
         backlog = int(args.profile_seconds * 1000)
         results.profile = await profile_worker(
@@ -299,6 +310,18 @@ async def _pacing_phase(args: argparse.Namespace, session: Session) -> list[Paci
     finally:
         await emulator.stop()
     return results
+
+
+async def _events_phase(args: argparse.Namespace, session: Session) -> list[EventsResult]:
+    r = await _again_on_broker_loss(
+        session,
+        partial(events_drain, session, events=args.events_count, limit=args.pacing_limit,
+                interval=args.pacing_interval),
+    )  # fmt: skip
+    _say(f"events    {r.events:,} events  {r.calls} calls ({r.needed} needed)  "
+         f"{r.seconds:.1f} s, the limit allows {r.allowed_s:.1f} s: {r.ratio:.3f} x  "
+         f"429s {r.statuses_429}{'  ' + r.error if r.error else ''}")  # fmt: skip
+    return [r]
 
 
 T = TypeVar("T")
@@ -398,5 +421,11 @@ How it measures (details in the docstrings of `bench/*.py`):
   `SCX_MAX_REQUESTS_PER_MINUTE={per_minute:g}` (the whole limit). Counted from the first
   ticket call, which opens the emulator's first window, for {args.pacing_seconds:g} s, from
   `GET /_emulator/state`: goodput = accepted / what the limit allows in that time;
-  429 share = 429 answers / ticket calls."""
+  429 share = 429 answers / ticket calls.
+- **Events bridge** (`bench/events.py`): {args.events_count:,} seller events queued in the
+  same emulator (same limit), drained by one `scx-forwarder events` process
+  (`EVENTS_BATCH_SIZE=100`, `SCX_MAX_REQUESTS_PER_MINUTE={per_minute:g}`) into a queue bound
+  to its exchange; from the first `/v1/channel/event` call to the last acknowledgement, from
+  `GET /_emulator/state`. The calls needed are one poll per 100 events and one
+  acknowledgement per 100 ids; "the limit allows" is calls x interval / limit."""
     return text.splitlines()

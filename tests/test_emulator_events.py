@@ -214,3 +214,18 @@ async def test_reset_clears_the_events(emulator: Emulator, client: httpx.AsyncCl
     emulator.reset()
     assert emulator.events.pending == 0
     assert emulator.events.ledger.polls == 0
+
+
+async def test_the_state_route_shows_the_ledger(
+    emulator: Emulator, client: httpx.AsyncClient
+) -> None:
+    emulator.add_events([shipping(1), shipping(2)])
+    await ids(client)
+    await ack(client, ["evt-2"])
+    state = (await client.get("/_emulator/state")).json()["events"]
+    assert state["handed_counts"] == {"evt-1": 1, "evt-2": 1}
+    assert state["acked_counts"] == {"evt-2": 1}
+    assert state["pending"] == 1
+    brief = (await client.get("/_emulator/state", params={"bodies": "0"})).json()["events"]
+    assert "handed_counts" not in brief
+    assert brief["acked_total"] == 1

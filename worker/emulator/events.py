@@ -19,7 +19,7 @@ import base64
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -53,8 +53,12 @@ class EventLedger:
     acked_counts: Counter[str] = field(default_factory=Counter)
 
     def to_json(self, *, ids: bool = True) -> dict[str, Any]:
-        data = asdict(self)
-        if not ids:
+        # Not dataclasses.asdict: it rebuilds a Counter from (key, count) pairs, counting them.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        if ids:
+            data["handed_counts"] = dict(self.handed_counts)
+            data["acked_counts"] = dict(self.acked_counts)
+        else:
             del data["handed_counts"], data["acked_counts"]
         return data
 
