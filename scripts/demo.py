@@ -2,14 +2,18 @@
 
 Starts the bundled SCX emulator and the worker (as the operator would: `scx-forwarder ...`
 processes), publishes sample events (some invalid) with `scx-forwarder publish`, and shows
-what the emulator accepted and what landed in the dead-letter queue. It uses its own
-exchange and queues (`marketplace.demo`, `scx.tickets.demo[.dlq]`) and removes them at the
-end, so it can run beside a real installation and again and again.
+what the emulator accepted and what landed in the dead-letter queue. Then the way back: the
+seller answers one forwarded ticket (a reply with a file, injected into the emulator as SCX
+would hold it), `scx-forwarder events` picks it up, and the marketplace's reply queue shows
+the file and the `ticket.replied` event. It uses its own exchange and queues
+(`marketplace.demo`, `scx.tickets.demo[.dlq]`, `marketplace.replies.demo`, ...) and removes
+them at the end, so it can run beside a real installation and again and again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import socket
@@ -20,6 +24,7 @@ from typing import Any
 
 import aio_pika
 import httpx
+import orjson
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 EXCHANGE, QUEUE = "marketplace.demo", "scx.tickets.demo"
@@ -27,6 +32,10 @@ DLQ = f"{QUEUE}.dlq"
 REFRESH_TOKEN = "demo-refresh-token"
 VALID, INVALID = 6, 6
 LOG_DIR = Path(".demo")
+# The way back: what the marketplace binds for replies, and the bridge's own queue and lock.
+REPLIES = "marketplace.replies.demo"
+UNROUTED, LOCK = "scx.events.demo.unrouted", "scx.events.demo.lock"
+REPLY_FILE = b"Tracking number: 00340434161234567890\n"
 
 
 def free_port() -> int:
@@ -56,8 +65,8 @@ async def reset_broker_objects() -> None:
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
-        await channel.queue_delete(QUEUE)
-        await channel.queue_delete(DLQ)
+        for queue in (QUEUE, DLQ, REPLIES, UNROUTED):
+            await channel.queue_delete(queue)
         await channel.exchange_delete(EXCHANGE)
 
 
@@ -87,7 +96,7 @@ async def main() -> int:
         LOG_FORMAT="json",
     )
     emulator = await start("emulator", "emulator", "--port", str(port), env=env)
-    worker = None
+    worker = bridge = None
     try:
         async with httpx.AsyncClient(base_url=api) as http:
 
@@ -139,14 +148,93 @@ async def main() -> int:
             print(f"  {headers['x-error-kind']:<10} {headers['x-error-reason']}")
             print(f"  {'':<10} body: {message.body[:60]!r}")
         print(f"\nAPI calls: {state['auth_calls']} token refresh, {state['ticket_calls']} tickets")
+
+        bridge = await _reply_comes_back(api, env, state["accepted"][0])
         return 0
     finally:
-        for process in (worker, emulator):
+        for process in (bridge, worker, emulator):
             if process is not None and process.returncode is None:
                 process.send_signal(signal.SIGTERM)
                 await process.wait()
         await reset_broker_objects()
-        print("● stopped the worker and the emulator, removed the demo queues")
+        print("● stopped the bridge, the worker and the emulator, removed the demo queues")
+
+
+async def _reply_comes_back(
+    api: str, env: dict[str, str], ticket: dict[str, Any]
+) -> asyncio.subprocess.Process:
+    """The seller answers ``ticket`` in JTL; the events bridge brings the answer back."""
+    seller, ticket_id = ticket["sellerId"], ticket["ticketId"]
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        replies = await channel.declare_queue(REPLIES, durable=True)
+        for key in ("ticket.replied", "ticket.replied.attachment"):
+            await replies.bind(exchange, routing_key=key)
+        reply = {
+            "id": "5cde84164d811d00144581f8",
+            "createdAt": "2026-11-30T12:00:00+00:00",
+            "clientVersion": "1.11.0.6",
+            "type": "Seller:Ticket.Reply",
+            "event": {
+                "sellerId": seller,
+                "ticketId": ticket_id,
+                "replyRequested": False,
+                "createdAt": "2026-11-30T12:00:00+00:00",
+                "from": {"role": "SELLER", "name": "Shop support"},
+                "message": "Sorry for the wait: your parcel left today.",
+                "attachment": [{"filename": "tracking.txt", "contentType": "text/plain"}],
+            },
+        }
+        file = {
+            "sellerId": seller,
+            "ticketId": ticket_id,
+            "filename": "tracking.txt",
+            "contentType": "text/plain",
+            "data": base64.b64encode(REPLY_FILE).decode(),
+        }
+        async with httpx.AsyncClient(base_url=api) as http:
+            injected = await http.post(
+                "/_emulator/events", json={"events": [reply], "files": [file]}
+            )
+            injected.raise_for_status()
+        print(f"\n● the seller replied to {ticket_id} in JTL (a Seller:Ticket.Reply with a file)")
+        bridge_env = env | {
+            "EVENTS_UNROUTED_QUEUE": UNROUTED,
+            "EVENTS_LOCK_NAME": LOCK,
+            "EVENTS_POLL_INTERVAL": "1",
+            "METRICS_PORT": "0",
+        }
+        bridge = await start("events", "events", env=bridge_env)
+        print(f"● events bridge polling GET /v1/channel/event (logs: {LOG_DIR}/events.log)")
+
+        received: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+        async def both() -> bool:
+            while (message := await replies.get(no_ack=True, fail=False)) is not None:
+                received.append(message)
+            return len(received) >= 2
+
+        await poll("the reply to come back", both)
+    print(f"\nBack in {REPLIES} (bound to ticket.replied and ticket.replied.attachment):")
+    for message in received:
+        headers = message.headers or {}
+        if message.routing_key == "ticket.replied.attachment":
+            name, sha = str(headers["filename"]), str(headers["sha256"])
+            print(
+                f"  {message.routing_key:<26} {name} ({message.content_type}, "
+                f"sha256 {sha[:12]}...): {message.body.decode().strip()!r}"
+            )
+        else:
+            data = orjson.loads(message.body)["data"]
+            print(f"  {message.routing_key:<26} ticket {data['ticket_id']} seller "
+                  f"{data['seller_id']}, {data['author']['role']} {data['author']['name']!r}: "
+                  f"{data['message']!r}")  # fmt: skip
+    print("  (the file first, then the reply; message_id: the SCX event id, for the file + /filename)")
+    return bridge
 
 
 async def _enough_dead_letters() -> list[Any] | None:
