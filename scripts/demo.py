@@ -233,7 +233,7 @@ async def _reply_comes_back(
             print(f"  {message.routing_key:<26} ticket {data['ticket_id']} seller "
                   f"{data['seller_id']}, {data['author']['role']} {data['author']['name']!r}: "
                   f"{data['message']!r}")  # fmt: skip
-    print("  (the file first, then the reply; message_id: the SCX event id, for the file + /filename)")
+    print("  (the file first, then the reply; message_id: the event id, the file's + /filename)")
     return bridge
 
 
