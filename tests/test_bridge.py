@@ -669,3 +669,32 @@ async def test_probes_and_metrics_of_the_bridge(
         line for line in text.splitlines() if line.startswith("scx_forwarder_events_last_poll")
     )
     assert float(last_poll.split()[-1]) > time.time() - 60
+
+
+async def test_exit_codes_as_run(
+    emulator: Emulator,
+    names: Names,
+    taps: Any,  # deletes the exchange and unrouted queue the refused one declared
+    processes: list[Process],
+    unused_tcp_port: int,
+) -> None:
+    unreachable = await spawn(
+        "events",
+        env=bridge_env(
+            names, emulator, AMQP_URL=f"amqp://guest:guest@127.0.0.1:{unused_tcp_port}/"
+        ),
+    )
+    processes.append(unreachable)
+    assert await unreachable.wait() == 1
+    assert unreachable.has_event("worker.broker_unreachable")
+
+    refused = await spawn("events", env=bridge_env(names, emulator, SCX_REFRESH_TOKEN="wrong"))
+    processes.append(refused)
+    assert await refused.wait() == 3
+    assert refused.has_event("worker.fatal")
+    assert "wrong" not in refused.output
+
+    bad = await spawn("events", env=bridge_env(names, emulator, EVENTS_BATCH_SIZE="0"))
+    processes.append(bad)
+    assert await bad.wait() == 2
+    assert "EVENTS_BATCH_SIZE" in bad.output
