@@ -57,7 +57,7 @@ class EventSchema(GenerateJsonSchema):
             aliases = sorted(models._REFERENCE_TYPES)
         elif function is not models._upper:
             return inner
-        words = [*inner["enum"], *aliases]
+        words = list(dict.fromkeys(word.lower() for word in [*inner["enum"], *aliases]))
         rest = {k: v for k, v in inner.items() if k != "enum"}
         pattern = "^(?:" + "|".join(any_case(word) for word in words) + ")$"
         return rest | {"pattern": pattern}
@@ -71,6 +71,28 @@ class EventSchema(GenerateJsonSchema):
             pattern = models._RFC3339.pattern.replace(r"\d", "[0-9]")
             inner |= {"format": "date-time", "pattern": f"^{pattern}$"}
         return inner
+
+
+def portable_patterns(node: Any) -> Any:
+    """End every ``...$`` pattern with ``(?!\\n)$``.
+
+    JSON Schema regexes are ECMA-262, where ``$`` is the end of the text; Python's ``re``
+    (the ``jsonschema`` package, and many validators built on PCRE) also lets ``$`` match
+    before a final newline, which would accept ``"4711\\n"``. The lookahead means the same in
+    ECMA-262 and closes that gap elsewhere, as the models' own full matches do.
+    """
+    if isinstance(node, dict):
+        fixed = {key: portable_patterns(value) for key, value in node.items()}
+        pattern = fixed.get("pattern")
+        if isinstance(pattern, str) and pattern.endswith("$") and not pattern.endswith(END):
+            fixed["pattern"] = pattern[:-1] + END
+        return fixed
+    if isinstance(node, list):
+        return [portable_patterns(item) for item in node]
+    return node
+
+
+END = "(?!\\n)$"
 
 
 def input_schema() -> dict[str, Any]:
@@ -94,7 +116,7 @@ def input_schema() -> dict[str, Any]:
         "if": {"required": ["sellerId"]},
         "then": {"$ref": "#/definitions/Ticket"},
         "else": {"$ref": "#/definitions/TicketEvent"},
-        "definitions": top["definitions"] if "definitions" in top else top["$defs"],
+        "definitions": portable_patterns(top.get("definitions", top.get("$defs"))),
     }
 
 
