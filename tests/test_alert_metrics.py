@@ -19,6 +19,8 @@ from tests.test_end_to_end import event
 from tests.test_metrics import Samples, scrape, value
 from worker import metrics, queue_stats
 from worker.emulator import Emulator
+from worker.scx.breaker import Breaker
+from worker.scx.waits import Waits
 from worker.settings import load_settings
 
 
@@ -161,3 +163,29 @@ def test_events_bridge_metrics_are_labelled_by_lock_and_bounded_by_type() -> Non
     labels = {metrics.event_type_label(f"Seller:Made.Up{i}") for i in range(200)}
     assert "other" in labels
     assert len(labels) <= metrics.MAX_EVENT_TYPES + 1
+
+
+async def test_every_breaker_transition_shows_in_the_state_gauge() -> None:
+    now = [0.0]
+    breaker = Breaker(failures=2, cooldown=5, max_cooldown=60, waits=Waits(), clock=lambda: now[0])
+
+    def state() -> dict[str, float]:
+        return {s: sample("scx_forwarder_circuit_state", state=s) for s in metrics.CIRCUIT_STATES}
+
+    opened = sample("scx_forwarder_circuit_opened_total")
+    assert state() == {"closed": 1, "open": 0, "half-open": 0}
+    breaker.failed(probe=await breaker.admit(deadline=1))
+    assert state()["closed"] == 1, "one failure of two"
+    breaker.failed(probe=await breaker.admit(deadline=1))
+    assert state() == {"closed": 0, "open": 1, "half-open": 0}
+    now[0] = 6.0
+    probe = await breaker.admit(deadline=7)
+    assert probe
+    assert state() == {"closed": 0, "open": 0, "half-open": 1}
+    breaker.failed(probe=probe)
+    assert state() == {"closed": 0, "open": 1, "half-open": 0}
+    assert sample("scx_forwarder_circuit_opened_total") == opened + 2
+    now[0] = 20.0
+    probe = await breaker.admit(deadline=21)
+    breaker.succeeded(probe=probe)
+    assert state() == {"closed": 1, "open": 0, "half-open": 0}
