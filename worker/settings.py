@@ -7,6 +7,7 @@ stops the worker before it touches the broker, with one line per bad variable
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -36,6 +37,9 @@ class Settings(BaseSettings):
 
     # --- broker -----------------------------------------------------------------------
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
+    # The broker URL (it holds the password) from a file, e.g. a mounted Secret; read and
+    # validated as AMQP_URL at start-up. Set one of the two.
+    amqp_url_file: Path | None = None
     amqp_exchange: str = Field("marketplace", min_length=1)
     amqp_binding_key: str = Field("ticket.created", min_length=1)
     # Short enough for the derived names (<queue>.retry.600s, <queue>.dlq) to fit in 255.
@@ -91,6 +95,8 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9090, ge=0, le=65535)
     # All interfaces by default: the kubelet probes and Prometheus scrapes the pod's IP.
     metrics_host: str = Field("0.0.0.0", min_length=1)  # noqa: S104
+    # Seconds between the passive declares that export the queues' depths (worker.queue_stats).
+    metrics_queue_interval: float = Field(30.0, ge=1, le=3600)
 
     # --- logging ----------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -132,6 +138,29 @@ class Settings(BaseSettings):
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError("must be an http(s) URL such as " + SANDBOX_URL)
         return value.rstrip("/")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _amqp_url_from_file(cls, data: object) -> object:
+        """Read ``AMQP_URL_FILE`` into ``amqp_url``, which then validates it as if it were set.
+
+        Raises with the file's name, never its content (which holds the password).
+        """
+        if not isinstance(data, dict):
+            return data
+        path = data.get("amqp_url_file")
+        if path is None or path == "":
+            return data
+        if data.get("amqp_url") is not None:
+            raise ValueError("set AMQP_URL or AMQP_URL_FILE, not both")
+        try:
+            text = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ValueError(f"AMQP_URL_FILE: cannot read {path}: {why}") from None
+        if not text:
+            raise ValueError(f"AMQP_URL_FILE: {path} is empty")
+        return {**data, "amqp_url": text}
 
     @model_validator(mode="after")
     def _one_token_source(self) -> Settings:
@@ -196,5 +225,13 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for error in exc.errors(include_input=False, include_url=False):
             name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+            if name == "AMQP_URL" and _amqp_url_file_set(overrides):
+                name = "AMQP_URL (read from AMQP_URL_FILE)"
             lines.append(f"{name}: {error['msg']}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def _amqp_url_file_set(overrides: dict[str, object]) -> bool:
+    if overrides.get("amqp_url_file"):
+        return True
+    return any(key.upper() == "AMQP_URL_FILE" and value for key, value in os.environ.items())
