@@ -275,9 +275,7 @@ class Forwarder:
             structlog.contextvars.bind_contextvars(
                 ticket_id=ticket.ticket_id, seller_id=ticket.seller_id
             )
-            tracing.annotate(
-                **{"scx.ticket_id": ticket.ticket_id, "scx.seller_id": ticket.seller_id}
-            )
+            tracing.ticket(ticket.ticket_id, ticket.seller_id)
             return await self._client.send_ticket(ticket.to_json())
         except Exception as exc:  # bad input must never take the worker down
             return exc

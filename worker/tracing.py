@@ -162,6 +162,12 @@ def annotate(**attributes: Any) -> None:
         _active.annotate(attributes)
 
 
+def ticket(ticket_id: str, seller_id: str) -> None:
+    """Name the ticket on the current (consumer) span: ``scx.ticket_id``, ``scx.seller_id``."""
+    if _active is not None:
+        _active.annotate({"scx.ticket_id": ticket_id, "scx.seller_id": seller_id})
+
+
 def event(name: str, **attributes: Any) -> None:
     """Add an event to the current span (``scx.retry``, for example)."""
     if _active is not None:
