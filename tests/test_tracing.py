@@ -4,10 +4,12 @@ SDK's in-memory exporter, and the ``traceparent`` headers the emulator received.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import signal
 import sys
 from collections.abc import Iterator, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import httpx
@@ -24,9 +26,10 @@ from tests.conftest import Names, StartWorker, collect, publish, wait_for
 from tests.test_cli import Process, worker_env
 from tests.test_cli import processes as processes  # the fixture
 from tests.test_end_to_end import event
+from tests.test_logging import restore_logging as restore_logging  # the fixture
 from worker import tracing
 from worker.emulator import Emulator
-from worker.logging import add_trace_ids
+from worker.logging import add_trace_ids, configure_logging
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -231,6 +234,57 @@ async def test_log_lines_carry_the_trace_and_span_id(
     assert (line["trace_id"], line["span_id"]) == (TRACE_ID, hex_span(consumer))
     [started] = [entry for entry in logs if entry["event"] == "worker.consuming"]
     assert "trace_id" not in started  # outside any span
+
+
+@dataclass
+class _Delivery:
+    """What ``tracing.consuming`` reads of an aio-pika message."""
+
+    headers: dict[str, Any]
+    exchange: str = "marketplace"
+    routing_key: str = "ticket.created"
+    delivery_tag: int = 1
+    message_id: str = "m-1"
+    correlation_id: str | None = None
+    body: bytes = b"{}"
+
+
+@pytest.mark.parametrize(
+    ("headers", "continued"),
+    [
+        ({"traceparent": TRACEPARENT}, True),
+        ({"traceparent": TRACEPARENT.encode()}, True),  # a long string that arrived as bytes
+        ({"Traceparent": TRACEPARENT}, True),
+        ({"TRACEPARENT": bytearray(TRACEPARENT.encode())}, True),
+        ({"traceparent": "00-not-a-trace-01"}, False),
+        ({"traceparent": 42}, False),
+        ({}, False),
+    ],
+)
+def test_which_headers_continue_a_trace(
+    spans: InMemorySpanExporter, headers: dict[str, Any], continued: bool
+) -> None:
+    with tracing.consuming("q", cast(AbstractIncomingMessage, _Delivery(headers))):
+        pass
+    [span] = spans.get_finished_spans()
+    assert (hex_trace(span) == TRACE_ID) is continued
+    assert (parent_of(span) == PARENT_ID) is continued
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_json_log_lines_of_structlog_and_stdlib_carry_the_ids(
+    spans: InMemorySpanExporter, capfd: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("INFO", "json")
+    with tracing.new_trace("some work"):
+        structlog.get_logger("worker.test").info("inside")
+        logging.getLogger("aio_pika.robust_connection").warning("inside too")
+    structlog.get_logger("worker.test").info("outside")
+    [span] = spans.get_finished_spans()
+    inside, inside_too, outside = log_lines(capfd.readouterr().out)
+    for line in (inside, inside_too):
+        assert (line["trace_id"], line["span_id"]) == (hex_trace(span), hex_span(span))
+    assert "trace_id" not in outside
 
 
 async def test_off_nothing_is_traced_and_headers_pass_through(
