@@ -480,3 +480,15 @@ def test_new_trace_starts_a_trace_of_its_own_under_any_current_span(
     sends = named(spans, "send marketplace")
     assert {parent_of(send) for send in sends} == {hex_span(batch)}
     assert [traceparent_ids(h["traceparent"])[0] for h in published] == [hex_trace(batch)] * 2
+
+
+def test_the_settings_read_the_exporter_list_and_the_service_name() -> None:
+    from worker.settings import ConfigError, load_settings
+
+    assert load_settings(otel_traces_exporter=" Console, OTLP ").otel_traces_exporter == (
+        "console,otlp"
+    )
+    assert load_settings(otel_traces_exporter="").otel_traces_exporter == "none"
+    assert load_settings(otel_service_name="").otel_service_name is None
+    with pytest.raises(ConfigError, match=r"OTEL_TRACES_EXPORTER: .*exporter names"):
+        load_settings(otel_traces_exporter="otlp;console")

@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     # OpenTelemetry traces (worker.tracing, the `otel` extra): the exporters by name, or none.
     # The SDK and its exporters read the other standard OTEL_* variables themselves.
     otel_traces_exporter: str = "none"
-    otel_service_name: str | None = Field(None, min_length=1)
+    otel_service_name: str | None = None
 
     # --- observability ----------------------------------------------------------------
     # One port serves /metrics, /healthz and /readyz (worker.health); 0 turns it off.
@@ -121,6 +121,11 @@ class Settings(BaseSettings):
         if any(delay < 0.001 for delay in value):
             raise ValueError("each delay must be at least 0.001 s (1 ms, the TTL's unit)")
         return value
+
+    @field_validator("otel_service_name", mode="before")
+    @classmethod
+    def _unset_if_empty(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("otel_traces_exporter")
     @classmethod
