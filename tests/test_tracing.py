@@ -7,6 +7,7 @@ import asyncio
 import logging
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -492,3 +493,15 @@ def test_the_settings_read_the_exporter_list_and_the_service_name() -> None:
     assert load_settings(otel_service_name="").otel_service_name is None
     with pytest.raises(ConfigError, match=r"OTEL_TRACES_EXPORTER: .*exporter names"):
         load_settings(otel_traces_exporter="otlp;console")
+
+
+def test_the_worker_does_not_import_opentelemetry_while_tracing_is_off() -> None:
+    code = (
+        "import sys, worker.cli, worker.consumer, worker.logging, worker.scx, worker.tracing; "
+        "assert not worker.tracing.configure('none', None); "
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
