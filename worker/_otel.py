@@ -182,10 +182,6 @@ class Tracing:
             span.set_status(Status(StatusCode.ERROR, description))
 
     @staticmethod
-    def inject(headers: MutableMapping[str, Any]) -> None:
-        propagate.inject(headers)
-
-    @staticmethod
     def current_ids() -> tuple[str, str] | None:
         context = trace.get_current_span().get_span_context()
         if not context.is_valid:

@@ -70,10 +70,10 @@ def configure(exporters: str, service_name: str | None) -> bool:
     """Turn tracing on as the OTel environment describes; returns whether it is on.
 
     ``exporters`` is ``OTEL_TRACES_EXPORTER``. Unset or ``none`` leaves tracing off, and so
-    does ``OTEL_SDK_DISABLED=true``. Asked
-    for while the extra is missing, it is off too, with a warning: traces are a diagnosis
-    aid and must not keep tickets from flowing. An exporter that is not installed is a
-    configuration error (``ConfigError``, exit 2), like any other bad setting.
+    does ``OTEL_SDK_DISABLED=true``. Asked for while the extra is missing, it is off too,
+    with a warning: traces are a diagnosis aid and must not keep tickets from flowing. An
+    exporter that is not installed is a configuration error (``ConfigError``, exit 2), like
+    any other bad setting.
     """
     names = [name.strip() for name in exporters.split(",") if name.strip() not in ("", "none")]
     if not names or os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
@@ -150,7 +150,19 @@ def publishing(
 
 
 def new_trace(name: str, **attributes: Any) -> AbstractContextManager[object]:
-    """A span that starts a new trace, e.g. ``with tracing.new_trace("poll scx events"):``."""
+    """A span that starts a trace of its own, whatever span is current.
+
+    For the events bridge, one per polled batch; the poll's GET, the downloads and each
+    publish become its children::
+
+        with tracing.new_trace("poll scx events"):
+            events = await poll()  # a client span, via the ScxClient's transport
+            tracing.annotate(**{"messaging.batch.message_count": len(events)})
+            for event in events:
+                headers = {...}
+                with tracing.publishing(exchange, routing_key, headers):
+                    await channel_exchange.publish(aio_pika.Message(body, headers=headers), ...)
+    """
     if _active is None:
         return _OFF
     return _active.new_trace(name, attributes)
@@ -189,12 +201,6 @@ def settled(
     """
     if _active is not None:
         _active.settled(outcome, {"scx.attempts": attempts, "scx.error_kind": kind}, description)
-
-
-def inject(headers: MutableMapping[str, Any]) -> None:
-    """Write the current trace context into ``headers`` (without a span of its own)."""
-    if _active is not None:
-        _active.inject(headers)
 
 
 def current_ids() -> tuple[str, str] | None:
