@@ -319,7 +319,7 @@ def test_dockerfile_builds_from_constraints_runs_as_non_root_in_exec_form() -> N
     assert 'ENTRYPOINT ["scx-forwarder"]' in text
     assert 'CMD ["run"]' in text
     assert len(re.findall(r"^FROM ", text, re.MULTILINE)) >= 2, "multi-stage"
-    assert "--constraint constraints.txt" in text
+    assert "--constraint constraints.txt '.[otel]'" in text
     assert f"EXPOSE {Settings().metrics_port}" in text
     assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", text, re.MULTILINE)
 
@@ -331,8 +331,10 @@ def test_constraints_pin_every_runtime_dependency() -> None:
         return re.sub(r"[-_.]+", "-", name).lower()
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # The image installs the `otel` extra too (tracing is off until configured).
     wanted = {
-        normal(re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0]) for dep in project["dependencies"]
+        normal(re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0])
+        for dep in [*project["dependencies"], *project["optional-dependencies"]["otel"]]
     }
     pins = {}
     for line in (DEPLOY / "constraints.txt").read_text().splitlines():

@@ -8,6 +8,7 @@ stops the worker before it touches the broker, with one line per bad variable
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -89,6 +90,10 @@ class Settings(BaseSettings):
     # --- events bridge (scx-forwarder events) -------------------------------------------
 
     # --- outcome events, CloudEvents, tracing -------------------------------------------
+    # OpenTelemetry traces (worker.tracing, the `otel` extra): the exporters by name, or none.
+    # The SDK and its exporters read the other standard OTEL_* variables themselves.
+    otel_traces_exporter: str = "none"
+    otel_service_name: str | None = None
 
     # --- observability ----------------------------------------------------------------
     # One port serves /metrics, /healthz and /readyz (worker.health); 0 turns it off.
@@ -122,6 +127,21 @@ class Settings(BaseSettings):
         if any(delay < 0.001 for delay in value):
             raise ValueError("each delay must be at least 0.001 s (1 ms, the TTL's unit)")
         return value
+
+    @field_validator("otel_service_name", mode="before")
+    @classmethod
+    def _unset_if_empty(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("otel_traces_exporter")
+    @classmethod
+    def _exporters(cls, value: str) -> str:
+        if not value.strip():
+            return "none"
+        names = [name.strip().lower() for name in value.split(",")]
+        if not all(re.fullmatch(r"[a-z0-9_]+", name) for name in names):
+            raise ValueError("must be exporter names separated by commas (console, otlp) or none")
+        return ",".join(names)
 
     @field_validator("amqp_url")
     @classmethod
