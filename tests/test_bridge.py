@@ -14,10 +14,12 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aio_pika
 import httpx
+import jsonschema
 import orjson
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
@@ -244,6 +246,13 @@ def check_files_first(tap: Tap) -> None:
                 assert "unavailable" not in attachment
 
 
+def contract(instance: object, schema: str) -> None:
+    path = Path(__file__).resolve().parent.parent / "docs" / "schemas" / schema
+    jsonschema.validate(
+        instance, orjson.loads(path.read_bytes()), format_checker=jsonschema.FormatChecker()
+    )
+
+
 def acked_once(emulator: Emulator, ids: set[str]) -> bool:
     counts = emulator.events.ledger.acked_counts
     return all(counts[i] >= 1 for i in ids)
@@ -352,6 +361,9 @@ async def test_the_reply_arrives_exactly_as_the_contract_says(
         },
     }
     await wait_for(lambda: emulator.events.pending == 0, what="the reply acknowledged")
+    # ... and it is what the published contract (docs/schemas, docs/asyncapi.yaml) says.
+    contract(orjson.loads(reply.body), "ticket-replied.schema.json")
+    contract(attachment.headers, "ticket-replied-attachment.headers.schema.json")
 
 
 async def test_unroutable_and_malformed_events_are_kept_and_acknowledged(
@@ -416,6 +428,8 @@ async def test_unroutable_and_malformed_events_are_kept_and_acknowledged(
         assert headers["x-error-kind"] == kind, message_id
         assert orjson.loads(str(headers["x-error-detail"]))
         assert orjson.loads(kept[message_id].body)["id"] == message_id  # the raw item
+    for message in kept.values():
+        contract(message.headers, "events-unrouted.headers.schema.json")
     detail = orjson.loads(str((kept["m-3"].headers or {})["x-error-detail"]))
     assert detail["errors"][0]["loc"] == "sellerId"
 
@@ -655,18 +669,21 @@ async def test_probes_and_metrics_of_the_bridge(
         assert (await http.get("/healthz")).status_code == 200
         text = (await http.get("/metrics")).text
     shipping = 'type="Seller:Order.Shipping"'
+    lock = f'lock="{names.queue}.lock"'
     for line in (
         f"scx_forwarder_events_polled_total{{{shipping}}} 1.0",
         f"scx_forwarder_events_published_total{{{shipping}}} 1.0",
         f"scx_forwarder_events_acknowledged_total{{{shipping}}} 1.0",
         'scx_forwarder_events_polled_total{type="System:Test"} 1.0',
         "scx_forwarder_events_without_id_total 1.0",
-        "scx_forwarder_events_poller_active 1.0",
-        "scx_forwarder_events_publish_delay_seconds_count 1.0",
+        f"scx_forwarder_events_poller_active{{{lock}}} 1.0",
+        f"scx_forwarder_events_publish_delay_seconds_count{{{shipping}}} 1.0",
     ):
         assert line in text, line
     last_poll = next(
-        line for line in text.splitlines() if line.startswith("scx_forwarder_events_last_poll")
+        line
+        for line in text.splitlines()
+        if line.startswith("scx_forwarder_events_last_poll_success_timestamp_seconds{")
     )
     assert float(last_poll.split()[-1]) > time.time() - 60
 

@@ -20,7 +20,6 @@ from worker.bridge_mapping import (
     other_message,
     reply_messages,
     routing_key,
-    type_label,
     unmappable_message,
 )
 from worker.emulator.events import seller_event, ticket_reply
@@ -63,12 +62,6 @@ def test_routing_keys_lower_case_the_type_and_turn_colons_into_dots(
     scx_type: str, key: str
 ) -> None:
     assert routing_key(scx_type) == key
-
-
-def test_type_labels_are_bounded() -> None:
-    assert type_label("Seller:Order.Shipping") == "Seller:Order.Shipping"
-    assert type_label("Seller:Brand.New") == "other"
-    assert type_label(None) == "other"
 
 
 def test_any_other_type_is_wrapped_with_the_event_unchanged() -> None:

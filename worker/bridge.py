@@ -66,7 +66,6 @@ from worker.bridge_mapping import (
     decode,
     other_message,
     reply_messages,
-    type_label,
     unmappable_message,
 )
 from worker.bridge_publish import BROKER_ERRORS, BROKER_GONE, Publisher, Result
@@ -101,7 +100,7 @@ class Planned:
     """One event of the batch in hand and the messages it becomes."""
 
     event_id: str
-    type: str  # the metrics label
+    type: object  # as SCX sent it; metrics and logs bound it (metrics.event_type_label)
     created: datetime | None
     messages: list[Outgoing]
     unrouted: bool = False  # unmappable: straight to the unrouted queue
@@ -119,7 +118,7 @@ class Bridge:
         self._stopping = asyncio.Event()
         self._lost = asyncio.Event()
         self._in_hand: list[Planned] = []
-        self._to_ack: list[tuple[str, str]] = []  # (event id, type label)
+        self._to_ack: list[tuple[str, object]] = []  # (event id, SCX type)
         self._spool = spool_dir("events")
         self._failures = 0
         self.exit_code = EXIT_OK
@@ -215,6 +214,7 @@ class Bridge:
             if not await lock.take():
                 if not standby:
                     log.info("events.standby", lock=settings.events_lock_name)
+                    self._set_active(False)
                     standby = True
                 await self._pause(LOCK_RETRY)
                 continue
@@ -245,11 +245,11 @@ class Bridge:
         try:
             items = await self._client.poll_events(limit)
         except (RetryLater, RequestRejected) as exc:
-            metrics.events_poll_failed()
+            metrics.events_poll_failed(exc)
             log.warning("events.poll_failed", error=str(exc))
             return self._failed(interval)
         self._failures = 0
-        metrics.events_polled_now()
+        metrics.events_poll_succeeded(self._settings.events_lock_name)
         if items:
             log.info("events.polled", count=len(items), limit=limit)
         self._in_hand = await self._plan(items)
@@ -268,10 +268,10 @@ class Bridge:
         seen: set[str] = set()
         for item in items:
             decoded = decode(item)
-            label = type_label(decoded.type)
-            metrics.events_polled(label)
+            metrics.event_polled(decoded.type)
+            label = metrics.event_type_label(decoded.type)
             if isinstance(decoded, NoId):
-                metrics.events_without_id()
+                metrics.event_without_id()
                 log.warning("events.without_id", reason=decoded.reason, type=label)
                 continue
             if decoded.id in seen:
@@ -287,17 +287,19 @@ class Bridge:
                         reason=decoded.summary,
                     )
                     message = unmappable_message(decoded)
-                    planned.append(Planned(decoded.id, label, None, [message], unrouted=True))
+                    planned.append(
+                        Planned(decoded.id, decoded.type, None, [message], unrouted=True)
+                    )
                 case SellerEvent(reply=None):
                     planned.append(
-                        Planned(decoded.id, label, decoded.created, [other_message(decoded)])
+                        Planned(decoded.id, decoded.type, decoded.created, [other_message(decoded)])
                     )
                 case SellerEvent(reply=TicketReply() as reply):
-                    if (fetched := await self._fetch(decoded, reply, label)) is not None:
+                    if (fetched := await self._fetch(decoded, reply)) is not None:
                         planned.append(fetched)
         return planned
 
-    async def _fetch(self, event: SellerEvent, reply: TicketReply, label: str) -> Planned | None:
+    async def _fetch(self, event: SellerEvent, reply: TicketReply) -> Planned | None:
         """Download a reply's files into the spool; None if one kept failing (not acked)."""
         outcomes: list[FileOutcome] = []
         files: list[Spooled] = []
@@ -338,7 +340,7 @@ class Bridge:
                 file.close()
             raise
         messages = reply_messages(event, reply, outcomes, self._settings.events_ticket_reply_key)
-        return Planned(event.id, label, event.created, messages, files=files)
+        return Planned(event.id, event.type, event.created, messages, files=files)
 
     async def _finish(self, publisher: Publisher) -> None:
         """Publish the batch in hand, settle each event, acknowledge; ``BrokerLost`` if the
@@ -365,23 +367,26 @@ class Bridge:
                 kept.append(planned)
                 continue
             planned.close()
+            label = metrics.event_type_label(planned.type)
             if Result.NACKED in mine:
                 log.warning(
                     "events.refused",
                     event_id=planned.event_id,
-                    type=planned.type,
+                    type=label,
                     detail="the broker refused a message; left unacknowledged in SCX",
                 )
                 continue
             unrouted = mine.count(Result.UNROUTED)
             for _ in range(unrouted):
-                metrics.events_unrouted(planned.type)
-            metrics.events_published(planned.type, planned.created)
+                metrics.event_unrouted(
+                    planned.type, "unmappable" if planned.unrouted else "unroutable"
+                )
+            metrics.event_published(planned.type, planned.created)
             self._to_ack.append((planned.event_id, planned.type))
             log.info(
                 "events.published",
                 event_id=planned.event_id,
-                type=planned.type,
+                type=label,
                 messages=len(mine),
                 unrouted=unrouted,
             )
@@ -401,8 +406,7 @@ class Bridge:
                 # events and delivers them again; they are published again, same message_id.
                 log.error("events.ack_rejected", count=len(chunk), error=str(exc))
             else:
-                for _, label in chunk:
-                    metrics.events_acknowledged(label)
+                metrics.events_acknowledged(event_type for _, event_type in chunk)
                 log.info("events.acknowledged", count=len(chunk))
             del self._to_ack[: len(chunk)]
         return True
@@ -424,7 +428,7 @@ class Bridge:
         if active != self.active:
             log.info("events.poller_active" if active else "events.poller_inactive")
         self.active = active
-        metrics.events_poller_active(active)
+        metrics.events_poller_active(self._settings.events_lock_name, active)
 
 
 class Lock:

@@ -25,9 +25,6 @@ any other              ``scx.`` + type, lower case, ``:``   ``{"id", "type", "ti
                        -> ``.``                             "source": "scx", "clientversion",
                                                             "data": <event unchanged>}``
 =====================  ===================================  ================================
-
-The ``type`` label of metrics is the SCX type when it is one of JTL's ``SellerEventTypeList``,
-else ``other``, so an odd type cannot grow the number of time series.
 """
 
 from __future__ import annotations
@@ -55,31 +52,6 @@ from worker.spool import Spooled
 
 REPLY_TYPE = "Seller:Ticket.Reply"
 ATTACHMENT_KEY = "ticket.replied.attachment"
-# JTL's SellerEventTypeList; the only values a metric's ``type`` label takes besides "other".
-KNOWN_TYPES = frozenset(
-    {
-        "System:Test",
-        "System:Notification",
-        "Seller:Order.Confirmed",
-        "Seller:Order.Shipping",
-        "Seller:Order.Payment",
-        "Seller:Order.Cancellation.Request",
-        "Seller:Order.Cancellation.Accepted",
-        "Seller:Order.Cancellation.Denied",
-        "Seller:Order.Refund",
-        "Seller:Order.Invoice",
-        "Seller:Order.ReturnReceived",
-        "Seller:Offer.New",
-        "Seller:Offer.Update",
-        "Seller:Offer.End",
-        "Seller:Offer.StockUpdate",
-        "Seller:Offer.PriceUpdate",
-        "Seller:Report.Request",
-        "Seller:Channel.Unlinked",
-        "Seller:Meta.SellerAttributesUpdateRequest",
-        REPLY_TYPE,
-    }
-)
 # A type becomes part of a routing key (at most 255 bytes): words of letters, digits, _ and -,
 # joined by ':' or '.'; no AMQP wildcards, no spaces.
 _TYPE = re.compile(r"[A-Za-z0-9_-]+(?:[:.][A-Za-z0-9_-]+)*", re.ASCII)
@@ -88,11 +60,6 @@ _MAX_ERRORS = 20
 JSON = "application/json"
 
 ErrorKind = Literal["malformed", "invalid"]
-
-
-def type_label(event_type: object) -> str:
-    """The bounded ``type`` label of the events metrics."""
-    return event_type if isinstance(event_type, str) and event_type in KNOWN_TYPES else "other"
 
 
 def routing_key(event_type: str) -> str:

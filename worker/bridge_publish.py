@@ -30,6 +30,7 @@ from typing import Any
 
 import aio_pika
 import aiormq
+import orjson
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
 from worker.bridge_mapping import Outgoing
@@ -78,6 +79,9 @@ class Publisher:
                     "x-original-routing-key": out.routing_key,
                     "x-error-kind": "unroutable",
                     "x-error-reason": "no queue is bound for the routing key",
+                    "x-error-detail": orjson.dumps(
+                        {"exchange": self._exchange.name, "routing_key": out.routing_key}
+                    ).decode(),
                 },
             )
         except aiormq.exceptions.DeliveryError:

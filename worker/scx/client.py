@@ -41,7 +41,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from worker import metrics
+from worker import metrics, tracing
 from worker.errors import (
     CircuitOpen,
     MessageError,
@@ -81,7 +81,7 @@ class Unavailable:
     """A file the API will not hand out (a 404, another 4xx, or too large): a permanent answer.
 
     ``detail`` says why, as the events bridge publishes it: ``{"status": 404}``, or
-    ``{"reason": "too_large", "max_bytes": N}``.
+    ``{"status": 413, "reason": "too_large", "max_bytes": N}`` for a file over the limit.
     """
 
     detail: dict[str, Any]
@@ -168,7 +168,9 @@ class ScxClient:
             # bytes. httpcore's pool cost ~2.7 ms of CPU per request in its bookkeeping
             # (profiled: has_expired -> anyio extra attributes on every pool scan), which made
             # more concurrency slower; aiohttp's connector does the same job for a fraction.
-            transport=transport or AiohttpTransport(limits=limits),
+            # Traced here, below the auth flow and the retries, when tracing is on: a client
+            # span and a traceparent for every request on the wire (worker.tracing).
+            transport=tracing.traced_transport(transport or AiohttpTransport(limits=limits)),
         )
         # An absolute URL object: httpx skips joining it with base_url on every call (half
         # of build_request's cost, measured).
@@ -255,7 +257,8 @@ class ScxClient:
             try:
                 return await spool(response.aiter_bytes(), max_bytes=max_bytes, directory=directory)
             except TooLarge:
-                return Unavailable({"reason": "too_large", "max_bytes": max_bytes})
+                # Refused here, not by the API: 413 says "too large" in HTTP's terms.
+                return Unavailable({"status": 413, "reason": "too_large", "max_bytes": max_bytes})
 
         answered = await self.call(
             Call(lambda: self._http.build_request("GET", url, params=params), read, stream=True)
@@ -433,4 +436,5 @@ def _log_retry(state: RetryCallState) -> None:
     if isinstance(exc, TransientError):
         fields.update(reason=exc.reason, status=exc.status)
     metrics.retried(exc)
+    tracing.event("scx.retry", **fields)
     log.warning("scx.retry", **fields)
