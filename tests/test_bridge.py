@@ -715,3 +715,18 @@ async def test_exit_codes_as_run(
     processes.append(bad)
     assert await bad.wait() == 2
     assert "EVENTS_BATCH_SIZE" in bad.output
+
+
+async def test_with_tracing_on_every_message_carries_the_poll_s_trace(
+    emulator: Emulator, names: Names, taps: Any, processes: list[Process]
+) -> None:
+    tap = await taps("all", "#")
+    emulator.add_events([seller_event(f"t-{n}", "System:Test", {}) for n in range(3)])
+    env = bridge_env(names, emulator, OTEL_TRACES_EXPORTER="console")
+    await start_bridge(env, processes)
+    await tap.until(3, quiet=0.3)
+    traces = set()
+    for message in tap.messages:
+        traceparent = str((message.headers or {})["traceparent"])
+        traces.add(traceparent.split("-")[1])
+    assert len(traces) == 1, "one poll, one trace"

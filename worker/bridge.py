@@ -55,7 +55,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from yarl import URL
 
-from worker import metrics
+from worker import metrics, tracing
 from worker.bridge_mapping import (
     FileOutcome,
     NoId,
@@ -242,18 +242,21 @@ class Bridge:
             return self._failed(interval)  # no new batch before the old one is acked
         limit = self._settings.events_batch_size
         structlog.contextvars.clear_contextvars()  # the client binds ``attempt`` per call
-        try:
-            items = await self._client.poll_events(limit)
-        except (RetryLater, RequestRejected) as exc:
-            metrics.events_poll_failed(exc)
-            log.warning("events.poll_failed", error=str(exc))
-            return self._failed(interval)
-        self._failures = 0
-        metrics.events_poll_succeeded(self._settings.events_lock_name)
-        if items:
-            log.info("events.polled", count=len(items), limit=limit)
-        self._in_hand = await self._plan(items)
-        await self._finish(publisher)
+        # One trace per poll: its GET, the downloads and every publish are children.
+        with tracing.new_trace("poll scx events", **{"messaging.batch.limit": limit}):
+            try:
+                items = await self._client.poll_events(limit)
+            except (RetryLater, RequestRejected) as exc:
+                metrics.events_poll_failed(exc)
+                log.warning("events.poll_failed", error=str(exc))
+                return self._failed(interval)
+            self._failures = 0
+            metrics.events_poll_succeeded(self._settings.events_lock_name)
+            tracing.annotate(**{"messaging.batch.message_count": len(items)})
+            if items:
+                log.info("events.polled", count=len(items), limit=limit)
+            self._in_hand = await self._plan(items)
+            await self._finish(publisher)
         return 0.0 if len(items) >= limit else interval
 
     def _failed(self, interval: float) -> float:

@@ -33,6 +33,7 @@ import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
+from worker import tracing
 from worker.bridge_mapping import Outgoing
 
 # Every way a publish can fail because the channel or connection is gone (not the message).
@@ -67,10 +68,12 @@ class Publisher:
         """One message to ``AMQP_EXCHANGE`` (or, with ``unrouted``, straight to the queue)."""
         if unrouted:
             return await self._keep(out, {})
+        headers = dict(out.headers)
         try:
-            await self._exchange.publish(
-                _message(out, out.headers), routing_key=out.routing_key, mandatory=True
-            )
+            with tracing.publishing(self._exchange.name, out.routing_key, headers):
+                await self._exchange.publish(
+                    _message(out, headers), routing_key=out.routing_key, mandatory=True
+                )
         except aiormq.exceptions.PublishError:
             return await self._keep(
                 out,
@@ -106,10 +109,12 @@ class Publisher:
 
     async def _keep(self, out: Outgoing, extra: dict[str, Any]) -> Result:
         """A confirmed copy in the unrouted queue; NACKED if it cannot be stored there."""
+        headers = {**out.headers, **extra}
         try:
-            await self._default.publish(
-                _message(out, {**out.headers, **extra}), routing_key=self._unrouted, mandatory=True
-            )
+            with tracing.publishing("", self._unrouted, headers):
+                await self._default.publish(
+                    _message(out, headers), routing_key=self._unrouted, mandatory=True
+                )
         except aiormq.exceptions.DeliveryError:
             # Refused, or the unrouted queue itself is gone (an operator deleted it): the
             # event stays unacknowledged and comes again.

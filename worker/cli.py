@@ -177,9 +177,11 @@ def _cmd_events(args: argparse.Namespace) -> int:
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     refresh_token = settings.refresh_token()
+    from worker import tracing
     from worker.bridge_service import serve_events
 
-    return asyncio.run(serve_events(settings, refresh_token))
+    with tracing.started(settings.otel_traces_exporter, settings.otel_service_name):
+        return asyncio.run(serve_events(settings, refresh_token))
 
 
 def _cmd_emulator(args: argparse.Namespace) -> int:
