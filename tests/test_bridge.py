@@ -730,3 +730,62 @@ async def test_with_tracing_on_every_message_carries_the_poll_s_trace(
         traceparent = str((message.headers or {})["traceparent"])
         traces.add(traceparent.split("-")[1])
     assert len(traces) == 1, "one poll, one trace"
+
+
+async def test_an_unrouted_queue_declared_otherwise_stops_it_with_exit_1(
+    emulator: Emulator,
+    names: Names,
+    taps: Any,
+    amqp: AbstractRobustConnection,
+    processes: list[Process],
+) -> None:
+    channel = await amqp.channel()
+    await channel.declare_queue(unrouted_queue(names), durable=True)  # classic, not quorum
+    await channel.close()
+    bridge = await spawn("events", env=bridge_env(names, emulator))
+    processes.append(bridge)
+    assert await bridge.wait() == 1
+    assert bridge.has_event("worker.topology_mismatch")
+
+
+async def test_files_up_to_16_mib_are_published_larger_ones_marked_unavailable(
+    emulator: Emulator, names: Names, taps: Any, processes: list[Process]
+) -> None:
+    tap = await taps("replies", "ticket.replied", "ticket.replied.attachment")
+    limit = 16 * 1024 * 1024
+    big, too_big = random.randbytes(limit), b"x" * (limit + 1)
+    files = [("big.bin", big), ("too-big.bin", too_big)]
+    emulator.add_events(
+        [
+            ticket_reply(
+                "big-1",
+                seller_id="s1",
+                ticket_id="T-big",
+                message="two large files",
+                attachments=[(name, "application/octet-stream") for name, _ in files],
+            )
+        ],
+        [
+            {
+                "sellerId": "s1",
+                "ticketId": "T-big",
+                "filename": name,
+                "contentType": "application/octet-stream",
+                "data": data,
+            }
+            for name, data in files
+        ],
+    )
+    await start_bridge(bridge_env(names, emulator), processes)
+    await tap.until(2, timeout=60, quiet=0.5)
+    attachment, reply = tap.messages
+    assert attachment.message_id == "big-1/big.bin"
+    assert attachment.body == big
+    listed = orjson.loads(reply.body)["data"]["attachments"]
+    assert listed[0]["size"] == limit
+    assert listed[1] == {
+        "filename": "too-big.bin",
+        "content_type": "application/octet-stream",
+        "unavailable": {"status": 413, "reason": "too_large", "max_bytes": limit},
+    }
+    await wait_for(lambda: emulator.events.pending == 0, what="the reply acknowledged")

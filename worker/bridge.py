@@ -93,6 +93,10 @@ class BrokerLost(Exception):
 
 
 _LOST: tuple[type[BaseException], ...] = (BrokerLost, *BROKER_GONE)
+_REFUSED = (
+    aiormq.exceptions.ChannelPreconditionFailed,
+    aiormq.exceptions.ChannelAccessRefused,
+)
 
 
 @dataclass
@@ -163,6 +167,8 @@ class Bridge:
                 connected_once, failures = True, 0
                 try:
                     await self._session(connection)
+                except _REFUSED:
+                    raise  # the exchange or queue exists otherwise, or no permission: no retry
                 except _LOST as exc:
                     log.warning(
                         "events.connection_lost", error=_text(exc), in_hand=len(self._in_hand)
@@ -255,8 +261,7 @@ class Bridge:
             tracing.annotate(**{"messaging.batch.message_count": len(items)})
             if items:
                 log.info("events.polled", count=len(items), limit=limit)
-            self._in_hand = await self._plan(items)
-            await self._finish(publisher)
+            await self._forward(items, publisher)
         return 0.0 if len(items) >= limit else interval
 
     def _failed(self, interval: float) -> float:
@@ -265,42 +270,52 @@ class Bridge:
         self._failures += 1
         return max(interval, wait)
 
-    async def _plan(self, items: list[object]) -> list[Planned]:
-        """Decode every item and fetch what replies need; the batch to publish, in order."""
-        planned: list[Planned] = []
+    async def _forward(self, items: list[object], publisher: Publisher) -> None:
+        """Decode every item, fetch what replies need, publish in order, acknowledge.
+
+        A reply with files is published as soon as its files are in the spool, before the
+        next item is looked at: the files of one reply at most are held at a time (each up
+        to ``spool.MEMORY_THRESHOLD`` in memory, the rest on disk).
+        """
+        self._in_hand = []
         seen: set[str] = set()
         for item in items:
-            decoded = decode(item)
-            metrics.event_polled(decoded.type)
-            label = metrics.event_type_label(decoded.type)
-            if isinstance(decoded, NoId):
-                metrics.event_without_id()
-                log.warning("events.without_id", reason=decoded.reason, type=label)
+            planned = await self._plan(item, seen)
+            if planned is None:
                 continue
-            if decoded.id in seen:
-                continue  # the same event twice in one page: once is enough
-            seen.add(decoded.id)
-            match decoded:
-                case Unmappable():
-                    log.warning(
-                        "events.unmappable",
-                        event_id=decoded.id,
-                        type=label,
-                        kind=decoded.kind,
-                        reason=decoded.summary,
-                    )
-                    message = unmappable_message(decoded)
-                    planned.append(
-                        Planned(decoded.id, decoded.type, None, [message], unrouted=True)
-                    )
-                case SellerEvent(reply=None):
-                    planned.append(
-                        Planned(decoded.id, decoded.type, decoded.created, [other_message(decoded)])
-                    )
-                case SellerEvent(reply=TicketReply() as reply):
-                    if (fetched := await self._fetch(decoded, reply)) is not None:
-                        planned.append(fetched)
-        return planned
+            self._in_hand.append(planned)
+            if planned.files:
+                await self._finish(publisher, acknowledge=False)
+        await self._finish(publisher)
+
+    async def _plan(self, item: object, seen: set[str]) -> Planned | None:
+        """What one polled item becomes; None for one without an id, a repeat, or a reply
+        whose file could not be fetched now (SCX delivers those again)."""
+        decoded = decode(item)
+        metrics.event_polled(decoded.type)
+        label = metrics.event_type_label(decoded.type)
+        if isinstance(decoded, NoId):
+            metrics.event_without_id()
+            log.warning("events.without_id", reason=decoded.reason, type=label)
+            return None
+        if decoded.id in seen:
+            return None  # the same event twice in one page: once is enough
+        seen.add(decoded.id)
+        match decoded:
+            case Unmappable():
+                log.warning(
+                    "events.unmappable",
+                    event_id=decoded.id,
+                    type=label,
+                    kind=decoded.kind,
+                    reason=decoded.summary,
+                )
+                message = unmappable_message(decoded)
+                return Planned(decoded.id, decoded.type, None, [message], unrouted=True)
+            case SellerEvent(reply=TicketReply() as reply):
+                return await self._fetch(decoded, reply)
+            case _:
+                return Planned(decoded.id, decoded.type, decoded.created, [other_message(decoded)])
 
     async def _fetch(self, event: SellerEvent, reply: TicketReply) -> Planned | None:
         """Download a reply's files into the spool; None if one kept failing (not acked)."""
@@ -345,9 +360,10 @@ class Bridge:
         messages = reply_messages(event, reply, outcomes, self._settings.events_ticket_reply_key)
         return Planned(event.id, event.type, event.created, messages, files=files)
 
-    async def _finish(self, publisher: Publisher) -> None:
-        """Publish the batch in hand, settle each event, acknowledge; ``BrokerLost`` if the
-        broker did not answer for some (they stay in hand for the next connection)."""
+    async def _finish(self, publisher: Publisher, *, acknowledge: bool = True) -> None:
+        """Publish the batch in hand, settle each event, acknowledge (unless told not to:
+        acknowledgements are sent 100 at a time); ``BrokerLost`` if the broker did not
+        answer for some (they stay in hand for the next connection)."""
         if self._in_hand:
             self._in_hand = self._settle(
                 self._in_hand,
@@ -355,7 +371,8 @@ class Bridge:
                     [(m, p.unrouted) for p in self._in_hand for m in p.messages]
                 ),
             )
-        await self._acknowledge()
+        if acknowledge:
+            await self._acknowledge()
         if self._in_hand:
             raise BrokerLost(f"{len(self._in_hand)} events published without an answer")
 
