@@ -636,9 +636,13 @@ async def test_broker_gone_for_10_s_nothing_acknowledged_meanwhile_all_published
     assert acked < len(backlog.items)
     await proxy.restore()
 
-    await wait_for(
-        lambda: acked_once(emulator, backlog.event_ids), timeout=60, what="every event acked"
-    )
+    try:
+        await wait_for(
+            lambda: acked_once(emulator, backlog.event_ids), timeout=60, what="every event acked"
+        )
+    except BaseException:
+        print(bridge.output[-6000:])
+        raise
     await tap.until(len(backlog.expected))
     check_published(tap, backlog, exactly_once=False)
     assert bridge.has_event("events.connection_lost")

@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import os
 import socket
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -122,6 +123,8 @@ class Bridge:
         self._stopping = asyncio.Event()
         self._lost = asyncio.Event()
         self._in_hand: list[Planned] = []
+        self._items: deque[object] = deque()  # of the page, not looked at yet
+        self._seen: set[str] = set()  # ids of the page so far
         self._to_ack: list[tuple[str, object]] = []  # (event id, SCX type)
         self._spool = spool_dir("events")
         self._failures = 0
@@ -140,7 +143,7 @@ class Bridge:
     @property
     def busy(self) -> bool:
         """Work the broker or the API still owes: a batch in hand, acknowledgements."""
-        return bool(self._in_hand or self._to_ack)
+        return bool(self._in_hand or self._items or self._to_ack)
 
     async def run(self) -> int:
         """Poll while holding the lock, until ``stop()``; returns the exit code.
@@ -212,7 +215,7 @@ class Bridge:
         )
         publisher = Publisher(channel, exchange, settings.events_unrouted_queue)
         self.running = True
-        await self._finish(publisher)
+        await self._forward(publisher)  # what a lost connection left: in hand, then the rest
         lock = Lock(connection, settings.events_lock_name)
         standby = False
         while not self._stopping.is_set():
@@ -234,7 +237,7 @@ class Bridge:
                     break
                 if wait := await self._poll(publisher):
                     await self._pause(wait)
-        await self._finish(publisher)
+        await self._forward(publisher)
 
     async def _poll(self, publisher: Publisher) -> float:
         """One poll and its batch; returns how long to wait before the next one.
@@ -261,7 +264,8 @@ class Bridge:
             tracing.annotate(**{"messaging.batch.message_count": len(items)})
             if items:
                 log.info("events.polled", count=len(items), limit=limit)
-            await self._forward(items, publisher)
+            self._items, self._seen = deque(items), set()
+            await self._forward(publisher)
         return 0.0 if len(items) >= limit else interval
 
     def _failed(self, interval: float) -> float:
@@ -270,17 +274,19 @@ class Bridge:
         self._failures += 1
         return max(interval, wait)
 
-    async def _forward(self, items: list[object], publisher: Publisher) -> None:
-        """Decode every item, fetch what replies need, publish in order, acknowledge.
+    async def _forward(self, publisher: Publisher) -> None:
+        """Decode every item of the page, fetch what replies need, publish in order, ack.
+
+        What a lost connection interrupts stays: the events in hand are published again and
+        the items not looked at yet are taken up on the next connection, before a new poll.
 
         A reply with files is published as soon as its files are in the spool, before the
         next item is looked at: the files of one reply at most are held at a time (each up
         to ``spool.MEMORY_THRESHOLD`` in memory, the rest on disk).
         """
-        self._in_hand = []
-        seen: set[str] = set()
-        for item in items:
-            planned = await self._plan(item, seen)
+        while self._items:
+            planned = await self._plan(self._items[0], self._seen)
+            self._items.popleft()
             if planned is None:
                 continue
             self._in_hand.append(planned)
