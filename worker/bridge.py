@@ -156,7 +156,9 @@ class Bridge:
         connected_once = False
         failures = 0
         try:
-            while not self._stopping.is_set() or self.busy:
+            # Stopping, a page the broker still owes keeps the loop (within the grace);
+            # acknowledgements get one more try, in the session's last _forward.
+            while not self._stopping.is_set() or self._in_hand or self._items:
                 try:
                     connection = await self._connect()
                 except BROKER_ERRORS as exc:

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from worker import health, metrics
 from worker.bridge import Bridge
 from worker.bridge_publish import BROKER_ERRORS
-from worker.errors import EXIT_FAILED, FatalError
+from worker.errors import EXIT_FAILED, FatalError, ShuttingDown
 from worker.scx import ScxClient
 from worker.settings import Settings
 
@@ -54,7 +54,7 @@ async def serve_events(settings: Settings, refresh_token: SecretStr) -> int:
             loop.add_signal_handler(sig, on_signal, sig)
         try:
             return await task
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ShuttingDown):
             log.warning("worker.cancelled", detail="batch in hand abandoned; SCX delivers it again")
             return bridge.exit_code
         except FatalError as exc:
