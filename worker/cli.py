@@ -24,6 +24,7 @@ import aiormq
 import orjson
 import structlog
 
+from worker import __version__
 from worker.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from worker.logging import configure_logging
 from worker.settings import ConfigError, load_settings
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="scx-forwarder",
         description="Forward marketplace ticket events from RabbitMQ to JTL's SCX Channel API.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="consume ticket events and forward them (the service)")

@@ -18,6 +18,7 @@ metric                                         type        labels
 ``rate_limit_remaining``                       gauge
 ``broker_connected``, ``consumer_up``          gauge (0/1)
 ``event_loop_lag_seconds``                     gauge
+``build_info``                                 gauge (1)   ``version``
 =============================================  ==========  ================================
 
 The hot path calls the plain functions below (``forwarded()``, ``dead_lettered(kind)``,
@@ -48,6 +49,7 @@ import httpx
 from aio_pika.abc import AbstractConnection
 from prometheus_client import Counter, Gauge, Histogram
 
+from worker import __version__
 from worker.scx.responses import is_transient_status
 
 PREFIX = "scx_forwarder_"
@@ -107,6 +109,11 @@ CONSUMER_UP = Gauge(
 LOOP_LAG = Gauge(
     PREFIX + "event_loop_lag_seconds", "How late the event loop ran the last heartbeat (1 s apart)."
 )
+# The usual *_info idiom: a constant 1 whose label says which release runs (join it onto
+# other series, or see a rollout progress pod by pod).
+BUILD_INFO = Gauge(
+    PREFIX + "build_info", "Always 1; the version label is the running release.", ["version"]
+)
 
 
 def _show_zeros() -> None:
@@ -117,6 +124,7 @@ def _show_zeros() -> None:
         for status_class in ("2xx", "4xx", "5xx"):
             API_REQUESTS.labels(route, status_class)
     RATE_LIMIT_REMAINING.set(math.nan)
+    BUILD_INFO.labels(__version__).set(1)
 
 
 _show_zeros()

@@ -176,6 +176,7 @@ class EmulatorState:
     rate_windows: list[RateWindow] = field(default_factory=list)
     # Keys lower-cased, so lookups do not depend on how the client spelled them.
     request_headers: dict[str, str] = field(default_factory=dict)
+    auth_request_headers: dict[str, str] = field(default_factory=dict)  # of the last /v1/auth
 
     def to_json(self, *, bodies: bool = True) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -333,6 +334,7 @@ class Emulator:
 
     async def _auth(self, request: web.Request) -> web.Response:
         self.state.auth_calls += 1
+        self.state.auth_request_headers = {k.lower(): v for k, v in request.headers.items()}
         if self.config.outage:
             return self._outage_response(request, "auth")
         response = await self._answer_auth(request)
