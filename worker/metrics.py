@@ -19,6 +19,7 @@ metric                                         type        labels
 ``broker_connected``, ``consumer_up``          gauge (0/1)
 ``event_loop_lag_seconds``                     gauge
 ``build_info``                                 gauge (1)   ``version``
+``outcome_events_total``                       counter     ``type``, ``result``
 =============================================  ==========  ================================
 
 The hot path calls the plain functions below (``forwarded()``, ``dead_lettered(kind)``,
@@ -109,6 +110,12 @@ CONSUMER_UP = Gauge(
 LOOP_LAG = Gauge(
     PREFIX + "event_loop_lag_seconds", "How late the event loop ran the last heartbeat (1 s apart)."
 )
+OUTCOME_EVENTS = Counter(
+    PREFIX + "outcome_events_total",
+    "Outcome events the broker confirmed (WORKER_OUTCOME_EVENTS), by type and result "
+    "(published, or unroutable: no queue was bound for it).",
+    ["type", "result"],
+)
 # The usual *_info idiom: a constant 1 whose label says which release runs (join it onto
 # other series, or see a rollout progress pod by pod).
 BUILD_INFO = Gauge(
@@ -156,6 +163,11 @@ def dead_lettered(kind: str, published: datetime | None = None) -> None:
     """A message's copy is in the DLQ (and the original acked)."""
     TICKETS_DEAD_LETTERED.labels(kind).inc()
     _observe_age(published)
+
+
+def outcome_published(event_type: str, *, routed: bool) -> None:
+    """The broker confirmed an outcome event; ``routed`` is False if no queue took it."""
+    OUTCOME_EVENTS.labels(event_type, "published" if routed else "unroutable").inc()
 
 
 def rate_limit_remaining(remaining: int) -> None:
