@@ -285,11 +285,16 @@ class Forwarder:
                 mapper=self._mapper,
             )
             ticket = decoded.ticket
-            _learn(facts, decoded.event_id, ticket.ticket_id, ticket.seller_id)
+            _learn(
+                facts,
+                event_id=decoded.event_id,
+                ticket_id=ticket.ticket_id,
+                seller_id=ticket.seller_id,
+            )
             return await self._client.send_ticket(ticket.to_json())
         except MessageError as exc:
-            if facts.event_id is None:
-                _learn(facts, exc.event_id)
+            if facts.event_id is None:  # the message did not decode; its id may be known
+                _learn(facts, event_id=exc.event_id)
             return exc
         except Exception as exc:  # bad input must never take the worker down
             return exc
@@ -447,16 +452,13 @@ def _connection_name(settings: Settings) -> str:
     return f"scx-forwarder {settings.amqp_queue} {socket.gethostname()}:{os.getpid()}"
 
 
-def _learn(
-    facts: MessageFacts,
-    event_id: str | None,
-    ticket_id: str | None = None,
-    seller_id: str | None = None,
-) -> None:
-    """Note what decoding told about the message, and put it on every log line that follows."""
-    facts.event_id, facts.ticket_id, facts.seller_id = event_id, ticket_id, seller_id
-    known = {"event_id": event_id, "ticket_id": ticket_id, "seller_id": seller_id}
-    structlog.contextvars.bind_contextvars(**{k: v for k, v in known.items() if v is not None})
+def _learn(facts: MessageFacts, **ids: str | None) -> None:
+    """Note the ids decoding found (``event_id``, ``ticket_id``, ``seller_id``; ``None`` is
+    unknown) for the outcome event, and put them on every log line that follows."""
+    known = {name: value for name, value in ids.items() if value is not None}
+    for name, value in known.items():
+        setattr(facts, name, value)
+    structlog.contextvars.bind_contextvars(**known)
 
 
 async def _ack(message: AbstractIncomingMessage) -> None:
