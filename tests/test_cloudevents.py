@@ -16,8 +16,17 @@ from cloudevents.core.bindings import amqp as amqp_binding
 from cloudevents.core.bindings import rabbitmq
 from cloudevents.core.v1.event import CloudEvent
 
-from tests.conftest import Names, StartWorker, collect, no_leftovers, publish, wait_for
+from tests.conftest import (
+    Names,
+    StartWorker,
+    collect,
+    make_settings,
+    no_leftovers,
+    publish,
+    wait_for,
+)
 from tests.examples import SEED_EVENT_DATA
+from worker import dlq
 from worker.emulator import Emulator
 
 
@@ -110,3 +119,20 @@ async def test_an_invalid_binary_event_is_logged_with_its_id(
     assert dead.headers["ce-id"] == "evt-bad", "the DLQ copy keeps the attributes"
     [line] = [e for e in logs if e["event"] == "ticket.dead_lettered"]
     assert (line["message_id"], line["event_id"]) == ("m-bad", "evt-bad")
+
+
+async def test_the_dlq_toolkit_finds_binary_events_by_ticket_id(
+    start_worker: StartWorker, channel: AbstractChannel, names: Names, emulator: Emulator
+) -> None:
+    running = await start_worker()
+    bad = rabbitmq.to_binary_event(ticket_event("T-find-me", "evt-f"))
+    emulator.inject("ticket", 422, count=1)
+    await publish(channel, names, [bad.body], headers=bad.headers, message_id="m-find")
+    await wait_for(lambda: emulator.state.ticket_calls == 1, what="the rejected call")
+    await running.stop()
+    outcome = await dlq.list_entries(
+        make_settings(names, emulator), dlq.Filter(ticket_id="T-find-me")
+    )
+    assert [(e.message_id, e.ticket_id, e.kind) for e in outcome.entries] == [
+        ("m-find", "T-find-me", "rejected")
+    ]
