@@ -28,6 +28,8 @@ from tests.conftest import (
 from tests.examples import SEED_EVENT_DATA
 from worker import dlq
 from worker.emulator import Emulator
+from worker.publish import publish_lines
+from worker.samples import sample_lines
 
 
 def ticket_event(ticket_id: str, event_id: str, *, raw: bool = False) -> CloudEvent:
@@ -136,3 +138,35 @@ async def test_the_dlq_toolkit_finds_binary_events_by_ticket_id(
     assert [(e.message_id, e.ticket_id, e.kind) for e in outcome.entries] == [
         ("m-find", "T-find-me", "rejected")
     ]
+
+
+async def test_publish_can_send_the_samples_in_binary_mode(
+    start_worker: StartWorker,
+    emulator: Emulator,
+    channel: AbstractChannel,
+    amqp: AbstractRobustConnection,
+    names: Names,
+) -> None:
+    lines = list(sample_lines(3, invalid=1, seed=1))
+    settings = make_settings(names, emulator)
+    assert await publish_lines(settings, lines, cloudevents="binary") == 4
+
+    peek = await amqp.channel()
+    queue = await peek.declare_queue(names.queue, passive=True)
+    first = await queue.get(no_ack=False)
+    assert first.headers["ce-specversion"] == "1.0"
+    assert first.headers["ce-id"] == first.message_id
+    assert "data" not in orjson.loads(first.body), "the body is the data alone"
+    await peek.close()  # hands the message back
+
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as logs:
+        async with no_leftovers(amqp, names):
+            await start_worker()
+            await wait_for(lambda: len(emulator.state.accepted) == 3, what="3 accepted")
+            await collect(channel, names.dlq, 1)
+    forwarded = [e for e in logs if e["event"] == "ticket.forwarded"]
+    assert sorted(e["event_id"] for e in forwarded) == sorted(
+        orjson.loads(line)["id"] for line in lines[:3]
+    )

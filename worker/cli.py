@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     pub = sub.add_parser("publish", help="publish events from a JSON-lines file ('-' = stdin)")
     pub.add_argument("file", metavar="FILE.jsonl")
     pub.add_argument("--routing-key", help="default: AMQP_BINDING_KEY")
+    pub.add_argument(
+        "--cloudevents",
+        choices=("binary", "structured"),
+        help="publish events as CloudEvents in this content mode (default: plain JSON)",
+    )
     pub.set_defaults(command=_cmd_publish)
 
     sample = sub.add_parser("sample", help="write sample events as JSON lines to stdout")
@@ -183,7 +188,11 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     stream = sys.stdin.buffer if args.file == "-" else Path(args.file).open("rb")  # noqa: SIM115
     with stream:
         try:
-            count = asyncio.run(publish_lines(settings, stream, routing_key=args.routing_key))
+            count = asyncio.run(
+                publish_lines(
+                    settings, stream, routing_key=args.routing_key, cloudevents=args.cloudevents
+                )
+            )
         except Unroutable as exc:
             print(f"scx-forwarder publish: {exc}", file=sys.stderr)
             return EXIT_FAILED

@@ -192,9 +192,7 @@ def describe(message: AbstractIncomingMessage) -> Entry:
     )
 
 
-def ticket_id_of(
-    body: bytes, headers: Mapping[str, Any], content_type: str | None
-) -> str | None:
+def ticket_id_of(body: bytes, headers: Mapping[str, Any], content_type: str | None) -> str | None:
     """``ticket_id`` of an event's data (either CloudEvents mode) or ``ticketId`` of an API
     ticket, if the message has one."""
     try:
