@@ -15,9 +15,16 @@ import orjson
 import pytest
 from cloudevents.core.bindings import amqp, rabbitmq
 from cloudevents.core.v1.event import CloudEvent
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.examples import SEED_EVENT_DATA, SEED_TICKET
-from worker.envelope import MAX_ID_CHARS, read_envelope
+from worker.envelope import (
+    BATCH_CONTENT_TYPE,
+    MAX_ID_CHARS,
+    STRUCTURED_CONTENT_TYPE,
+    read_envelope,
+)
 from worker.errors import InvalidTicket, MalformedMessage, MessageError
 from worker.mapping import Decoded, Mapper, decode_message, load_mapper, message_mapper
 from worker.models import Ticket
@@ -311,3 +318,23 @@ def test_mapper_errors_carry_the_event_id() -> None:
         raise KeyError("case")
 
     assert fails_with_mapper(mapper, {"cloudEvents_id": "evt-k"}).event_id == "evt-k"
+
+
+header_values = st.none() | st.booleans() | st.integers() | st.text() | st.binary()
+header_names = st.sampled_from(["ce-id", "ce-specversion", "cloudEvents:id", "x-other"]) | st.text()
+content_types = st.none() | st.sampled_from(
+    ["application/json", STRUCTURED_CONTENT_TYPE, BATCH_CONTENT_TYPE, "application/cloudevents+xml"]
+)
+
+
+@settings(deadline=None)
+@given(st.binary(), st.dictionaries(header_names, header_values, max_size=4), content_types)
+def test_any_message_decodes_or_fails_cleanly(
+    raw: bytes, headers: dict[str, Any], content_type: str | None
+) -> None:
+    try:
+        event_id = decode(raw, headers, content_type).event_id
+    except (MalformedMessage, InvalidTicket) as exc:
+        orjson.dumps(exc.detail)  # it can become a header
+        event_id = exc.event_id
+    assert event_id is None or 0 < len(event_id) <= MAX_ID_CHARS
