@@ -165,21 +165,33 @@ async def test_a_delayed_message_has_no_outcome_until_it_is_settled(
     assert (data["message_id"], data["attempts"]) == ("m-late", 1)
 
 
+@pytest.fixture
+async def extra_queues(amqp: AbstractRobustConnection) -> AsyncIterator[list[str]]:
+    """Names of queues a test declares beyond ``names``; deleted at teardown."""
+    declared: list[str] = []
+    yield declared
+    cleanup = await amqp.channel()
+    for name in declared:
+        await cleanup.queue_delete(name)
+    await cleanup.close()
+
+
 async def test_the_original_is_not_acked_until_the_broker_took_its_outcome(
     start_worker: StartWorker,
     emulator: Emulator,
     channel: AbstractChannel,
     amqp: AbstractRobustConnection,
     names: Names,
+    extra_queues: list[str],
 ) -> None:
     # A bound queue that refuses every message: the broker nacks the outcome publish.
     exchange = await channel.declare_exchange(
         names.exchange, aio_pika.ExchangeType.TOPIC, durable=True
     )
+    refusing, taking = f"{names.queue}.outcomes-full", f"{names.queue}.outcomes-ok"
+    extra_queues += [refusing, taking]
     full = await channel.declare_queue(
-        f"{names.queue}.outcomes-full",
-        arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
-        auto_delete=True,
+        refusing, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
     )
     await full.bind(exchange, routing_key=FORWARDED)
     await start_worker(worker_outcome_events=True)
@@ -189,22 +201,29 @@ async def test_the_original_is_not_acked_until_the_broker_took_its_outcome(
             lambda: any(e["event"] == "ticket.returned" for e in logs),
             what="the message handed back after the refused outcome",
         )
-    failed = [e for e in logs if e["event"] == "ticket.outcome_failed"]
-    assert failed
-    assert {e["type"] for e in failed} == {FORWARDED}
-    assert not [e for e in logs if e["event"] == "ticket.forwarded"], "never counted as done"
-    assert emulator.state.accepted_total >= 1  # sent, yet not acked: at-least-once
+        failed = [e for e in logs if e["event"] == "ticket.outcome_failed"]
+        assert failed
+        assert {e["type"] for e in failed} == {FORWARDED}
+        assert not [e for e in logs if e["event"] == "ticket.forwarded"], "never counted as done"
+        assert emulator.state.accepted_total >= 1  # sent, yet not acked: at-least-once
 
-    # Once a queue takes outcomes, the redelivered message is sent again, announced, acked.
-    # Bound before the refusing one goes, so no attempt finds nobody bound (unroutable).
-    ok = await channel.declare_queue(f"{names.queue}.outcomes-ok", auto_delete=True)
-    await ok.bind(exchange, routing_key=FORWARDED)
-    await full.delete(if_unused=False, if_empty=False)
-    async with no_leftovers(amqp, names):
-        [outcome] = await collect(channel, ok.name, 1, timeout=30)
-    assert outcome.correlation_id == "m-held"
+        # Once a queue takes outcomes, the redelivered message is sent again, announced and
+        # acked. Bound before the refusing one goes, so no attempt finds nobody bound.
+        ok = await channel.declare_queue(taking)
+        await ok.bind(exchange, routing_key=FORWARDED)
+        await full.delete(if_unused=False, if_empty=False)
+        async with no_leftovers(amqp, names):
+            await wait_for(
+                lambda: any(e["event"] == "ticket.forwarded" for e in logs),
+                timeout=30,
+                what="the ticket acked once its outcome was taken",
+            )
+    # An attempt that the refusing queue nacked may have reached the other queue as well:
+    # at least one outcome, every one of them about this message.
+    outcomes = await collect(channel, taking, await queue_depth(amqp, taking))
+    assert outcomes
+    assert {m.correlation_id for m in outcomes} == {"m-held"}
     assert emulator.state.accepted_counts[SEED_TICKET["ticketId"]] >= 2
-    await ok.delete(if_unused=False, if_empty=False)
 
 
 async def test_an_outcome_nobody_is_bound_for_does_not_hold_the_ticket(
