@@ -409,8 +409,13 @@ class Forwarder:
         assert self._topology is not None
         event = build()
         assert event.type is not None
+        headers: dict[str, Any] = dict(event.headers or {})
         try:
-            await self._topology.exchange.publish(event, routing_key=event.type, mandatory=True)
+            # Its own producer span under the consumer span: the marketplace's handler of
+            # the outcome continues the trace that brought the ticket in.
+            with tracing.publishing(self._settings.amqp_exchange, event.type, headers):
+                event.headers = headers
+                await self._topology.exchange.publish(event, routing_key=event.type, mandatory=True)
         except aiormq.exceptions.PublishError:
             metrics.outcome_published(event.type, routed=False)
             log.warning(
