@@ -27,14 +27,15 @@ again, and it is published again with the same ``message_id`` (at-least-once).
 **One active poller.** Replicas contend for an exclusive queue named ``EVENTS_LOCK_NAME``;
 the broker lets one connection declare it and deletes it when that connection closes (a
 process killed with -9 closes its socket at once) or misses its heartbeats (``HEARTBEAT``
-seconds: a connection that went silent is dropped after about two of them). A standby tries
-every ``LOCK_RETRY`` seconds, so it takes over well within 15 s. The holder re-declares the
+seconds: a connection that went silent was dropped after about 8 s in the tests). A standby
+tries every ``LOCK_RETRY`` seconds, so it takes over well within 15 s. The holder re-declares the
 queue before every poll, so an operator deleting the queue cannot leave two pollers. The
 connection is a plain one with its own reconnect loop rather than aio-pika's robust one: a
 robust channel would quietly re-declare the lock on reconnect, and this loop has to know
-when it lost the lock. A batch in hand when the connection drops is finished on the next
-connection whether or not the lock is taken again: publishing it twice is harmless (same
-``message_id``s), and it was polled while the lock was held.
+when it lost the lock. A page in hand when the connection drops (events published without
+an answer, items not looked at yet) is finished on the next connection whether or not the
+lock is taken again: publishing twice is harmless (same ``message_id``s), and it was polled
+while the lock was held.
 
 **Stopping.** ``stop()`` (SIGTERM) ends the loop after the batch in hand is published,
 confirmed and acknowledged; ``worker.bridge_service`` gives that ``WORKER_SHUTDOWN_GRACE``.
@@ -80,7 +81,7 @@ log = structlog.get_logger(__name__)
 
 MAX_FILE_BYTES = 16 * 1024 * 1024  # the API's own limit for an attachment
 # Seconds; proposed to the broker, which takes the lower of its own and ours. The broker
-# drops a connection that went silent after about three of them (measured: 3 s -> ~10 s).
+# dropped a connection that went silent about 8 s after it did (tests/test_bridge.py).
 HEARTBEAT = 3
 LOCK_RETRY = 1.0
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
