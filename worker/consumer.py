@@ -59,6 +59,7 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
+from worker import headers as h
 from worker import metrics
 from worker.copies import message_copy
 from worker.errors import (
@@ -87,7 +88,7 @@ MAX_DETAIL_BYTES = 8 * 1024
 
 # Headers of ours that must not travel into a copy: the broker's delivery count belongs
 # to the original queue, and a retried message is no longer a dead-letter.
-_NOT_COPIED = ("x-delivery-count",)
+_NOT_COPIED = (h.DELIVERY_COUNT,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +109,9 @@ def delay_or_give_up(
     headers: dict[str, Any], later: RetryLater, settings: Settings, now: datetime
 ) -> Delay | RetriesExhausted:
     """Where a message goes whose in-process retries ran out: a delay queue, or the DLQ."""
-    retries = headers.get("x-retry-count")
+    retries = headers.get(h.RETRY_COUNT)
     retries = retries if isinstance(retries, int) and retries >= 0 else 0
-    first = _parse_time(headers.get("x-first-failure-at")) or now
+    first = _parse_time(headers.get(h.FIRST_FAILURE_AT)) or now
     age = (now - first).total_seconds()
     delays = settings.worker_retry_delays
     if not delays or age >= settings.worker_retry_max_age:
@@ -130,9 +131,9 @@ def delay_or_give_up(
         queue=settings.retry_queue(seconds),
         seconds=seconds,
         headers={
-            "x-retry-count": retries + 1,
-            "x-first-failure-at": _iso(first),
-            "x-last-error": later.reason[:512],
+            h.RETRY_COUNT: retries + 1,
+            h.FIRST_FAILURE_AT: _iso(first),
+            h.LAST_ERROR: later.reason[:512],
         },
         reason=later.reason,
         attempts=later.attempts,
@@ -303,7 +304,7 @@ class Forwarder:
                 log.warning(
                     "ticket.delayed",
                     delay_s=outcome.seconds,
-                    retry_count=outcome.headers["x-retry-count"],
+                    retry_count=outcome.headers[h.RETRY_COUNT],
                     reason=outcome.reason,
                     attempts=outcome.attempts,
                     duration_ms=duration_ms,
@@ -353,14 +354,14 @@ class Forwarder:
             message,
             self._settings.dead_letter_queue,
             {
-                "x-error-kind": error.kind,
-                "x-error-reason": error.summary[:512],
-                "x-error-detail": _detail_json(error.detail),
-                "x-attempts": error.attempts,
-                "x-original-exchange": message.exchange or "",
-                "x-original-routing-key": message.routing_key or "",
-                "x-original-queue": self._settings.amqp_queue,
-                "x-dead-lettered-at": _iso(datetime.now(UTC)),
+                h.ERROR_KIND: error.kind,
+                h.ERROR_REASON: error.summary[:512],
+                h.ERROR_DETAIL: _detail_json(error.detail),
+                h.ATTEMPTS: error.attempts,
+                h.ORIGINAL_EXCHANGE: message.exchange or "",
+                h.ORIGINAL_ROUTING_KEY: message.routing_key or "",
+                h.ORIGINAL_QUEUE: self._settings.amqp_queue,
+                h.DEAD_LETTERED_AT: _iso(datetime.now(UTC)),
             },
         )
 
@@ -406,7 +407,7 @@ async def _return(message: AbstractIncomingMessage, why: str) -> None:
 
 def _delivery_count(message: AbstractIncomingMessage) -> int:
     """How often the broker delivered this message before (quorum queues count it)."""
-    count = (message.headers or {}).get("x-delivery-count")
+    count = (message.headers or {}).get(h.DELIVERY_COUNT)
     if isinstance(count, int):
         return count
     return 1 if message.redelivered else 0
