@@ -17,21 +17,36 @@ Input contract: the body is UTF-8 JSON holding one object, in one of two shapes.
                          "id": str},           (or ORDERID ...); id non-empty
           "reply_requested"?: bool,            default true
           "attachments"?: [{"filename": str,        1-256 chars; at most 10 items;
-                            "content_type": str}]}} 1-128 chars; becomes attachment/contentType
+                            "content_type": str,    1-128 chars; becomes attachment/contentType
+                            "url"?: str,            at most ONE source: an http(s) URL under
+                            "content_base64"?: str  ATTACHMENT_ALLOWED_URLS, or the bytes as
+                           }]}}                     standard base64; neither: metadata only
 
    Enum values match in any (ASCII) case and are sent upper case.
+
+   An attachment with a source is uploaded after the ticket is created. It must declare a
+   content type the upload accepts (text/plain, application/pdf, application/msword,
+   application/vnd.ms-excel, the OOXML docx/xlsx types, image/*), and it is named in the
+   ticket *and* the upload by one sanitised name matching ``^\\w+\\.\\w{1,10}$``, unique in the
+   ticket (``Red Dot (1).png`` is ``Red_Dot_1_.png``; rules in ``worker.attachments.names``).
+   Attachments without a source keep their name as sent. Whether the URL is allowed, the
+   base64 decodes and the file fits is checked by ``worker.attachments.fetch_all`` before
+   any SCX call.
 
 2. An API ticket, recognised by a top-level ``sellerId`` key: the camelCase body of
    ``POST /v1/channel/ticket`` (``sellerId``, ``ticketId``, ``topic``, ``createdAt``,
    ``from: {role, name?}``, ``subject``, ``message``, ``reference?: {type, id}``,
    ``replyRequested?``, ``attachment?: [{filename, contentType}]``) under the same constraints,
    enums in exact upper case. It is sent as is, except that unknown keys are dropped: the API
-   body carries schema fields only.
+   body carries schema fields only. This shape is metadata only: a ``url`` in its
+   ``attachment`` items is an unknown key, ignored.
 
 In both shapes unknown keys are ignored, nothing is coerced (``4711`` is not a string, ``"yes"``
 not a boolean), ``createdAt`` is sent exactly as received, and ``null`` for ``name``,
 ``reference`` or ``attachment(s)`` means absent. A marketplace may plug in its own ``Mapper``
-(see ``load_mapper``), which replaces the shape detection.
+(see ``load_mapper``), which replaces the shape detection. A mapping it returns is the API
+shape, except that its ``attachment[]`` items may carry one source each, ``url`` or
+``contentBase64`` (camelCase like ``contentType``), under the rules above.
 
 Failures raise ``MalformedMessage`` (not a UTF-8 JSON object) with detail ``{"error": "..."}``,
 or ``InvalidTicket`` with detail ``{"shape": "event"|"ticket"|"mapper", "errors": [{"loc": ...,
@@ -51,11 +66,15 @@ from typing import Any, Literal, cast
 import orjson
 from pydantic import ValidationError
 
+from worker.attachments import AttachmentSource, Decoded
+from worker.attachments.content_types import ALLOWED_TEXT, allowed_type
+from worker.attachments.names import NameRequest, UnusableName, assign_names
 from worker.errors import InvalidTicket, MalformedMessage
-from worker.models import Ticket, TicketEvent
+from worker.models import MapperSource, Ticket, TicketAttachment, TicketEvent
 
 Mapper = Callable[[dict[str, Any]], Ticket | Mapping[str, Any]]
-"""Receives the decoded JSON object; returns a ``Ticket`` or a camelCase API mapping."""
+"""Receives the decoded JSON object; returns a ``Ticket`` (metadata only) or a camelCase API
+mapping (whose ``attachment[]`` items may carry ``url`` or ``contentBase64``)."""
 
 Shape = Literal["event", "ticket", "mapper"]
 
@@ -73,12 +92,15 @@ _MAX_MAPPER_MESSAGE = 500
 _MAX_ERRORS = 20
 
 
-def decode_ticket(body: bytes, mapper: Mapper | None = None) -> Ticket:
+def decode_message(body: bytes, mapper: Mapper | None = None) -> Decoded:
     """Decode and validate one message body (see the module docstring for the contract).
 
-    With ``mapper``, the decoded object goes to it instead of the shape detection. A ``Ticket``
-    it returns is used as is; a mapping is validated as an API ticket. Any ``Exception`` it
-    raises becomes ``InvalidTicket`` (shape ``mapper``, type ``mapper_error``).
+    Returns the ticket to send and the files to upload to it (``Decoded.files``, in the
+    ticket's order; empty when no attachment has a source). With ``mapper``, the decoded
+    object goes to it instead of the shape detection. A ``Ticket`` it returns is used as is
+    (metadata only); a mapping is validated as an API ticket whose ``attachment[]`` items may
+    carry ``url`` or ``contentBase64``. Any ``Exception`` it raises becomes ``InvalidTicket``
+    (shape ``mapper``, type ``mapper_error``).
     """
     try:
         obj = orjson.loads(body)
@@ -93,18 +115,26 @@ def decode_ticket(body: bytes, mapper: Mapper | None = None) -> Ticket:
     shape: Shape = "ticket" if "sellerId" in obj else "event"
     try:
         if shape == "ticket":
-            return Ticket.model_validate(obj)
-        return TicketEvent.model_validate(obj).data.to_ticket()
+            # The API shape is metadata only: a "url" in its attachments is an unknown key.
+            return Decoded(Ticket.model_validate(obj))
+        data = TicketEvent.model_validate(obj).data
     except ValidationError as exc:
         raise _invalid(shape, _errors(exc)) from None
+    sources = [(a.url, a.content_base64) for a in data.attachments or ()]
+    return _with_files(data.to_ticket(), sources, "event")
 
 
-def _apply_mapper(mapper: Mapper, obj: dict[str, Any]) -> Ticket:
+def decode_ticket(body: bytes, mapper: Mapper | None = None) -> Ticket:
+    """``decode_message(body, mapper).ticket``: the ticket alone, names already sanitised."""
+    return decode_message(body, mapper).ticket
+
+
+def _apply_mapper(mapper: Mapper, obj: dict[str, Any]) -> Decoded:
     try:
         result = mapper(obj)
         if isinstance(result, Ticket):
-            return result
-        return Ticket.model_validate(result)
+            return Decoded(result)
+        ticket = Ticket.model_validate(result)
     except ValidationError as exc:
         # Also when the mapper builds a Ticket itself: str(exc) would quote the input values.
         raise _invalid("mapper", _errors(exc)) from None
@@ -113,6 +143,83 @@ def _apply_mapper(mapper: Mapper, obj: dict[str, Any]) -> Ticket:
         if len(text) > _MAX_MAPPER_MESSAGE:
             text = text[: _MAX_MAPPER_MESSAGE - 1] + "…"
         raise _invalid("mapper", [{"loc": "", "msg": text, "type": "mapper_error"}]) from exc
+    return _with_files(ticket, _mapper_sources(result.get("attachment")), "mapper")
+
+
+def _mapper_sources(items: Any) -> list[tuple[str | None, str | None]]:
+    # Ticket validation passed, so ``items`` is None or a sequence of attachment items.
+    sources: list[tuple[str | None, str | None]] = []
+    errors: list[dict[str, str]] = []
+    for index, item in enumerate(items or ()):
+        if not isinstance(item, Mapping):  # a TicketAttachment: metadata only
+            sources.append((None, None))
+            continue
+        try:
+            source = MapperSource.model_validate(item)
+        except ValidationError as exc:
+            errors += [{**e, "loc": _join("attachment", index, e["loc"])} for e in _errors(exc)]
+            continue
+        sources.append((source.url, source.content_base64))
+    if errors:
+        raise _invalid("mapper", errors)
+    return sources
+
+
+def _with_files(
+    ticket: Ticket, sources: list[tuple[str | None, str | None]], shape: Shape
+) -> Decoded:
+    """The ticket with upload names in place of the original ones, and its files.
+
+    An attachment with a source must declare a type the API accepts and have a usable name
+    (``worker.attachments.names``); it is named in the ticket by its upload name.
+    """
+    if not any(url or data for url, data in sources):
+        return Decoded(ticket)
+    attachments = ticket.attachment or ()
+    where = "data.attachments" if shape == "event" else "attachment"
+    type_key = "content_type" if shape == "event" else "contentType"
+    errors = [
+        {"loc": _join(where, i, type_key), "msg": _TYPE_MSG, "type": "content_type"}
+        for i, (a, (url, data)) in enumerate(zip(attachments, sources, strict=True))
+        if (url or data) and not allowed_type(a.content_type)
+    ]
+    requests = [
+        NameRequest(a.filename, a.content_type, uploaded=bool(url or data))
+        for a, (url, data) in zip(attachments, sources, strict=True)
+    ]
+    try:
+        names = assign_names(requests)
+    except UnusableName as exc:
+        loc = _join(where, exc.index or 0, "filename")
+        errors.append({"loc": loc, "msg": exc.reason, "type": "unusable_filename"})
+        names = []
+    if errors:
+        raise _invalid(shape, sorted(errors, key=lambda e: e["loc"]))
+    files = tuple(
+        AttachmentSource(
+            index=i,
+            filename=name,
+            original_filename=a.filename,
+            content_type=a.content_type,
+            kind="url" if url else "base64",
+            url=url,
+            content_base64=data,
+        )
+        for i, (a, name, (url, data)) in enumerate(zip(attachments, names, sources, strict=True))
+        if url or data
+    )
+    renamed = tuple(
+        TicketAttachment.model_construct(filename=name, content_type=a.content_type)
+        for a, name in zip(attachments, names, strict=True)
+    )
+    return Decoded(ticket.model_copy(update={"attachment": renamed}), files)
+
+
+_TYPE_MSG = f"an attachment with a source must have a type the API accepts: {ALLOWED_TEXT}"
+
+
+def _join(where: str, index: int, rest: str) -> str:
+    return ".".join(part for part in (where, str(index), rest) if part)
 
 
 def _malformed(error: str) -> MalformedMessage:
