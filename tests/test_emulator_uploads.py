@@ -214,3 +214,23 @@ async def test_a_repeated_ticket_gets_201_by_default_and_409_in_conflict_mode(
     assert (emulator.state.conflicts, emulator.state.accepted_total) == (1, 3)
     bad = await client.post("/_emulator/config", json={"conflict_on_duplicate": "yes"})
     assert bad.status_code == 400
+
+
+async def test_a_fault_can_wait_for_requests_that_pass_first(
+    emulator: Emulator, client: httpx.AsyncClient
+) -> None:
+    ticket = {
+        **SEED_TICKET,
+        "attachment": [{"filename": f"f{i}.png", "contentType": "image/png"} for i in range(3)],
+    }
+    assert (await client.post(TICKET_URL, json=ticket)).status_code == 201
+    injected = await client.post(
+        "/_emulator/inject", json={"route": "upload", "status": 503, "count": 2, "after": 1}
+    )
+    assert injected.json()["pending_faults"]["upload"] == [0, 503, 503]
+    statuses = [
+        (await upload(client, form(filename=f"f{i % 3}.png"))).status_code for i in range(4)
+    ]
+    assert statuses == [201, 503, 503, 201]
+    with pytest.raises(ValueError, match="after"):
+        emulator.inject("upload", 503, after=-1)

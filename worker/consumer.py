@@ -1,12 +1,13 @@
 """The forwarder: the one stateful loop between the work queue and the SCX API.
 
-For each delivery: decode and validate (``worker.mapping``), send (``worker.scx``), then
+For each delivery: decode and validate (``worker.mapping``), fetch the attachment files
+(``worker.attachments``), create the ticket and upload each file (``worker.scx``), then
 settle in ``_settle``, the only place that acks, dead-letters or returns a message:
 
 =====================  ============================================================
 outcome                what happens to the message
 =====================  ============================================================
-API answered 2xx       ack
+API answered 2xx       ack (``Forwarded``; ``Delivered`` for a ticket with files)
 ``MessageError``       copy to ``<queue>.dlq`` (publisher-confirmed), then ack
 ``RetryLater``         copy to ``<queue>.retry.<N>s`` (confirmed), then ack; or, once
                        ``WORKER_RETRY_MAX_AGE`` has passed since its first failure, a
@@ -19,6 +20,15 @@ copy to DLQ/delay failed  nack + requeue after 5 s; tried again later, never los
 
 Delivery is at-least-once: a crash between the API's 2xx and the ack, or a lost
 connection in that window, makes the broker deliver the message again.
+
+Attachments (``worker.delivery``): every file is fetched before the first SCX call, so a source
+that can never work dead-letters the message as ``invalid`` with no ticket created; then
+the ticket, then each file. What is done (``worker.progress.Steps``) travels with every copy
+of the message that leaves after the ticket exists (delay stage, DLQ, back to the work queue
+on shutdown) in ``x-scx-progress``, and with ``WORKER_STATE_REDIS_URL`` also lives in Redis;
+both are checked before each step, so a retry creates no ticket twice and uploads no file
+twice. At most ``WORKER_ATTACHMENT_CONCURRENCY`` messages hold files (download to upload)
+at once; their temporary files are removed whatever the outcome.
 
 The delay stage keeps long outages out of memory: a message whose in-process retries
 ran out waits in a delay queue (``WORKER_RETRY_DELAYS``, 10 s, 60 s, 600 s by default;
@@ -61,7 +71,9 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from worker import headers as h
 from worker import metrics
+from worker.attachments import clear_spool
 from worker.copies import message_copy
+from worker.delivery import Delivered, Delivery
 from worker.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -71,7 +83,8 @@ from worker.errors import (
     RetryLater,
     ShuttingDown,
 )
-from worker.mapping import Mapper, decode_ticket
+from worker.mapping import Mapper, decode_message
+from worker.progress import Steps
 from worker.scx import Forwarded, ScxClient
 from worker.settings import Settings
 from worker.topology import Topology, declare_topology
@@ -102,7 +115,7 @@ class Delay:
     attempts: int
 
 
-Outcome = Forwarded | Delay | Exception
+Outcome = Forwarded | Delivered | Delay | Exception
 
 
 def delay_or_give_up(
@@ -148,6 +161,8 @@ class Forwarder:
         self._client = client
         self._mapper = mapper
         self._semaphore = asyncio.Semaphore(settings.worker_concurrency)
+        self._file_slots = asyncio.Semaphore(settings.worker_attachment_concurrency)
+        self._delivery = Delivery(settings, client)
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._topology: Topology | None = None
@@ -168,6 +183,8 @@ class Forwarder:
     async def run(self) -> int:
         """Consume until ``stop()``; returns the process exit code."""
         settings = self._settings
+        if removed := clear_spool():
+            log.info("worker.spool_cleared", removed=removed)  # left by a crashed run
         connection = await aio_pika.connect_robust(
             settings.amqp_url.get_secret_value(),
             client_properties={"connection_name": _connection_name(settings)},
@@ -204,6 +221,7 @@ class Forwarder:
             await self._drain()
         finally:
             await connection.close()
+            await self._delivery.aclose()
         return self.exit_code
 
     async def _drain(self) -> None:
@@ -261,26 +279,40 @@ class Forwarder:
                     delivery_count=_delivery_count(message),
                 ):
                     started = time.perf_counter()
-                    outcome = await self._process(message)
-                    await self._settle(message, outcome, started)
+                    steps = Steps.from_headers(message.headers)
+                    outcome = await self._process(message, steps)
+                    await self._settle(message, outcome, started, steps)
             finally:
                 self._in_flight.discard(task)
                 metrics.finished()
 
-    async def _process(self, message: AbstractIncomingMessage) -> Outcome:
+    async def _process(self, message: AbstractIncomingMessage, steps: Steps) -> Outcome:
+        """Do what is left for this message; ``steps`` is updated as each step is done."""
         try:
-            ticket = decode_ticket(message.body, self._mapper)
+            decoded = decode_message(message.body, self._mapper)
+            ticket = decoded.ticket
             structlog.contextvars.bind_contextvars(
                 ticket_id=ticket.ticket_id, seller_id=ticket.seller_id
             )
-            return await self._client.send_ticket(ticket.to_json())
+            if not decoded.files and not steps and not self._delivery.recording:
+                return await self._client.send_ticket(ticket.to_json())
+            if not decoded.files:
+                return await self._delivery.deliver(decoded, steps)
+            async with self._file_slots:  # the files are held from download to upload
+                return await self._delivery.deliver(decoded, steps)
         except Exception as exc:  # bad input must never take the worker down
             return exc
 
     async def _settle(
-        self, message: AbstractIncomingMessage, outcome: Outcome, started: float
+        self,
+        message: AbstractIncomingMessage,
+        outcome: Outcome,
+        started: float,
+        steps: Steps | None = None,
     ) -> None:
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        # What is done travels with every copy, so the next attempt (or a replay) resumes.
+        progress = steps.header() if steps is not None else {}
         if isinstance(outcome, RetryLater):
             outcome = delay_or_give_up(
                 message.headers or {}, outcome, self._settings, datetime.now(UTC)
@@ -292,9 +324,20 @@ class Forwarder:
                 log.info(
                     "ticket.forwarded", status=status, attempts=attempts, duration_ms=duration_ms
                 )
+            case Delivered(status=status, attempts=attempts):
+                await _ack(message)
+                metrics.forwarded(message.timestamp)
+                log.info(
+                    "ticket.forwarded",
+                    status=status,
+                    attempts=attempts,
+                    files_uploaded=outcome.uploaded,
+                    steps_skipped=outcome.skipped,
+                    duration_ms=duration_ms,
+                )
             case Delay():
                 try:
-                    await self._publish_copy(message, outcome.queue, outcome.headers)
+                    await self._publish_copy(message, outcome.queue, outcome.headers | progress)
                 except Exception as exc:
                     log.error("ticket.delay_failed", error=f"{type(exc).__name__}: {exc}")
                     await self._return_later(message, "delay publish failed")
@@ -311,7 +354,7 @@ class Forwarder:
                 )
             case MessageError():
                 try:
-                    await self._dead_letter(message, outcome)
+                    await self._dead_letter(message, outcome, progress)
                 except Exception as exc:
                     log.error(
                         "ticket.dead_letter_failed",
@@ -330,10 +373,10 @@ class Forwarder:
                     duration_ms=duration_ms,
                 )
             case ShuttingDown():
-                await _return(message, "worker stopped before sending it")
+                await self._hand_back(message, "worker stopped before sending it", progress)
             case FatalError():
                 log.critical("worker.fatal", error=str(outcome))
-                await _return(message, "worker stopping on a fatal error")
+                await self._hand_back(message, "worker stopping on a fatal error", progress)
                 self.stop(outcome.exit_code)
             case _:
                 log.error(
@@ -349,11 +392,30 @@ class Forwarder:
             await asyncio.wait_for(self._stopping.wait(), RETURN_DELAY)
         await _return(message, why)
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, error: MessageError) -> None:
+    async def _hand_back(
+        self, message: AbstractIncomingMessage, why: str, progress: dict[str, str]
+    ) -> None:
+        """Return the message; with steps done, as a copy that carries them (confirmed)."""
+        if progress:
+            try:
+                await self._publish_copy(message, self._settings.amqp_queue, progress)
+            except Exception as exc:
+                # The original goes back as it came: at-least-once, the steps done again.
+                log.warning("ticket.progress_copy_failed", error=f"{type(exc).__name__}: {exc}")
+            else:
+                await _ack(message)
+                log.info("ticket.returned", why=why, progress=progress[h.PROGRESS])
+                return
+        await _return(message, why)
+
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, error: MessageError, progress: dict[str, str]
+    ) -> None:
         await self._publish_copy(
             message,
             self._settings.dead_letter_queue,
-            {
+            progress
+            | {
                 h.ERROR_KIND: error.kind,
                 h.ERROR_REASON: error.summary[:512],
                 h.ERROR_DETAIL: _detail_json(error.detail),

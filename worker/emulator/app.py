@@ -210,6 +210,10 @@ class _Fault:
     retry_after: float | None
 
 
+# A place in a fault queue for a request that passes as usual (``inject(..., after=n)``).
+_PASS = _Fault(0, None)
+
+
 class Emulator:
     def __init__(self, config: EmulatorConfig | None = None) -> None:
         self.config = config or EmulatorConfig()
@@ -248,9 +252,17 @@ class Emulator:
         return self.state.outages[-1] if self.state.outages else None
 
     def inject(
-        self, route: Route, status: int, count: int = 1, retry_after: float | None = None
+        self,
+        route: Route,
+        status: int,
+        count: int = 1,
+        retry_after: float | None = None,
+        after: int = 0,
     ) -> None:
-        """Answer the next ``count`` requests on ``route`` with ``status``, unvalidated."""
+        """Answer the next ``count`` requests on ``route`` with ``status``, unvalidated.
+
+        With ``after``, that many requests pass as usual first (e.g. the second upload fails).
+        """
         # Checked here rather than trusted to the types: the control route passes raw JSON.
         if route not in self._faults:
             raise ValueError(f"route must be one of {', '.join(ROUTES)}, not {route!r}")
@@ -260,7 +272,9 @@ class Emulator:
             raise ValueError(f"count must be a positive integer, not {count!r}")
         if retry_after is not None and (not isinstance(retry_after, _NUMBER) or retry_after < 0):
             raise ValueError(f"retry_after must be a non-negative number, not {retry_after!r}")
-        self._faults[route].extend([_Fault(status, retry_after)] * count)
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ValueError(f"after must be a non-negative integer, not {after!r}")
+        self._faults[route].extend([_PASS] * after + [_Fault(status, retry_after)] * count)
 
     def revoke_tokens(self) -> None:
         self._tokens.clear()
@@ -565,7 +579,8 @@ class Emulator:
     def _pop_fault(self, route: Route) -> _Fault | None:
         queue = self._faults[route]
         if queue:
-            return queue.popleft()
+            fault = queue.popleft()
+            return None if fault is _PASS else fault
         if route != "auth" and self._random.random() < self.config.fail_rate:
             return _Fault(self.config.fail_status, None)
         return None
