@@ -195,7 +195,11 @@ async def test_a_400_on_an_upload_is_rejected_with_what_exists_and_a_replay_send
     await start_worker(attachment_allowed_urls=allowed(files))
     emulator.inject("upload", 400, after=1)
     await publish(channel, names, [event(3, three_files(files, 3))], message_id="m-400")
-    await wait_for(lambda: queue_depth(amqp, names.dlq), what="the dead-letter")
+
+    async def dead_lettered() -> bool:
+        return await queue_depth(amqp, names.dlq) == 1
+
+    await wait_for(dead_lettered, what="the dead-letter")
     dead = await peek(amqp, names.dlq)
 
     headers = dead.headers or {}
