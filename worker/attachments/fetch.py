@@ -46,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,8 @@ from worker.settings import Settings
 from worker.spool import Spooled, TooLarge, clear_spool_dir, spool, spool_dir
 
 log = structlog.get_logger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
 
 MAX_REDIRECTS = 3
 SPOOL_NAME = "worker"
@@ -138,7 +140,7 @@ async def fetch_all(
     settings: Settings,
     *,
     http: httpx.AsyncClient,
-    sleep: Any = None,
+    sleep: Sleep | None = None,
 ) -> FetchedFiles:
     """Every file of ``files`` spooled and checked, in the same order (module docstring).
 
@@ -233,7 +235,9 @@ async def _base64_chunks(text: str) -> AsyncIterator[bytes]:
 class _Fetcher:
     """Downloads with the in-process retry budget; one instance per ``fetch_all``."""
 
-    def __init__(self, settings: Settings, http: httpx.AsyncClient, allow: AllowList, sleep: Any):
+    def __init__(
+        self, settings: Settings, http: httpx.AsyncClient, allow: AllowList, sleep: Sleep
+    ) -> None:
         self._settings = settings
         self._http = http
         self._allow = allow
@@ -387,7 +391,7 @@ class _Wait:
         return max(self._backoff(state), hint or 0.0)
 
 
-def _log_retry(file: AttachmentSource) -> Any:
+def _log_retry(file: AttachmentSource) -> Callable[[RetryCallState], None]:
     started = time.monotonic()
 
     def log_it(state: RetryCallState) -> None:
