@@ -151,6 +151,7 @@ class Settings(BaseSettings):
     @field_validator("attachment_allowed_urls")
     @classmethod
     def _valid_prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Imported here: worker.attachments imports this module.
         from worker.attachments.sources import prefix_url
 
         for number, prefix in enumerate(value, 1):

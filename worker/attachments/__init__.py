@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from worker.attachments.sources import redact
 from worker.spool import Spooled
 
 if TYPE_CHECKING:
@@ -63,11 +64,7 @@ class AttachmentSource:
     @property
     def where(self) -> str:
         """The source fit for logs and errors: the URL without userinfo, query or fragment."""
-        if self.url is None:
-            return "inline base64"
-        from worker.attachments.sources import redact
-
-        return redact(self.url)
+        return "inline base64" if self.url is None else redact(self.url)
 
 
 @dataclass(frozen=True, slots=True)
