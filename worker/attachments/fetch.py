@@ -46,8 +46,10 @@ from __future__ import annotations
 import asyncio
 import binascii
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
 
@@ -113,22 +115,25 @@ def source_client(settings: Settings) -> httpx.AsyncClient:
             trust_env=False,
         )
 
-    client = httpx.AsyncClient(
+    return httpx.AsyncClient(
         timeout=timeout,
         follow_redirects=False,
         trust_env=False,
+        cookies=CookieJar(policy=_NoCookies()),
         headers={"User-Agent": "scx-ticket-forwarder", "Accept-Encoding": "identity"},
-        transport=AiohttpTransport(client=session, trust_env=False),
+        # trust_env stays on for the TLS context only (SSL_CERT_FILE / SSL_CERT_DIR).
+        transport=AiohttpTransport(client=session),
     )
-    client._cookies = _NoCookies()
-    return client
 
 
-class _NoCookies(httpx.Cookies):
-    """A jar that keeps nothing: no source's cookie is ever sent anywhere."""
+class _NoCookies(DefaultCookiePolicy):
+    """A cookie policy that stores and returns nothing: no source's cookie is sent anywhere."""
 
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
+    def set_ok(self, cookie: Cookie, request: urllib.request.Request) -> bool:
+        return False
+
+    def return_ok(self, cookie: Cookie, request: urllib.request.Request) -> bool:
+        return False
 
 
 class SourceUnavailable(TransientError):
