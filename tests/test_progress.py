@@ -70,7 +70,7 @@ async def redis(prefix: str) -> AsyncIterator[Redis]:
 def record_settings(url: str, prefix: str, ttl: int = 3600) -> Settings:
     return Settings(
         worker_state_redis_url=url, worker_state_key_prefix=prefix, worker_state_ttl=ttl
-    )  # type: ignore[call-arg]
+    )
 
 
 async def test_the_record_keeps_each_step_per_seller_and_ticket_with_a_ttl(
