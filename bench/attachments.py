@@ -10,7 +10,9 @@
   ``ATTACHMENT_ALLOWED_URLS`` set to the file server, consumes an empty queue; the 32 events
   are published at once; the run ends when the emulator holds all 320 files.
 
-Measured: the time from publishing to the last file stored; the worker's peak RSS
+Measured: the time from publishing to the last file stored, and the worker's CPU time
+(user + system) meanwhile, and the emulator's (it parses and hashes every upload); the
+worker's peak RSS
 (``VmHWM`` of ``/proc/<pid>/status``, the kernel's own high-water mark, read before the
 worker is stopped) and its RSS before the first message; every stored file's SHA-256
 against the source's, duplicates, dead-letters. The baseline (``peers/transfer.py``) moves
@@ -33,6 +35,7 @@ import orjson
 
 from bench.contenders import PEERS_DIR, WORKER
 from bench.measure import Session
+from bench.procs import usage
 from bench.target import free_port
 from worker.settings import MAX_ATTACHMENT_BYTES, Settings
 
@@ -53,6 +56,8 @@ class AttachmentsResult:
     transfer_seconds: float | None = None
     start_rss_mb: float | None = None
     peak_rss_mb: float | None = None
+    worker_cpu_s: float | None = None
+    emulator_cpu_s: float | None = None
     stored: int = 0
     verified: int = 0
     duplicates: int = 0
@@ -96,7 +101,11 @@ async def attachments(
         result.transfer_seconds = await _transfer(
             files_url, f"http://127.0.0.1:{file_port}/sink", tickets, names, concurrency
         )
+        api_cpu = usage(emulator.pid)
         await _run_worker(session, http, result, api_url, files_url, names, digests)
+        api_cpu_after = usage(emulator.pid)
+        if api_cpu is not None and api_cpu_after is not None:
+            result.emulator_cpu_s = api_cpu_after.cpu_s - api_cpu.cpu_s
     except Exception as exc:
         result.error = result.error or f"{type(exc).__name__}: {exc}"
     finally:
@@ -169,6 +178,7 @@ async def _run_worker(
                 raise RuntimeError("the worker did not start consuming (worker-attachments.log)")
             await asyncio.sleep(0.05)
         result.start_rss_mb = _status_mb(proc.pid, "VmRSS")
+        before = usage(proc.pid)
         started = time.monotonic()
         for i, body in enumerate(_events(files_url, names, result.tickets)):
             await session.broker.publish(settings, body, f"bench-att-{i}")
@@ -184,6 +194,9 @@ async def _run_worker(
                 break
             await asyncio.sleep(0.1)
         result.peak_rss_mb = _status_mb(proc.pid, "VmHWM")
+        after = usage(proc.pid)
+        if before is not None and after is not None:
+            result.worker_cpu_s = after.cpu_s - before.cpu_s
         state = (await http.get(f"{api_url}/_emulator/state?bodies=0")).json()
         result.stored = len(state["files"])
         result.verified = sum(
@@ -239,8 +252,9 @@ def table(results: list[AttachmentsResult]) -> list[str]:
     """The benchmark's row(s) in Markdown."""
     out = [
         "| tickets x files x size | concurrency | worker time | pure transfer | ÷ transfer "
-        "| peak RSS (limit 150 MB) | RSS at start | verified | duplicates | DLQ |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| worker CPU | emulator CPU | peak RSS (limit 150 MB) | RSS at start | verified "
+        "| duplicates | DLQ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         size = f"{r.tickets} x {r.files_per_ticket} x {r.file_bytes / MiB:g} MiB"
@@ -252,9 +266,11 @@ def table(results: list[AttachmentsResult]) -> list[str]:
         if r.peak_rss_mb is not None:
             peak += " ✓" if r.peak_rss_mb <= RSS_LIMIT_MB else " ✗"
         start = f"{r.start_rss_mb:.1f} MB" if r.start_rss_mb is not None else "–"
+        cpu = f"{r.worker_cpu_s:.1f} s" if r.worker_cpu_s is not None else "–"
+        api_cpu = f"{r.emulator_cpu_s:.1f} s" if r.emulator_cpu_s is not None else "–"
         out.append(
             f"| {size} ({gib:.1f} GiB) | {r.concurrency} | {worker} | {transfer} | {ratio} "
-            f"| {peak} | {start} | {r.verified}/{r.stored} | {r.duplicates} "
+            f"| {cpu} | {api_cpu} | {peak} | {start} | {r.verified}/{r.stored} | {r.duplicates} "
             f"| {r.dead_lettered} |"
         )
         if r.error:
