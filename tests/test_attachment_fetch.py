@@ -130,6 +130,24 @@ async def test_no_credentials_or_cookies_reach_a_source(server: FileServer, spoo
         assert seen.headers.get("Accept-Encoding") == "identity"
 
 
+async def test_proxy_and_netrc_settings_of_the_environment_are_not_used(
+    server: FileServer, spool_dir: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A proxy that does not exist: used, the download would fail; .netrc: used, it would
+    # send these credentials to the source.
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password s3cr3t\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    server.put("files/p.png", b"png")
+    with await fetch(server, url_source(server.url("files/p.png"))) as fetched:
+        assert fetched[0].size == 3
+    [seen] = server.seen
+    assert "authorization" not in {name.lower() for name in seen.headers}
+
+
 async def test_allowed_redirects_are_followed(server: FileServer, spool_dir: Any) -> None:
     server.put("files/d.png", b"png")
     with await fetch(server, url_source(server.url("redirect/3/files/d.png"))) as fetched:
