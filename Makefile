@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint fmt broker clean
+.PHONY: install demo test lint fmt broker redis clean
 
 install: $(STAMP)
 
@@ -17,10 +17,14 @@ $(STAMP): pyproject.toml
 broker:
 	@scripts/ensure-broker.sh
 
+# The progress record's tests (WORKER_STATE_REDIS_URL) need a Redis on 127.0.0.1:6379.
+redis:
+	@scripts/ensure-redis.sh
+
 demo: install broker
 	$(BIN)/python scripts/demo.py
 
-test: install broker
+test: install broker redis
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
@@ -38,7 +42,7 @@ clean:
 # The fault-injection suite with its figures recorded, rendered into docs/RELIABILITY.md.
 RELIABILITY_RESULTS := build/reliability.json
 .PHONY: reliability
-reliability: install broker
+reliability: install broker redis
 	rm -f $(RELIABILITY_RESULTS)
 	RELIABILITY_REPORT=$(RELIABILITY_RESULTS) $(BIN)/pytest tests/reliability $(PYTEST_ARGS); \
 	status=$$?; \

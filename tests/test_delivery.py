@@ -327,3 +327,28 @@ async def test_the_worker_clears_its_spool_directory_at_start(
     leftover.write_bytes(b"x")
     await start_worker()
     assert not leftover.exists()
+
+
+async def test_a_worker_stopped_between_uploads_hands_the_message_back_with_its_progress(
+    start_worker: StartWorker,
+    emulator: Emulator,
+    files: FileServer,
+    channel: AbstractChannel,
+    amqp: AbstractRobustConnection,
+    names: Names,
+) -> None:
+    # Paced at one call in 2 s, the second upload waits for its slot when the stop comes.
+    first = await start_worker(
+        attachment_allowed_urls=allowed(files), scx_max_requests_per_minute=30
+    )
+    await publish(channel, names, [event(6, three_files(files, 6))])
+    await wait_for(lambda: len(stored(emulator)) == 1, what="the first file")
+    assert await first.stop() == 0
+
+    back = await peek(amqp, names.queue)
+    progress = orjson.loads((back.headers or {})["x-scx-progress"])  # type: ignore[arg-type]
+    assert progress == {"ticket": True, "uploaded": list(stored(emulator))}
+    await start_worker(attachment_allowed_urls=allowed(files))
+    await wait_for(lambda: len(stored(emulator)) == 3, what="the other files")
+    assert (emulator.state.ticket_calls, emulator.files.duplicates) == (1, 0)
+    assert await queue_depth(amqp, names.dlq) == 0
