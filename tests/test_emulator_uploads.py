@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +12,9 @@ import httpx
 import orjson
 import pytest
 
+from tests.conftest import wait_for
 from tests.examples import SEED_TICKET
+from tests.test_cli import spawn
 from worker.emulator import Emulator, EmulatorConfig
 from worker.emulator.uploads import MAX_FILE_BYTES, allowed_content_type
 
@@ -234,3 +238,22 @@ async def test_a_fault_can_wait_for_requests_that_pass_first(
     assert statuses == [201, 503, 503, 201]
     with pytest.raises(ValueError, match="after"):
         emulator.inject("upload", 503, after=-1)
+
+
+async def test_the_emulator_command_answers_409_to_a_repeat_with_its_flag(
+    unused_tcp_port: int,
+) -> None:
+    process = await spawn(
+        "emulator", "--port", str(unused_tcp_port), "--conflict-on-duplicate", env=dict(os.environ)
+    )
+    try:
+        await wait_for(lambda: process.has_event("emulator.listening"), what="the emulator")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{unused_tcp_port}") as client:
+            token = (await client.post("/v1/auth", data={"refreshToken": "r"})).json()
+            auth = {"Authorization": f"Bearer {token['authToken']}"}
+            first = await client.post(TICKET_URL, json=SEED_TICKET, headers=auth)
+            again = await client.post(TICKET_URL, json=SEED_TICKET, headers=auth)
+            assert (first.status_code, again.status_code) == (201, 409)
+    finally:
+        process.process.send_signal(signal.SIGTERM)
+        assert await process.wait() == 0
