@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import signal
@@ -257,3 +258,26 @@ async def test_the_emulator_command_answers_409_to_a_repeat_with_its_flag(
     finally:
         process.process.send_signal(signal.SIGTERM)
         assert await process.wait() == 0
+
+
+async def test_a_client_gone_mid_upload_stores_nothing(
+    emulator: Emulator, client: httpx.AsyncClient
+) -> None:
+    assert (await client.post(TICKET_URL, json=SEED_TICKET)).status_code == 201
+    port = int(emulator.base_url.rsplit(":", 1)[1])
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        f"POST {UPLOAD_URL} HTTP/1.1\r\nHost: emulator\r\n"
+        f"Authorization: {client.headers['Authorization']}\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+        '--b\r\nContent-Disposition: form-data; name="attachmentData"\r\n\r\n'
+        '{"sellerId": "4711", "ticketId": "CASE-01071982", "filename": "RedDot.png"}\r\n'
+        '--b\r\nContent-Disposition: form-data; name="attachment"; filename="RedDot.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    )
+    writer.write(head.encode() + PNG[:1000])
+    await writer.drain()
+    await wait_for(lambda: emulator.state.channel_calls["upload"] == 1, what="the upload")
+    writer.transport.abort()
+    await wait_for(lambda: emulator.state.route_statuses["upload 400"] == 1, what="its end")
+    assert emulator.files.files == {}

@@ -148,6 +148,11 @@ async def _read_parts(request: web.Request) -> tuple[Any, str, bytes]:
         # aiohttp's reader raises these for a body that is not well-formed multipart.
         text = "Ungültiger multipart-Body", f"malformed multipart body ({exc})"
         raise _Refused(400, [("VAL100", text)]) from None
+    except ConnectionResetError:
+        # The client went away mid-body (a killed worker): nobody reads this answer, but the
+        # state counts it, and aiohttp does not log a handler error for it.
+        text = "Verbindung während des Uploads verloren", "connection lost during the upload"
+        raise _Refused(400, [("VAL100", text)]) from None
     missing = [
         ("VAL100", (f"Pflichtteil {name} fehlt", f"required part {name} not found"))
         for name, present in (("attachmentData", seen_metadata), ("attachment", file is not None))
