@@ -151,7 +151,7 @@ def _skipped(step: str, filename: str | None, header: Steps) -> None:
     known = header.ticket if filename is None else filename in header.uploaded
     source = "header" if known else "redis"
     metrics.step_skipped(step, source)
-    log.info(f"{step}.skipped", filename=filename, why=f"done before ({source})")
+    log.info("ticket.step_skipped", step=step, filename=filename, why=f"done before ({source})")
 
 
 def _upload_refusal(
