@@ -52,8 +52,17 @@ async def upload(scx: ScxClient, file: Any, filename: str = "scan.pdf") -> int:
 async def test_an_upload_is_multipart_with_the_attachment_data_and_the_file() -> None:
     handler, seen = scripted(httpx.Response(201))
     before = metric("scx_forwarder_attachments_uploaded_total")
+    answers = REGISTRY.get_sample_value(
+        "scx_forwarder_api_requests_total", {"route": "upload", "status_class": "2xx"}
+    )
     async with client(handler) as scx:
         assert await upload(scx, io.BytesIO(PDF)) == 201
+    assert (
+        REGISTRY.get_sample_value(
+            "scx_forwarder_api_requests_total", {"route": "upload", "status_class": "2xx"}
+        )
+        == (answers or 0) + 1
+    )
     request = seen[0]
     assert request.url.path == "/v1/channel/ticket/attachment"
     assert request.headers["content-type"].startswith("multipart/form-data; boundary=")
