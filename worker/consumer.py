@@ -12,8 +12,10 @@ API answered 2xx       ack (``Forwarded``; ``Delivered`` for a ticket with files
 ``RetryLater``         copy to ``<queue>.retry.<N>s`` (confirmed), then ack; or, once
                        ``WORKER_RETRY_MAX_AGE`` has passed since its first failure, a
                        ``RetriesExhausted`` dead-letter (kind ``exhausted``)
-``ShuttingDown``       nack + requeue (stopped while waiting to send: nothing sent)
-``FatalError``         nack + requeue; the worker drains and exits non-zero
+``ShuttingDown``       nack + requeue (stopped while waiting to send: nothing sent); with
+                       steps done, a confirmed copy with ``x-scx-progress`` to the work
+                       queue, then ack (``_hand_back``)
+``FatalError``         as ``ShuttingDown``; the worker drains and exits non-zero
 anything else (a bug)  nack + requeue after 5 s; the delivery limit ends a loop
 copy to DLQ/delay failed  nack + requeue after 5 s; tried again later, never lost
 =====================  ============================================================
