@@ -352,3 +352,22 @@ async def test_a_worker_stopped_between_uploads_hands_the_message_back_with_its_
     await wait_for(lambda: len(stored(emulator)) == 3, what="the other files")
     assert (emulator.state.ticket_calls, emulator.files.duplicates) == (1, 0)
     assert await queue_depth(amqp, names.dlq) == 0
+
+
+async def test_worker_attachment_concurrency_bounds_the_messages_holding_files(
+    start_worker: StartWorker,
+    emulator: Emulator,
+    files: FileServer,
+    channel: AbstractChannel,
+    names: Names,
+) -> None:
+    await start_worker(attachment_allowed_urls=allowed(files), worker_attachment_concurrency=2)
+    emulator.configure(latency=0.1)
+    inline = {"content_type": "text/plain", "content_base64": base64.b64encode(TEXT).decode()}
+    bodies = [
+        event(30 + i, [{"filename": f"n{n}.txt", **inline} for n in range(2)]) for i in range(6)
+    ]
+    await publish(channel, names, bodies)
+    await wait_for(lambda: len(emulator.files.files) == 12, what="every file")
+    # Each message makes one call at a time: the API never saw more than two at once.
+    assert emulator.state.max_concurrent_ticket_calls == 2

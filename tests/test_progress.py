@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from tests.tcpproxy import TcpProxy
 from worker.errors import RetryLater
 from worker.progress import RECORD_ATTEMPTS, StateRecord, Steps
-from worker.settings import Settings
+from worker.settings import ConfigError, Settings, load_settings
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -133,3 +133,14 @@ async def test_the_record_works_again_once_redis_is_back(redis: Redis, prefix: s
     finally:
         await record.aclose()
         await proxy.stop()
+
+
+def test_the_redis_url_is_checked_and_never_logged_with_its_password() -> None:
+    settings = load_settings(worker_state_redis_url="redis://:s3cret@redis:6379/0")
+    assert settings.state_redis_url_redacted == "redis://:***@redis:6379/0"
+    assert load_settings(worker_state_redis_url="").worker_state_redis_url is None
+    assert Settings().state_redis_url_redacted is None
+    with pytest.raises(ConfigError) as raised:
+        load_settings(worker_state_redis_url="http://:s3cret@redis:6379/0")
+    assert "WORKER_STATE_REDIS_URL" in str(raised.value)
+    assert "s3cret" not in str(raised.value)
