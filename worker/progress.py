@@ -139,9 +139,6 @@ class StateRecord:
     async def file_uploaded(self, seller_id: str, ticket_id: str, filename: str) -> None:
         await self._write(self.key(seller_id, ticket_id), f"file:{filename}")
 
-    async def ping(self) -> None:
-        await self._do("ping", lambda: self._redis.ping())
-
     async def _write(self, key: str, name: str) -> None:
         async def write() -> Any:
             async with self._redis.pipeline(transaction=True) as pipe:
