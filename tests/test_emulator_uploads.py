@@ -281,3 +281,13 @@ async def test_a_client_gone_mid_upload_stores_nothing(
     writer.transport.abort()
     await wait_for(lambda: emulator.state.route_statuses["upload 400"] == 1, what="its end")
     assert emulator.files.files == {}
+
+
+async def test_the_random_fail_rate_covers_uploads(
+    emulator: Emulator, client: httpx.AsyncClient
+) -> None:
+    assert (await client.post(TICKET_URL, json=SEED_TICKET)).status_code == 201
+    emulator.configure(fail_rate=1.0, fail_status=502)
+    assert (await upload(client, form())).status_code == 502
+    emulator.configure(fail_rate=0.0)
+    assert (await upload(client, form())).status_code == 201

@@ -99,7 +99,8 @@ class EmulatorConfig:
     rate_interval: float = 60.0
     # Retry-After of rate-limit and outage answers; None: until the window ends / no header.
     retry_after: float | None = None
-    # Random outages: this fraction of ticket calls is answered with fail_status.
+    # Random outages: this fraction of /v1/channel* calls (tickets, uploads, ...) is answered
+    # with fail_status.
     fail_rate: float = 0.0
     fail_status: int = 503
     # The API is down: every call is answered with outage_status, or dropped ("drop").
