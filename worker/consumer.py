@@ -72,7 +72,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from worker import headers as h
-from worker import metrics
+from worker import metrics, tracing
 from worker.attachments import clear_spool
 from worker.copies import message_copy
 from worker.delivery import Delivered, Delivery
@@ -276,9 +276,12 @@ class Forwarder:
             self._in_flight.add(task)
             metrics.started()
             try:
-                with structlog.contextvars.bound_contextvars(
-                    message_id=message.message_id,
-                    delivery_count=_delivery_count(message),
+                with (
+                    structlog.contextvars.bound_contextvars(
+                        message_id=message.message_id,
+                        delivery_count=_delivery_count(message),
+                    ),
+                    tracing.consuming(self._settings.amqp_queue, message),
                 ):
                     started = time.perf_counter()
                     steps = Steps.from_headers(message.headers)
@@ -296,6 +299,7 @@ class Forwarder:
             structlog.contextvars.bind_contextvars(
                 ticket_id=ticket.ticket_id, seller_id=ticket.seller_id
             )
+            tracing.ticket(ticket.ticket_id, ticket.seller_id)
             if not decoded.files and not steps and not self._delivery.recording:
                 return await self._client.send_ticket(ticket.to_json())
             if not decoded.files:
@@ -323,12 +327,14 @@ class Forwarder:
             case Forwarded(status=status, attempts=attempts):
                 await _ack(message)
                 metrics.forwarded(message.timestamp)
+                tracing.settled("forwarded", attempts=attempts)
                 log.info(
                     "ticket.forwarded", status=status, attempts=attempts, duration_ms=duration_ms
                 )
             case Delivered(status=status, attempts=attempts):
                 await _ack(message)
                 metrics.forwarded(message.timestamp)
+                tracing.settled("forwarded", attempts=attempts)
                 log.info(
                     "ticket.forwarded",
                     status=status,
@@ -346,6 +352,7 @@ class Forwarder:
                     return
                 await _ack(message)
                 metrics.delayed(outcome.reason)
+                tracing.settled("delayed", attempts=outcome.attempts)
                 log.warning(
                     "ticket.delayed",
                     delay_s=outcome.seconds,
@@ -367,6 +374,9 @@ class Forwarder:
                     return
                 await _ack(message)
                 metrics.dead_lettered(outcome.kind, message.timestamp)
+                tracing.settled(
+                    "dead_lettered", outcome.summary, attempts=outcome.attempts, kind=outcome.kind
+                )
                 log.info(
                     "ticket.dead_lettered",
                     kind=outcome.kind,
@@ -393,6 +403,7 @@ class Forwarder:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), RETURN_DELAY)
         await _return(message, why)
+        tracing.settled("failed", why)
 
     async def _hand_back(
         self, message: AbstractIncomingMessage, why: str, progress: dict[str, str]
@@ -407,6 +418,7 @@ class Forwarder:
             else:
                 await _ack(message)
                 log.info("ticket.returned", why=why, progress=progress[h.PROGRESS])
+                tracing.settled("returned", why)
                 return
         await _return(message, why)
 
@@ -439,10 +451,11 @@ class Forwarder:
         assert self._topology is not None
         headers = {k: v for k, v in (message.headers or {}).items() if k not in _NOT_COPIED}
         headers.update(extra_headers)
-        copy = message_copy(message, headers)
-        await self._topology.channel.default_exchange.publish(
-            copy, routing_key=queue, mandatory=True
-        )
+        with tracing.publishing("", queue, headers):
+            copy = message_copy(message, headers)
+            await self._topology.channel.default_exchange.publish(
+                copy, routing_key=queue, mandatory=True
+            )
 
 
 def _connection_name(settings: Settings) -> str:
@@ -461,6 +474,7 @@ async def _ack(message: AbstractIncomingMessage) -> None:
 
 async def _return(message: AbstractIncomingMessage, why: str) -> None:
     """Hand the message back to the queue; on a dead channel the broker already has."""
+    tracing.settled("returned", why)
     try:
         await message.nack(requeue=True)
     except Exception as exc:

@@ -50,7 +50,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from worker import metrics
+from worker import metrics, tracing
 from worker.errors import (
     CircuitOpen,
     MessageError,
@@ -176,7 +176,9 @@ class ScxClient:
             # bytes. httpcore's pool cost ~2.7 ms of CPU per request in its bookkeeping
             # (profiled: has_expired -> anyio extra attributes on every pool scan), which made
             # more concurrency slower; aiohttp's connector does the same job for a fraction.
-            transport=transport or AiohttpTransport(limits=limits),
+            # Traced here, below the auth flow and the retries, when tracing is on: a client
+            # span and a traceparent for every request on the wire (worker.tracing).
+            transport=tracing.traced_transport(transport or AiohttpTransport(limits=limits)),
         )
         # An absolute URL object: httpx skips joining it with base_url on every call (half
         # of build_request's cost, measured).
@@ -411,4 +413,5 @@ def _log_retry(state: RetryCallState) -> None:
     if isinstance(exc, TransientError):
         fields.update(reason=exc.reason, status=exc.status)
     metrics.retried(exc)
+    tracing.event("scx.retry", **fields)
     log.warning("scx.retry", **fields)
