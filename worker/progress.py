@@ -24,18 +24,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 import structlog
-from redis.asyncio import Redis
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from worker import headers as h
 from worker.errors import RetryLater
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = structlog.get_logger(__name__)
 
@@ -106,6 +105,14 @@ class StateRecord:
 
     def __init__(self, settings: Settings, *, sleep: Sleep = asyncio.sleep) -> None:
         assert settings.worker_state_redis_url is not None
+        # Imported only when the record is used: redis-py loads OpenTelemetry whenever that is
+        # installed, which a worker without the record (or with tracing off) must not carry.
+        from redis.asyncio import Redis
+        from redis.backoff import NoBackoff
+        from redis.exceptions import RedisError
+        from redis.retry import Retry
+
+        self._failures: tuple[type[Exception], ...] = (RedisError, OSError)
         self._redis: Redis = Redis.from_url(
             settings.worker_state_redis_url.get_secret_value(),
             socket_connect_timeout=RECORD_TIMEOUT,
@@ -152,7 +159,7 @@ class StateRecord:
         for attempt in range(1, RECORD_ATTEMPTS + 1):
             try:
                 return await operation()
-            except (RedisError, OSError) as exc:
+            except self._failures as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 log.warning(
                     "progress.record_unavailable",
