@@ -12,7 +12,7 @@ import pytest
 from tests.examples import SEED_EVENT_DATA, SEED_TICKET
 from worker.attachments import AttachmentSource
 from worker.errors import InvalidTicket
-from worker.mapping import Mapper, decode_message, decode_ticket
+from worker.mapping import Mapper, decode_message, message_mapper
 
 URL = "https://files.example.com/tickets/4711/red.png?X-Amz-Signature=s3cr3t"
 
@@ -24,14 +24,14 @@ def event(*attachments: dict[str, Any]) -> bytes:
 
 def invalid(raw: bytes, mapper: Mapper | None = None) -> InvalidTicket:
     with pytest.raises(InvalidTicket) as info:
-        decode_message(raw, mapper)
+        decode_message(raw, mapper=message_mapper(mapper) if mapper else None)
     return info.value
 
 
 def sent_attachments(raw: bytes, mapper: Mapper | None = None) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = orjson.loads(decode_message(raw, mapper).ticket.to_json())[
-        "attachment"
-    ]
+    result: list[dict[str, Any]] = orjson.loads(
+        decode_message(raw, mapper=message_mapper(mapper) if mapper else None).ticket.to_json()
+    )["attachment"]
     return result
 
 
@@ -40,7 +40,7 @@ def test_without_sources_nothing_changes() -> None:
     decoded = decode_message(raw)
     assert decoded.files == ()
     assert sent_attachments(raw) == [{"filename": "Red Dot (1).png", "contentType": "image/png"}]
-    assert decode_ticket(raw) == decoded.ticket
+    assert decode_message(raw).ticket == decoded.ticket
 
 
 def test_sources_become_files_and_the_ticket_names_them_by_their_upload_name() -> None:
@@ -180,7 +180,7 @@ def test_a_mapper_mapping_may_carry_sources_in_camel_case() -> None:
         {"filename": "n.txt", "contentType": "text/plain", "contentBase64": "QQ=="},
         {"filename": "meta only.png", "contentType": "image/png"},
     ]
-    decoded = decode_message(orjson.dumps({"files": files}), sourced_mapper)
+    decoded = decode_message(orjson.dumps({"files": files}), mapper=message_mapper(sourced_mapper))
     assert [(f.filename, f.kind, f.url, f.content_base64) for f in decoded.files] == [
         ("Red_Dot.png", "url", URL, None),
         ("n.txt", "base64", None, "QQ=="),

@@ -7,7 +7,8 @@ settle in ``_settle``, the only place that acks, dead-letters or returns a messa
 =====================  ============================================================
 outcome                what happens to the message
 =====================  ============================================================
-API answered 2xx       ack (``Forwarded``; ``Delivered`` for a ticket with files)
+API answered 2xx       ack (after its outcome event, see below); ``Forwarded``, or
+                       ``Delivered`` for a ticket with files
 ``MessageError``       copy to ``<queue>.dlq`` (publisher-confirmed), then ack
 ``RetryLater``         copy to ``<queue>.retry.<N>s`` (confirmed), then ack; or, once
                        ``WORKER_RETRY_MAX_AGE`` has passed since its first failure, a
@@ -18,7 +19,12 @@ API answered 2xx       ack (``Forwarded``; ``Delivered`` for a ticket with files
 ``FatalError``         as ``ShuttingDown``; the worker drains and exits non-zero
 anything else (a bug)  nack + requeue after 5 s; the delivery limit ends a loop
 copy to DLQ/delay failed  nack + requeue after 5 s; tried again later, never lost
+outcome event failed   nack + requeue after 5 s, as a failed copy
 =====================  ============================================================
+
+With ``WORKER_OUTCOME_EVENTS`` a forwarded or dead-lettered message is acked only after
+its outcome event (``worker.outcomes``) was confirmed by the broker; a delayed or returned
+message has none.
 
 Delivery is at-least-once: a crash between the API's 2xx and the ack, or a lost
 connection in that window, makes the broker deliver the message again.
@@ -61,6 +67,7 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -72,7 +79,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from worker import headers as h
-from worker import metrics, tracing
+from worker import metrics, outcomes, tracing
 from worker.attachments import clear_spool
 from worker.copies import message_copy
 from worker.delivery import Delivered, Delivery
@@ -85,7 +92,8 @@ from worker.errors import (
     RetryLater,
     ShuttingDown,
 )
-from worker.mapping import Mapper, decode_message
+from worker.mapping import Mapper, decode_message, message_mapper
+from worker.outcomes import MessageFacts
 from worker.progress import Steps
 from worker.scx import Forwarded, ScxClient
 from worker.settings import Settings
@@ -161,7 +169,9 @@ class Forwarder:
     ) -> None:
         self._settings = settings
         self._client = client
-        self._mapper = mapper
+        # The mapper's signature is read once, here, not per message.
+        self._mapper = message_mapper(mapper) if mapper is not None else None
+        self._outcome_source = outcomes.source(settings.amqp_queue)
         self._semaphore = asyncio.Semaphore(settings.worker_concurrency)
         self._file_slots = asyncio.Semaphore(settings.worker_attachment_concurrency)
         self._delivery = Delivery(settings, client)
@@ -284,20 +294,31 @@ class Forwarder:
                     tracing.consuming(self._settings.amqp_queue, message),
                 ):
                     started = time.perf_counter()
+                    facts = MessageFacts(message_id=message.message_id)
                     steps = Steps.from_headers(message.headers)
-                    outcome = await self._process(message, steps)
-                    await self._settle(message, outcome, started, steps)
+                    outcome = await self._process(message, facts, steps)
+                    await self._settle(message, outcome, started, facts, steps)
             finally:
                 self._in_flight.discard(task)
                 metrics.finished()
 
-    async def _process(self, message: AbstractIncomingMessage, steps: Steps) -> Outcome:
+    async def _process(
+        self, message: AbstractIncomingMessage, facts: MessageFacts, steps: Steps
+    ) -> Outcome:
         """Do what is left for this message; ``steps`` is updated as each step is done."""
         try:
-            decoded = decode_message(message.body, self._mapper)
+            decoded = decode_message(
+                message.body,
+                headers=message.headers or {},
+                content_type=message.content_type,
+                mapper=self._mapper,
+            )
             ticket = decoded.ticket
-            structlog.contextvars.bind_contextvars(
-                ticket_id=ticket.ticket_id, seller_id=ticket.seller_id
+            _learn(
+                facts,
+                event_id=decoded.event_id,
+                ticket_id=ticket.ticket_id,
+                seller_id=ticket.seller_id,
             )
             tracing.ticket(ticket.ticket_id, ticket.seller_id)
             if not decoded.files and not steps and not self._delivery.recording:
@@ -306,6 +327,10 @@ class Forwarder:
                 return await self._delivery.deliver(decoded, steps)
             async with self._file_slots:  # the files are held from download to upload
                 return await self._delivery.deliver(decoded, steps)
+        except MessageError as exc:
+            if facts.event_id is None:  # the message did not decode; its id may be known
+                _learn(facts, event_id=exc.event_id)
+            return exc
         except Exception as exc:  # bad input must never take the worker down
             return exc
 
@@ -314,6 +339,7 @@ class Forwarder:
         message: AbstractIncomingMessage,
         outcome: Outcome,
         started: float,
+        facts: MessageFacts,
         steps: Steps | None = None,
     ) -> None:
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
@@ -324,25 +350,8 @@ class Forwarder:
                 message.headers or {}, outcome, self._settings, datetime.now(UTC)
             )
         match outcome:
-            case Forwarded(status=status, attempts=attempts):
-                await _ack(message)
-                metrics.forwarded(message.timestamp)
-                tracing.settled("forwarded", attempts=attempts)
-                log.info(
-                    "ticket.forwarded", status=status, attempts=attempts, duration_ms=duration_ms
-                )
-            case Delivered(status=status, attempts=attempts):
-                await _ack(message)
-                metrics.forwarded(message.timestamp)
-                tracing.settled("forwarded", attempts=attempts)
-                log.info(
-                    "ticket.forwarded",
-                    status=status,
-                    attempts=attempts,
-                    files_uploaded=outcome.uploaded,
-                    steps_skipped=outcome.skipped,
-                    duration_ms=duration_ms,
-                )
+            case Forwarded() | Delivered():
+                await self._settle_forwarded(message, outcome, facts, duration_ms)
             case Delay():
                 try:
                     await self._publish_copy(message, outcome.queue, outcome.headers | progress)
@@ -372,6 +381,12 @@ class Forwarder:
                     )
                     await self._return_later(message, "dead-letter publish failed")
                     return
+                error = outcome  # narrowed to MessageError, for the closure
+                if not await self._announce(
+                    lambda: outcomes.dead_lettered(facts, error, source=self._outcome_source)
+                ):
+                    await self._return_later(message, "outcome publish failed")
+                    return
                 await _ack(message)
                 metrics.dead_lettered(outcome.kind, message.timestamp)
                 tracing.settled(
@@ -398,6 +413,36 @@ class Forwarder:
                 )
                 await self._return_later(message, "unexpected error")
 
+    async def _settle_forwarded(
+        self,
+        message: AbstractIncomingMessage,
+        outcome: Forwarded | Delivered,
+        facts: MessageFacts,
+        duration_ms: float,
+    ) -> None:
+        """The ticket (and its files) are in SCX: its outcome event, then the ack."""
+        status, attempts = outcome.status, outcome.attempts
+        fields: dict[str, Any] = {}
+        if isinstance(outcome, Delivered):
+            facts.uploaded_files[:] = outcome.files
+            fields = {"files_uploaded": outcome.uploaded, "steps_skipped": outcome.skipped}
+        # None: an earlier delivery created the ticket (x-scx-progress or the progress
+        # record); 201 is the API's answer to a created ticket.
+        announced = 201 if status is None else status
+        if not await self._announce(
+            lambda: outcomes.forwarded(
+                facts, status=announced, attempts=attempts, source=self._outcome_source
+            )
+        ):
+            await self._return_later(message, "outcome publish failed")
+            return
+        await _ack(message)
+        metrics.forwarded(message.timestamp)
+        tracing.settled("forwarded", attempts=attempts)
+        log.info(
+            "ticket.forwarded", status=status, attempts=attempts, **fields, duration_ms=duration_ms
+        )
+
     async def _return_later(self, message: AbstractIncomingMessage, why: str) -> None:
         """Return the message after ``RETURN_DELAY`` seconds, or at once when stopping."""
         with contextlib.suppress(TimeoutError):
@@ -421,6 +466,38 @@ class Forwarder:
                 tracing.settled("returned", why)
                 return
         await _return(message, why)
+
+    async def _announce(self, build: Callable[[], aio_pika.Message]) -> bool:
+        """Publish the outcome event ``build`` makes (if enabled); False, logged, if the broker
+        did not confirm it.
+
+        An event no queue is bound for counts as published (see ``worker.outcomes``).
+        """
+        if not self._settings.worker_outcome_events:
+            return True
+        assert self._topology is not None
+        event = build()
+        assert event.type is not None
+        headers: dict[str, Any] = dict(event.headers or {})
+        try:
+            # Its own producer span under the consumer span: the marketplace's handler of
+            # the outcome continues the trace that brought the ticket in.
+            with tracing.publishing(self._settings.amqp_exchange, event.type, headers):
+                event.headers = headers
+                await self._topology.exchange.publish(event, routing_key=event.type, mandatory=True)
+        except aiormq.exceptions.PublishError:
+            metrics.outcome_published(event.type, routed=False)
+            log.warning(
+                "ticket.outcome_unroutable", type=event.type, exchange=self._settings.amqp_exchange
+            )
+            return True
+        except Exception as exc:
+            log.error(
+                "ticket.outcome_failed", type=event.type, error=f"{type(exc).__name__}: {exc}"
+            )
+            return False
+        metrics.outcome_published(event.type, routed=True)
+        return True
 
     async def _dead_letter(
         self, message: AbstractIncomingMessage, error: MessageError, progress: dict[str, str]
@@ -461,6 +538,15 @@ class Forwarder:
 def _connection_name(settings: Settings) -> str:
     """How the broker's management UI and ``rabbitmqctl`` show this worker's connection."""
     return f"scx-forwarder {settings.amqp_queue} {socket.gethostname()}:{os.getpid()}"
+
+
+def _learn(facts: MessageFacts, **ids: str | None) -> None:
+    """Note the ids decoding found (``event_id``, ``ticket_id``, ``seller_id``; ``None`` is
+    unknown) for the outcome event, and put them on every log line that follows."""
+    known = {name: value for name, value in ids.items() if value is not None}
+    for name, value in known.items():
+        setattr(facts, name, value)
+    structlog.contextvars.bind_contextvars(**known)
 
 
 async def _ack(message: AbstractIncomingMessage) -> None:

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import structlog
 
 from worker import metrics
-from worker.attachments import Decoded, Fetched, fetch_all, source_client
+from worker.attachments import Fetched, fetch_all, source_client
 from worker.errors import MessageError, RetryLater, UploadRejected
+from worker.mapping import Decoded
 from worker.progress import StateRecord, Steps
 from worker.scx import ScxClient
 from worker.settings import Settings
@@ -43,6 +44,8 @@ class Delivered:
     uploaded: int
     skipped: int
     """Steps not repeated because the progress header or record said they were done."""
+    files: tuple[str, ...] = ()
+    """Every file of the ticket now in SCX (upload names, in the ticket's order)."""
 
 
 class Delivery:
@@ -109,7 +112,8 @@ class Delivery:
             _skipped("upload", name, header)
         if refused:
             return _upload_refusal(decoded, steps, refused, calls)
-        return Delivered(status, calls, len(sent), len(before) + (status is None))
+        in_scx = tuple(f.filename for f in decoded.files if f.filename in steps.uploaded)
+        return Delivered(status, calls, len(sent), len(before) + (status is None), in_scx)
 
     async def _recall(self, decoded: Decoded, steps: Steps) -> None:
         """Add what the progress record says is done (a no-op without Redis)."""

@@ -3,10 +3,10 @@
 A ``data.attachments[]`` item of an event may carry one source besides ``filename`` and
 ``content_type`` (README, "Input contract"): ``url`` (downloaded, only from a prefix listed in
 ``ATTACHMENT_ALLOWED_URLS``) or ``content_base64`` (the bytes inline). ``worker.mapping``
-validates the message and returns a ``Decoded``: the ``Ticket`` to send and one
-``AttachmentSource`` per file that has bytes to upload. ``fetch_all`` then turns those into
-``Fetched`` files on disk, before any SCX call, so a source that can never work dead-letters
-the message as ``invalid`` without a ticket being created half-way.
+validates the message and returns a ``worker.mapping.Decoded``: the ``Ticket`` to send and
+one ``AttachmentSource`` per file that has bytes to upload (``Decoded.files``). ``fetch_all``
+then turns those into ``Fetched`` files on disk, before any SCX call, so a source that can
+never work dead-letters the message as ``invalid`` without a ticket being created half-way.
 
 The modules, each with one job:
 
@@ -16,7 +16,7 @@ The modules, each with one job:
 
 Typical use (the consumer)::
 
-    decoded = decode_message(body, mapper)             # InvalidTicket / MalformedMessage
+    decoded = decode_message(body, headers=h, mapper=m)  # InvalidTicket / MalformedMessage
     with await fetch_all(decoded.files, settings, http=sources_http) as fetched:
         ...create the ticket, upload each ``fetched`` file...
     # every temporary file is gone here, whatever happened inside
@@ -29,13 +29,10 @@ type, bad base64), ``RetryLater`` (transient failures outlasted the in-process r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from worker.attachments.sources import redact
 from worker.spool import Spooled
-
-if TYPE_CHECKING:
-    from worker.models import Ticket
 
 SourceKind = Literal["url", "base64"]
 
@@ -65,14 +62,6 @@ class AttachmentSource:
     def where(self) -> str:
         """The source fit for logs and errors: the URL without userinfo, query or fragment."""
         return "inline base64" if self.url is None else redact(self.url)
-
-
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    """A validated message: the ticket to send and the files to upload to it, in order."""
-
-    ticket: Ticket
-    files: tuple[AttachmentSource, ...] = ()
 
 
 @dataclass(slots=True)
@@ -128,7 +117,6 @@ from worker.attachments.fetch import (  # noqa: E402 (the dataclasses above come
 
 __all__ = [
     "AttachmentSource",
-    "Decoded",
     "Fetched",
     "FetchedFiles",
     "SourceKind",

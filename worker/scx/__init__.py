@@ -5,6 +5,7 @@ call may go; ``waits`` makes every wait end on shutdown; ``responses`` reads the
 Everything else in the worker imports the public names from here.
 """
 
+from worker.scx.auth import auth_request
 from worker.scx.client import (
     ATTACHMENT_PATH,
     TICKET_PATH,
@@ -24,5 +25,6 @@ __all__ = [
     "Forwarded",
     "ScxClient",
     "Uploaded",
+    "auth_request",
     "classify",
 ]
