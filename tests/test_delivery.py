@@ -28,6 +28,7 @@ from tests.conftest import (
     wait_for,
 )
 from tests.fileserver import FileServer
+from tests.test_outcomes import data_of, outcome_queue, read_outcome  # noqa: F401 (a fixture)
 from worker import dlq
 from worker.attachments import spool_directory
 from worker.emulator import Emulator
@@ -371,3 +372,26 @@ async def test_worker_attachment_concurrency_bounds_the_messages_holding_files(
     await wait_for(lambda: len(emulator.files.files) == 12, what="every file")
     # Each message makes one call at a time: the API never saw more than two at once.
     assert emulator.state.max_concurrent_ticket_calls == 2
+
+
+async def test_the_outcome_event_of_a_ticket_with_files_names_them(
+    start_worker: StartWorker,
+    emulator: Emulator,
+    files: FileServer,
+    channel: AbstractChannel,
+    amqp: AbstractRobustConnection,
+    names: Names,
+    outcome_queue: str,  # noqa: F811 (the fixture)
+) -> None:
+    await start_worker(
+        attachment_allowed_urls=allowed(files), worker_outcome_events=True, scx_retry_attempts=1
+    )
+    emulator.inject("upload", 503, after=1)  # the second file fails once: a delay, then resume
+    async with no_leftovers(amqp, names):
+        await publish(channel, names, [event(7, three_files(files, 7))], message_id="m-files")
+        [outcome] = await collect(channel, outcome_queue, 1)
+    data = data_of(read_outcome(outcome))
+    assert data["files"] == [a["filename"] for a in emulator.state.accepted[0]["attachment"]]
+    assert (data["status"], data["ticket_id"]) == (201, "T-000007")
+    assert data["attempts"] == 2, "this delivery: the two uploads left, the ticket not again"
+    assert (emulator.state.ticket_calls, emulator.files.duplicates) == (1, 0)
