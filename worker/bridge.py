@@ -79,7 +79,6 @@ from worker.spool import Spooled, clear_spool_dir, spool_dir
 
 log = structlog.get_logger(__name__)
 
-MAX_FILE_BYTES = 16 * 1024 * 1024  # the API's own limit for an attachment
 # Seconds; proposed to the broker, which takes the lower of its own and ours. The broker
 # dropped a connection that went silent about 8 s after it did (tests/test_bridge.py).
 HEARTBEAT = 3
@@ -336,7 +335,7 @@ class Bridge:
                     reply.seller_id,
                     reply.ticket_id,
                     attachment.filename,
-                    max_bytes=MAX_FILE_BYTES,
+                    max_bytes=self._settings.attachment_max_bytes,
                     directory=self._spool,
                 )
                 if isinstance(got, Unavailable):

@@ -88,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds a polled, unacknowledged seller event stays hidden",
     )
+    emu.add_argument(
+        "--conflict-on-duplicate",
+        action="store_true",
+        help="answer 409 Conflict to a repeated ticketId of the same seller (default: 201)",
+    )
     emu.set_defaults(command=_cmd_emulator)
 
     pub = sub.add_parser("publish", help="publish events from a JSON-lines file ('-' = stdin)")
@@ -204,6 +209,7 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
         fail_rate=args.fail_rate,
         fail_status=args.fail_status,
         event_visibility=args.event_visibility,
+        conflict_on_duplicate=args.conflict_on_duplicate,
     )
 
     def ready(url: str) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from worker.emulator.answers import fail
 from worker.emulator.files import FileStore
 
 MAX_LIMIT = 1000
@@ -155,13 +156,13 @@ class EventQueue:
             limit = 0
         if not 1 <= limit <= MAX_LIMIT:
             text = (f"limit muss 1 bis {MAX_LIMIT} sein", f"limit must be 1 to {MAX_LIMIT}")
-            return _fail(request, 400, text, headers)
+            return fail(request, 400, "VAL100", text, headers)
         created_after = None
         if "createdAfter" in request.query:
             created_after = _date_time(request.query["createdAfter"])
             if created_after is None:
                 text = "createdAfter ist kein Datum", "createdAfter is not a date-time"
-                return _fail(request, 400, text, headers)
+                return fail(request, 400, "VAL100", text, headers)
         events = self.poll(limit, created_after)
         return web.Response(
             body=orjson.dumps({"eventList": events}),
@@ -184,7 +185,7 @@ class EventQueue:
                 f"eventIdList muss 1 bis {MAX_ACK_IDS} Ids enthalten",
                 f"eventIdList must hold 1 to {MAX_ACK_IDS} ids",
             )
-            return _fail(request, 400, text, headers)
+            return fail(request, 400, "VAL100", text, headers)
         self.acknowledge(ids)
         return web.Response(status=204, headers=headers)
 
@@ -250,16 +251,3 @@ def _date_time(value: object) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo is not None else None
-
-
-def _fail(
-    request: web.Request, status: int, text: tuple[str, str], headers: dict[str, str]
-) -> web.Response:
-    english = request.headers.get("Accept-Language", "").lower().startswith("en")
-    entry = {"code": "VAL100", "message": text[1] if english else text[0], "severity": "error"}
-    return web.Response(
-        body=orjson.dumps({"errorList": [entry | {"hint": None}]}),
-        status=status,
-        headers=headers,
-        content_type="application/json",
-    )

@@ -7,22 +7,26 @@ Everything else in the worker imports the public names from here.
 
 from worker.scx.auth import auth_request
 from worker.scx.client import (
+    ATTACHMENT_PATH,
     TICKET_PATH,
     Answered,
     Call,
     Forwarded,
     ScxClient,
     Unavailable,
+    Uploaded,
     classify,
 )
 
 __all__ = [
+    "ATTACHMENT_PATH",
     "TICKET_PATH",
     "Answered",
     "Call",
     "Forwarded",
     "ScxClient",
     "Unavailable",
+    "Uploaded",
     "auth_request",
     "classify",
 ]
