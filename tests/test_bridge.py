@@ -570,7 +570,9 @@ async def test_two_replicas_one_polls_and_the_standby_takes_over_after_kill_9(
         emulator.add_events([seller_event(f"a-{round_}-{n}", "System:Test", {}) for n in range(5)])
         await wait_for(lambda: emulator.events.pending == 0, what="the round acknowledged")
     assert polled(first) >= 1
-    assert polled(second) == 0
+    # (Should the shared broker drop both connections meanwhile, either may win the lock.)
+    assert not first.has_event("events.connection_lost"), first.output[-3000:]
+    assert polled(second) == 0, second.output[-3000:]
     assert not second.has_event("events.poller_active")
 
     first.process.kill()
