@@ -35,9 +35,13 @@ not each spend a retry on a limit already known to be exhausted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import math
 import time
+from collections import deque
 from collections.abc import Callable
+from typing import Literal, NamedTuple
 
 from worker.scx.responses import RateLimit
 from worker.scx.waits import Waits
@@ -104,6 +108,258 @@ class WindowBudget:
         return max(now, last_sent + (self.window_end - last_sent) / (usable + 1))
 
 
+# How the API seems to count, as far as its answers have shown ("fixed" until they show more).
+Counting = Literal["fixed", "sliding", "bucket"]
+
+
+# How soon to look again when the answer is "not yet" and the edge is now.
+_RECHECK = 0.001
+
+
+def margin(interval: float) -> float:
+    """How much longer than the interval our own slots are held before they are used again:
+    the API times calls by their arrival, so a call must not land on the edge of the slot."""
+    return max(0.01 * interval, 0.05)
+
+
+class _Answer(NamedTuple):
+    """What one of our answers said about who held the interval's calls."""
+
+    at: float
+    own: int  # our calls the API counted with it
+    by_window: int  # the others' calls, if the API counts a sliding window
+    by_bucket: int  # the others' calls, if it counts a token bucket
+
+    def others(self, bucket: bool) -> int:
+        return self.by_bucket if bucket else self.by_window
+
+
+class RecentCalls:
+    """Pacing for a limit that frees capacity as time goes on (sliding window, token bucket).
+
+    No coordinator, so every process keeps to **its own calls of the last interval**: it may
+    make a call while its own count over the last ``interval + margin`` seconds is below
+    ``limit - others``, where ``others`` is the most calls the *other* callers had counted
+    at any of our answers of that span. The others keep to theirs, so the sum stays within
+    the limit, the way a sliding window counts; traffic a sliding window admits, a token
+    bucket of the same limit admits too. A slot another caller leaves free shows up as
+    ``Remaining`` and is taken over once it stayed free for a whole span.
+
+    ``others`` is read from ``Remaining``: under a sliding window it is ``limit - remaining``
+    minus our own calls of the interval. A token bucket reports its whole tokens instead,
+    which may include tokens saved up, so there the calls of the others are counted from how
+    ``Remaining`` moves between two of our answers, net of our own calls and of the refill
+    (``limit / interval`` a second).
+    """
+
+    def __init__(self) -> None:
+        # Set once the answers showed capacity a sliding window cannot have: a token bucket.
+        self.not_sliding = False
+        self._limit: int | None = None
+        self._interval = 0.0
+        self._own: deque[float] = deque()  # when we sent each call the API may still count
+        self._seen: deque[_Answer] = deque()
+        self._moved: deque[tuple[float, float]] = deque()  # (answer at, others' calls so far)
+        self._others_total = 0.0
+
+    def sent(self, now: float) -> None:
+        self._own.append(now)
+
+    def refused(self, sent_at: float) -> None:
+        """A 429 costs nothing: the call does not hold a slot."""
+        with contextlib.suppress(ValueError):
+            self._own.remove(sent_at)
+
+    def observe(
+        self,
+        limit: RateLimit,
+        *,
+        sent_at: float,
+        now: float,
+        before: tuple[float, int] | None,
+        ours: int,
+    ) -> None:
+        """Take in the answer to our call sent at ``sent_at``; ``before`` is (time,
+        remaining) of our previous answer, ``ours`` the calls we sent in between."""
+        self._limit, self._interval = limit.limit, limit.interval
+        window = limit.interval
+        own = sum(1 for t in self._own if sent_at - window < t <= sent_at)
+        by_window = max(0, limit.limit - limit.remaining - own)
+        if before is not None:
+            then, remaining = before
+            # A bucket cannot fill past its capacity; the whole tokens hide a fraction of one.
+            headroom = max(0.0, limit.limit - remaining - 1.0)
+            refill = min(limit.limit / window * (now - then), headroom)
+            self._others_total += remaining - limit.remaining - ours + refill
+        self._moved.append((now, self._others_total))
+        by_bucket = max(0, round(self._others_total - self._total_at(now - window)))
+        self._seen.append(_Answer(now, own, by_window, by_bucket))
+        if limit.remaining + own > limit.limit + 1:
+            self.not_sliding = True  # a sliding window counts our own calls; a bucket saves up
+
+    @property
+    def counting(self) -> Counting:
+        return "bucket" if self.not_sliding else "sliding"
+
+    def earliest(self, now: float) -> float:
+        """The earliest time our next call keeps within our share of the interval."""
+        if self._limit is None:
+            return now
+        span = self._interval + margin(self._interval)
+        self._forget(now - 2 * span)
+        seen = [answer for answer in self._seen if answer.at > now - span]
+        bucket = self.not_sliding
+        others = max((answer.others(bucket) for answer in seen), default=0)
+        held = max((answer.own for answer in seen), default=0)
+        if self.not_sliding:
+            # Saved-up tokens let us hold more than the bucket refills: not ours to keep.
+            held = min(held, self._limit - others)
+        recent = [t for t in self._own if t > now - span]
+        count = len(recent)
+        if count < held:
+            return now  # a slot we held has come free again: ours to use
+        # A slot more than we held: only if it stayed free at all our answers of the span,
+        # beside what the others may have taken since the last one.
+        claimable = self._limit - others - _growth(seen, bucket)
+        if count < claimable:
+            return now
+        # When one of our calls leaves the span, or what we saw of the others goes stale;
+        # never "now", which would read as a yes (and a float may land on the edge).
+        later = [seen[0].at + span] if seen else []
+        later += [recent[count - n] + span for n in (held, claimable) if 0 < n <= count]
+        return max(min(later, default=now), now + _RECHECK)
+
+    def _total_at(self, when: float) -> float:
+        total = 0.0
+        for at, value in self._moved:
+            if at > when:
+                break
+            total = value
+        return total
+
+    def _forget(self, before: float) -> None:
+        for queue in (self._own,):
+            while queue and queue[0] <= before:
+                queue.popleft()
+        while self._seen and self._seen[0].at <= before:
+            self._seen.popleft()
+        while len(self._moved) > 1 and self._moved[1][0] <= before:
+            self._moved.popleft()
+
+
+def _growth(seen: list[_Answer], bucket: bool) -> int:
+    """The most the others added between two of our answers."""
+    steps = [b.others(bucket) - a.others(bucket) for a, b in itertools.pairwise(seen)]
+    return max(steps, default=0)
+
+
+class Schedule:
+    """When this process may make its next call: the pure part of ``Pacer`` (no clock, no I/O).
+
+    Starts out reading the headers as fixed windows (``WindowBudget``) and switches to
+    ``RecentCalls`` for good once the answers show capacity coming back in a way windows
+    cannot: ``Remaining`` rising without a reset to about the whole limit, two resets within
+    less than an interval, or no reset when the estimated window is over.
+    """
+
+    def __init__(self, per_minute: float) -> None:
+        self.gap = 60.0 / per_minute if per_minute > 0 else 0.0
+        self._windows_over = False  # the answers showed that the API does not count in windows
+        self.windows = WindowBudget()
+        self.recent = RecentCalls()
+        self.paused_until = 0.0
+        self.last_sent = -math.inf
+        self._seq = 0
+        self._seen_seq = 0
+        self._before: tuple[float, int] | None = None
+        self._first: tuple[float, int] | None = None  # (answer at, remaining) of our first
+        self._last_reset: float | None = None
+        self._limit_seen, self._interval_seen = 0, 0.0
+        self._came_back = 0  # calls' worth of capacity that came back within our first interval
+        self._refused: set[int] = set()
+
+    @property
+    def counting(self) -> Counting:
+        if not self._windows_over:
+            return "fixed"
+        return self.recent.counting
+
+    def next_slot(self, now: float) -> float:
+        if self.counting == "fixed":
+            budget = self.windows.earliest(now, self.last_sent)
+        else:
+            budget = self.recent.earliest(now)
+        return max(self.last_sent + self.gap, self.paused_until, budget)
+
+    def sent(self, now: float) -> int:
+        self.last_sent = now
+        self.recent.sent(now)
+        self._seq = self.windows.sent()
+        return self._seq
+
+    def observe(
+        self, seq: int, limit: RateLimit, *, sent_at: float, now: float, refused: bool = False
+    ) -> None:
+        if refused:
+            self.recent.refused(sent_at)
+            self._refused.add(seq)
+            if self._windows_over:
+                # Keeping to our own slots is never refused by a sliding window (unless a new
+                # caller came): the capacity we counted on was saved up, so a token bucket.
+                self._switch(bucket=True)
+        if seq <= self._seen_seq:
+            return  # an older answer overtaken by a newer one says nothing new
+        ours = seq - self._seen_seq - sum(1 for s in self._refused if s > self._seen_seq)
+        self._refused = {s for s in self._refused if s > seq}
+        self._classify(limit, sent_at=sent_at, now=now, ours=ours)
+        self.recent.observe(limit, sent_at=sent_at, now=now, before=self._before, ours=ours)
+        self.windows.observe(seq, limit, sent_at=sent_at, now=now)
+        self._seen_seq = seq
+        self._before = (now, limit.remaining)
+        if self._first is None:
+            self._first = (now, limit.remaining)
+
+    def pause_until(self, deadline: float) -> None:
+        if deadline > self.paused_until:
+            self.paused_until = deadline
+            self.windows.exhausted_until(deadline)
+
+    def window_end(self) -> float | None:
+        return self.windows.window_end if self.counting == "fixed" else None
+
+    def _classify(self, limit: RateLimit, *, sent_at: float, now: float, ours: int) -> None:
+        if self._before is None:
+            return
+        remaining, interval = limit.remaining, limit.interval
+        self._limit_seen, self._interval_seen = limit.limit, interval
+        up = remaining > self._before[1] - ours
+        slack = min(limit.limit // 2, 2 * self.windows.reserve + 2)
+        reset = up and remaining >= limit.limit - ours - slack
+        if reset:
+            if self._last_reset is not None and now - self._last_reset < 0.75 * interval:
+                self._switch(bucket=True)  # two "resets" within an interval: tokens
+            self._last_reset = now
+        elif up:
+            self._switch(bucket=self._refilled_early(remaining - (self._before[1] - ours), now))
+        end = self.windows.window_end
+        if not self._windows_over and end is not None and sent_at >= end and not reset:
+            self._switch(bucket=False)  # the window is over and nothing was reset
+
+    def _refilled_early(self, came_back: int, now: float) -> bool:
+        """More capacity came back within an interval of our first call than the calls
+        counted before it could free in a sliding window: refill, so a token bucket."""
+        first = self._first
+        if first is None or now >= first[0] + 0.9 * self._interval_seen:
+            return False
+        self._came_back += came_back
+        counted_before_ours = self._limit_seen - 1 - first[1]
+        return self._came_back > counted_before_ours + 1
+
+    def _switch(self, *, bucket: bool) -> None:
+        self._windows_over = True
+        self.recent.not_sliding |= bucket
+
+
 class Pacer:
     def __init__(
         self,
@@ -112,61 +368,54 @@ class Pacer:
         waits: Waits | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._interval = 60.0 / per_minute if per_minute > 0 else 0.0
         self._waits = waits or Waits()
         self._clock = clock
-        self._budget = WindowBudget()
-        self._last_sent = -math.inf
-        self._paused_until = 0.0
+        self._schedule = Schedule(per_minute)
         # Senders take their turn in arrival order; only the head waits on the clock, so
         # its slot is computed from the freshest headers rather than reserved in advance.
         self._turn = asyncio.Lock()
 
     @property
     def interval(self) -> float:
-        return self._interval
+        return self._schedule.gap
 
     @property
     def paused_until(self) -> float:
-        return self._paused_until
+        return self._schedule.paused_until
+
+    @property
+    def counting(self) -> Counting:
+        """How the API seems to count, from its answers so far."""
+        return self._schedule.counting
 
     async def acquire(self) -> int:
         """Wait for this caller's turn; returns the call's number for ``observe``."""
         self._waits.raise_if_interrupted()
-        if not self._interval:
-            while (wait := self._paused_until - self._clock()) > 0:
+        schedule = self._schedule
+        if not schedule.gap:
+            while (wait := schedule.paused_until - self._clock()) > 0:
                 await self._waits.sleep(wait)
             return 0
         async with self._turn:
             self._waits.raise_if_interrupted()
             # A loop: a 429 or new headers may move the slot while the head waits.
-            while (wait := self._next_slot(now := self._clock()) - now) > 0:
+            while (wait := schedule.next_slot(now := self._clock()) - now) > 0:
                 await self._waits.sleep(wait)
-            self._last_sent = now
-            return self._budget.sent()
+            return schedule.sent(now)
 
-    def observe(self, seq: int, limit: RateLimit, *, sent_at: float) -> None:
-        """Adapt to the rate-limit headers of the answer to call ``seq``."""
-        if self._interval and seq:
-            self._budget.observe(seq, limit, sent_at=sent_at, now=self._clock())
+    def observe(self, seq: int, limit: RateLimit, *, sent_at: float, refused: bool = False) -> None:
+        """Adapt to the rate-limit headers of the answer to call ``seq`` (``refused``: a 429)."""
+        if self._schedule.gap and seq:
+            self._schedule.observe(seq, limit, sent_at=sent_at, now=self._clock(), refused=refused)
 
     def pause_until(self, deadline: float) -> None:
         """Hold every send until ``deadline`` (monotonic seconds); later deadlines win."""
-        if deadline > self._paused_until:
-            self._paused_until = deadline
-            self._budget.exhausted_until(deadline)
+        self._schedule.pause_until(deadline)
 
     def pause_for(self, seconds: float) -> None:
         self.pause_until(self._clock() + seconds)
 
     def window_end(self) -> float | None:
         """When the current rate-limit window ends, if the headers told us."""
-        end = self._budget.window_end
+        end = self._schedule.window_end()
         return end if end is not None and end > self._clock() else None
-
-    def _next_slot(self, now: float) -> float:
-        return max(
-            self._last_sent + self._interval,
-            self._paused_until,
-            self._budget.earliest(now, self._last_sent),
-        )
