@@ -33,7 +33,7 @@ from bench import report
 from bench.broker import Broker, broker_lost
 from bench.contenders import CONTENDERS, Contender, Role, variant
 from bench.measure import Session
-from bench.pacing import Emulator, PacingResult, pacing
+from bench.pacing import ALGORITHMS, Emulator, PacingResult, pacing
 from bench.phases import DrainResult, LatencyResult, RssResult, drain, latency, rss
 from bench.procs import Children, find_pid
 from bench.profile import profile_worker
@@ -98,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pacing-interval", type=float, help="emulator --rate-interval (s)")
     p.add_argument("--pacing-seconds", type=float, help="measured time (whole windows)")
     p.add_argument("--pacing-workers", default="1,3")
+    p.add_argument(
+        "--pacing-algorithms", default=",".join(ALGORITHMS), help="how the emulator counts"
+    )
+    p.add_argument(
+        "--pacing-bridge", default="without,with", help="without and/or with the events bridge"
+    )
     p.add_argument(
         "--profile", type=Path, metavar="FILE", help="also py-spy the worker at 0 ms, to FILE"
     )
@@ -283,19 +289,31 @@ async def _latency_phase(
 
 
 async def _pacing_phase(args: argparse.Namespace, session: Session) -> list[PacingResult]:
+    """The grid: how the API counts x worker processes x without/with the events bridge."""
     results = []
+    algorithms = [a.strip() for a in args.pacing_algorithms.split(",") if a.strip()]
+    if unknown := set(algorithms) - set(ALGORITHMS):
+        raise SystemExit(f"bench: unknown --pacing-algorithms {', '.join(sorted(unknown))}")
+    bridges = [b.strip() == "with" for b in args.pacing_bridge.split(",") if b.strip()]
     emulator = Emulator(session, args.pacing_limit, args.pacing_interval)
     await emulator.start()
     try:
-        for workers in (int(x) for x in _floats(args.pacing_workers)):
-            r = await _again_on_broker_loss(
-                session, partial(pacing, session, emulator, workers=workers,
-                                 seconds=args.pacing_seconds),
-            )  # fmt: skip
-            results.append(r)
-            _say(f"pacing    {workers} worker(s)  goodput {100 * r.goodput_share:.0f} % of "
-                 f"the limit, 429 share {100 * r.share_429:.0f} %, statuses {r.statuses}, "
-                 f"DLQ {r.dead_lettered}{'  ' + r.error if r.error else ''}")  # fmt: skip
+        for algorithm in algorithms:
+            for workers in (int(x) for x in _floats(args.pacing_workers)):
+                for bridge in bridges:
+                    r = await _again_on_broker_loss(
+                        session, partial(pacing, session, emulator, algorithm=algorithm,
+                                         workers=workers, bridge=bridge,
+                                         seconds=args.pacing_seconds),
+                    )  # fmt: skip
+                    results.append(r)
+                    cell = f"{algorithm:<7} {workers} worker(s){' + bridge' if bridge else '':<9}"
+                    if not r.ran:
+                        _say(f"pacing    {cell}  {r.error}")
+                        continue
+                    _say(f"pacing    {cell}  goodput {100 * r.goodput_share:.1f} % of the "
+                         f"limit, 429 share {100 * r.share_429:.1f} %, {r.statuses}, "
+                         f"DLQ {r.dead_lettered}{'  ' + r.error if r.error else ''}")  # fmt: skip
     finally:
         await emulator.stop()
     return results
@@ -392,11 +410,18 @@ How it measures (details in the docstrings of `bench/*.py`):
   that lost messages to the DLQ or failed is no candidate for best peer.
 - **Pacing**: the project's emulator,
   `scx-forwarder emulator --rate-limit {args.pacing_limit} --rate-interval {interval}`
-  (the rate of a {per_minute:g}-a-minute limit in windows of {interval} s rather than
-  60 s, so that a run takes {args.pacing_seconds:g} s), a backlog that outlasts the run, and
-  1 or 3 `scx-forwarder run` processes on one queue and one refresh token, each with
-  `SCX_MAX_REQUESTS_PER_MINUTE={per_minute:g}` (the whole limit). Counted from the first
-  ticket call, which opens the emulator's first window, for {args.pacing_seconds:g} s, from
-  `GET /_emulator/state`: goodput = accepted / what the limit allows in that time;
-  429 share = 429 answers / ticket calls."""
+  (the rate of a {per_minute:g}-a-minute limit in intervals of {interval} s rather than
+  60 s, so that a run takes {args.pacing_seconds:g} s), counting the limit in each of three ways
+  (`--rate-algorithm`: fixed windows that reset at once, a sliding window in which a call
+  counts for {interval} s, a token bucket of {args.pacing_limit} refilled at
+  {args.pacing_limit} per {interval} s), a backlog that outlasts the run, and 1 or 3
+  `scx-forwarder run` processes on one queue and one refresh token, each with
+  `SCX_MAX_REQUESTS_PER_MINUTE={per_minute:g}` (the whole limit); "+ bridge": one
+  `scx-forwarder events` process polls seller events on the same credential beside them.
+  Counted from the first `/v1/channel*` call, which opens the emulator's first interval, for
+  {args.pacing_seconds:g} s, from `GET /_emulator/state`: goodput = calls answered with a 2xx
+  (accepted tickets, and the bridge's polls and acknowledgements) / what the limit sustains in
+  that time ({args.pacing_limit} per {interval} s; a token bucket also lets one full bucket
+  through at once, so its goodput can pass 100 %); 429 share = 429 answers / all
+  `/v1/channel*` calls. A cell that did not run says why."""
     return text.splitlines()

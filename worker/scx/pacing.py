@@ -166,9 +166,11 @@ class RecentCalls:
         self._own.append(now)
 
     def refused(self, sent_at: float) -> None:
-        """A 429 costs nothing: the call does not hold a slot."""
+        """A 429: the call holds no slot, and we held one fewer than we thought (another
+        caller took it), so it is not ours to take again an interval later."""
         with contextlib.suppress(ValueError):
             self._own.remove(sent_at)
+        self._seen = deque(answer._replace(own=max(0, answer.own - 1)) for answer in self._seen)
 
     def observe(
         self,
