@@ -298,7 +298,8 @@ def chart(results: Results, path: Path) -> None:
         ax_lat.set_yscale("log")
         ax_lat.legend(fontsize=8)
     ran = [r for r in results.pacing if r.ran]
-    pace = [f"{r.algorithm}\n{r.workers}w{'+b' if r.bridge else ''}" for r in ran]
+    pace = [f"{r.algorithm}\n{r.workers}w{'+b' if r.bridge else ''}\n{r.limit}/{r.interval:g}s"
+            for r in ran]  # fmt: skip
     xs = list(range(len(pace)))
     ax_pace.bar([x - 0.2 for x in xs], [100 * r.goodput_share for r in ran], 0.4,
                 label="goodput, % of limit")  # fmt: skip

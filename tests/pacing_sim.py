@@ -24,6 +24,13 @@ from worker.scx.pacing import Schedule
 from worker.scx.responses import RateLimit
 
 
+@dataclass
+class _Call:
+    seq: int
+    sent_at: float
+    decision: Decision | None = None
+
+
 @dataclass(frozen=True)
 class Outcome:
     calls: int
@@ -55,48 +62,42 @@ def simulate(
     limiter = Limiter(algorithm, limit, interval)
     schedules = [Schedule(limit * 60 / interval) for _ in range(replicas)]
     order = itertools.count()
-    events: list[tuple[float, int, str, tuple[object, ...]]] = []
+    # (when, tie-break, replica, call): a call without a decision yet is on its way there,
+    # one with a decision on its way back; no call at all is the replica's head waking up.
+    events: list[tuple[float, int, int, _Call | None]] = []
 
-    def at(when: float, kind: str, *payload: object) -> None:
-        heapq.heappush(events, (when, next(order), kind, payload))
+    def at(when: float, replica: int, call: _Call | None = None) -> None:
+        heapq.heappush(events, (when, next(order), replica, call))
 
     for replica in range(replicas):
-        at(rng.uniform(0.0, 0.5), "wake", replica)
+        at(rng.uniform(0.0, 0.5), replica)
     end = math.inf
     calls = admitted = limited = 0
     while events:
-        now, _, kind, payload = heapq.heappop(events)
+        now, _, replica, call = heapq.heappop(events)
         if now > end:
             break
-        if kind == "wake":
-            (replica,) = payload
-            assert isinstance(replica, int)
-            schedule = schedules[replica]
+        schedule = schedules[replica]
+        if call is None:
             slot = schedule.next_slot(now)
             if slot > now:
-                at(slot, "wake", replica)
+                at(slot, replica)
                 continue
-            seq = schedule.sent(now)
-            at(now + rng.uniform(*latency), "arrive", replica, seq, now)
-            at(now, "wake", replica)  # the next message in line takes its turn
-        elif kind == "arrive":
+            at(now + rng.uniform(*latency), replica, _Call(schedule.sent(now), now))
+            at(now, replica)  # the next message in line takes its turn
+        elif call.decision is None:
             if end == math.inf:
                 end = now + seconds
-            decision = limiter.take(now)
+            call.decision = decision = limiter.take(now)
             calls += 1
             admitted += decision.admitted
             limited += not decision.admitted
-            at(now + rng.uniform(*latency), "answer", *payload, decision)
+            at(now + rng.uniform(*latency), replica, call)
         else:
-            replica, seq, sent_at, decision = payload
-            assert isinstance(replica, int)
-            assert isinstance(seq, int)
-            assert isinstance(sent_at, float)
-            assert isinstance(decision, Decision)
-            schedule = schedules[replica]
+            decision = call.decision
             headers = RateLimit(limit, decision.remaining, interval)
             refused = not decision.admitted
-            schedule.observe(seq, headers, sent_at=sent_at, now=now, refused=refused)
+            schedule.observe(call.seq, headers, sent_at=call.sent_at, now=now, refused=refused)
             if refused:
                 schedule.pause_until(now + math.ceil(decision.retry_after or 0.0))
     return Outcome(calls, admitted, limited, limit * seconds / interval)

@@ -1,33 +1,55 @@
-"""Client-side pacing: keep ticket calls under the API's limit, alone or beside replicas.
+"""Client-side pacing: keep calls under the API's limit, alone or beside replicas.
 
 Production allows 60 calls to ``/v1/channel*`` per 60 s per channel credential, and every
-replica of the worker shares that budget. There is no coordinator: each process paces
-itself from what the API tells every caller, the ``X-RateLimit-Limit``,
-``-Remaining`` and ``-Interval-Length-Seconds`` headers.
+replica of the worker (and the events bridge) shares that budget. There is no coordinator:
+each process paces itself from what the API tells every caller, the ``X-RateLimit-Limit``,
+``-Remaining`` and ``-Interval-Length-Seconds`` headers. They do not say *how* the API
+counts, and it matters: fixed windows reset at once, a sliding window frees each call an
+interval after it was made, a token bucket refills continuously (and saves up to a full
+bucket). Pacing that waits for a reset which never comes uses half of a sliding window.
 
-Two rules decide when the next request of this process may go:
+Three rules decide when the next request of this process may go (``Schedule``, pure):
 
 1. **Never faster than** ``SCX_MAX_REQUESTS_PER_MINUTE`` (evenly spaced, in arrival order).
-2. **Spread what is left of the window over the time left in it.** With ``R`` calls left
-   (as last reported, minus our own calls since) and the window ending at ``E``, the next
-   call waits at least ``(E - last) / (R - reserve + 1)``, so the last call of a window
-   lands one gap before its end. Alone, this is even pacing at the limit. Beside
-   replicas that all follow it, the shared remainder drains in proportion to time left
-   and reaches zero only as the window closes, so the replicas converge on the limit
-   together. ``reserve`` is what the *other* callers used between two of our
-   own answers: that many calls may be in flight elsewhere when we read ``R``, so we
-   leave them. At ``R <= reserve`` we wait for the next window.
+2. **Fixed windows** (``WindowBudget``), assumed until the answers show otherwise: spread
+   what is left of the window over the time left in it. With ``R`` calls left (as last
+   reported, minus our own calls since) and the window ending at ``E``, the next call waits
+   at least ``(E - last) / (R - reserve + 1)``, so the last call of a window lands one gap
+   before its end. Alone, this is even pacing at the limit; beside replicas that all follow
+   it, the shared remainder drains in proportion to time left and reaches zero as the window
+   closes. ``reserve`` is what the *other* callers used between two of our own answers. The
+   window's end is estimated late rather than early (a window is known to have started when
+   the remainder goes up to about the whole limit), which costs a little idle time, never a
+   429.
+3. **Capacity that comes back over time** (``RecentCalls``): once ``Remaining`` rises
+   without a reset to about the whole limit, two "resets" come within less than an
+   interval, or the estimated window is over and nothing was reset, the API does not count
+   in windows, and for good this process keeps to **its own calls of the last interval**:
+   it reuses a slot it held once the call in it is ``interval + margin`` old (the API times
+   a call by its arrival, so not on the edge), and takes a slot more only when it was free
+   at all our answers of that span, beyond what the others added between two of them.
+   The others keep to theirs, so the calls of any interval stay within the limit: what a
+   sliding window admits, and a token bucket of the same limit admits too.
 
-The window's end is estimated conservatively: a window is known to have started when the
-remainder goes *up* (or reads ``limit - 1``), at the latest when that answer arrived,
-so ``E = arrival + interval`` errs late, which costs a little idle time, never a 429.
-A ``Retry-After`` on a 429 gives ``E`` exactly. A simulation of 1-8 replicas sharing 120
-calls per window (fixed windows, 0.5-3 ms latency) gave 100 % of the limit and no 429;
-spreading over ``R`` gaps instead of ``R + 1`` lost one call per window (95 % at 20 calls
-per window, as ``make bench`` measured before the change).
+What the others hold is read from ``Remaining``: under a sliding window it is the limit
+minus ``Remaining`` minus our own calls of the interval. A token bucket reports its whole
+tokens, including tokens saved up, which would make the others' share look smaller than it
+is, so once the answers show a bucket (``Remaining`` plus our own calls of the interval above
+the limit, tokens back within an interval of our first call, or a 429 on a slot we held),
+the others' calls are counted from how ``Remaining`` moves between two of our answers, net
+of our own calls and of the refill (``limit / interval`` a second, up to the capacity), and
+we hold no more than the limit leaves beside them.
+
+What this cannot know: for its first interval a token bucket shared by several callers
+reads exactly like a sliding window (the refill hides among the others' calls), and the
+callers spend the saved-up bucket and its refill, about twice the limit. Each keeps to its
+calls for one more interval, so one 429 per caller (fewer if the first to learn leaves
+enough) tells it; after that none. ``tests/pacing_sim.py`` simulates replicas against the
+emulator's limiters (``worker/emulator/limits.py``); ``make bench`` measures real processes.
 
 A 429 pauses every sender of the process (``pause_until``) so that in-flight messages do
-not each spend a retry on a limit already known to be exhausted.
+not each spend a retry on a limit already known to be exhausted; the refused call holds no
+slot, and under rule 3 we held one slot fewer than we thought.
 
 ``per_minute == 0`` turns pacing off; 429 pauses still apply.
 """
