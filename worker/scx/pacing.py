@@ -159,19 +159,23 @@ class _Answer(NamedTuple):
 class RecentCalls:
     """Pacing for a limit that frees capacity as time goes on (sliding window, token bucket).
 
-    No coordinator, so every process keeps to **its own calls of the last interval**: it may
-    make a call while its own count over the last ``interval + margin`` seconds is below
-    ``limit - others``, where ``others`` is the most calls the *other* callers had counted
-    at any of our answers of that span. The others keep to theirs, so the sum stays within
-    the limit, the way a sliding window counts; traffic a sliding window admits, a token
-    bucket of the same limit admits too. A slot another caller leaves free shows up as
-    ``Remaining`` and is taken over once it stayed free for a whole span.
+    No coordinator, so every process keeps to **its own calls of the last interval**. Over
+    the span of ``interval + margin`` seconds it may hold as many calls as the API counted of
+    ours at any of our answers in that span (``held``): a slot comes free for us again when
+    our call in it leaves the span. A slot more is taken only while our count stays below
+    ``limit - others - growth``: ``others`` is the most calls the *other* callers had counted
+    at any of our answers of the span, ``growth`` the most they added between two of them
+    (they may have done so again since our last answer). The others keep to theirs, so the
+    calls of any interval stay within the limit, which a sliding window admits, and a token
+    bucket of the same limit admits too. A slot another caller gives up shows as
+    ``Remaining`` and is taken over once it stayed free at all our answers of a span.
 
     ``others`` is read from ``Remaining``: under a sliding window it is ``limit - remaining``
     minus our own calls of the interval. A token bucket reports its whole tokens instead,
-    which may include tokens saved up, so there the calls of the others are counted from how
-    ``Remaining`` moves between two of our answers, net of our own calls and of the refill
-    (``limit / interval`` a second).
+    which may include tokens saved up, so once the answers show a bucket (``not_sliding``)
+    the others' calls are counted from how ``Remaining`` moves between two of our answers,
+    net of our own calls and of the refill (``limit / interval`` a second, up to the
+    capacity), and we hold no more than the limit leaves beside them.
     """
 
     def __init__(self) -> None:
@@ -262,9 +266,8 @@ class RecentCalls:
         return total
 
     def _forget(self, before: float) -> None:
-        for queue in (self._own,):
-            while queue and queue[0] <= before:
-                queue.popleft()
+        while self._own and self._own[0] <= before:
+            self._own.popleft()
         while self._seen and self._seen[0].at <= before:
             self._seen.popleft()
         while len(self._moved) > 1 and self._moved[1][0] <= before:
@@ -293,7 +296,6 @@ class Schedule:
         self.recent = RecentCalls()
         self.paused_until = 0.0
         self.last_sent = -math.inf
-        self._seq = 0
         self._seen_seq = 0
         self._before: tuple[float, int] | None = None
         self._first: tuple[float, int] | None = None  # (answer at, remaining) of our first
@@ -318,8 +320,7 @@ class Schedule:
     def sent(self, now: float) -> int:
         self.last_sent = now
         self.recent.sent(now)
-        self._seq = self.windows.sent()
-        return self._seq
+        return self.windows.sent()
 
     def observe(
         self, seq: int, limit: RateLimit, *, sent_at: float, now: float, refused: bool = False
@@ -366,7 +367,9 @@ class Schedule:
         elif up:
             self._switch(bucket=self._refilled_early(remaining - (self._before[1] - ours), now))
         end = self.windows.window_end
-        if not self._windows_over and end is not None and sent_at >= end and not reset:
+        # An end that a pause set (Retry-After, maybe shorter than the window) proves nothing.
+        over = end is not None and end != self.paused_until and sent_at >= end
+        if not self._windows_over and over and not reset:
             self._switch(bucket=False)  # the window is over and nothing was reset
 
     def _refilled_early(self, came_back: int, now: float) -> bool:
