@@ -25,9 +25,10 @@ Three rules decide when the next request of this process may go (``Schedule``, p
    without a reset to about the whole limit, two "resets" come within less than an
    interval, or the estimated window is over and nothing was reset, the API does not count
    in windows, and for good this process keeps to **its own calls of the last interval**:
-   it reuses a slot it held once the call in it is ``interval + margin`` old (the API times
-   a call by its arrival, so not on the edge), and takes a slot more only when it was free
-   at all our answers of that span, beyond what the others added between two of them.
+   it reuses a slot it held an interval after the answer to the call in it (the API counts
+   a call from its arrival, which came before the answer, so the slot is surely free,
+   however slow the network), and takes a slot more only when it was free at all our
+   answers of the last interval, beyond what the others added between two of them.
    The others keep to theirs, so the calls of any interval stay within the limit: what a
    sliding window admits, and a token bucket of the same limit admits too.
 
@@ -57,7 +58,6 @@ slot, and under rule 3 we held one slot fewer than we thought.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import math
 import time
@@ -139,8 +139,8 @@ _RECHECK = 0.001
 
 
 def margin(interval: float) -> float:
-    """How much longer than the interval our own slots are held before they are used again:
-    the API times calls by their arrival, so a call must not land on the edge of the slot."""
+    """How much longer than the interval an answer is remembered: one that arrived just
+    before the interval's edge still says who held the calls at its end."""
     return max(0.01 * interval, 0.05)
 
 
@@ -159,16 +159,17 @@ class _Answer(NamedTuple):
 class RecentCalls:
     """Pacing for a limit that frees capacity as time goes on (sliding window, token bucket).
 
-    No coordinator, so every process keeps to **its own calls of the last interval**. Over
-    the span of ``interval + margin`` seconds it may hold as many calls as the API counted of
-    ours at any of our answers in that span (``held``): a slot comes free for us again when
-    our call in it leaves the span. A slot more is taken only while our count stays below
-    ``limit - others - growth``: ``others`` is the most calls the *other* callers had counted
-    at any of our answers of the span, ``growth`` the most they added between two of them
-    (they may have done so again since our last answer). The others keep to theirs, so the
-    calls of any interval stay within the limit, which a sliding window admits, and a token
-    bucket of the same limit admits too. A slot another caller gives up shows as
-    ``Remaining`` and is taken over once it stayed free at all our answers of a span.
+    No coordinator, so every process keeps to **its own calls of the last interval**: it may
+    hold as many as the API counted of ours at any of our answers of the last interval
+    (``held``, counting only the calls that surely arrived within it), and a slot comes free
+    for us again an interval after the answer to our call in it (the call arrived before its
+    answer, so by then the API no longer counts it). A slot more is taken only while our
+    count stays below ``limit - others - growth``: ``others`` is the most calls the *other*
+    callers had counted at any of those answers, ``growth`` the most they added between two
+    of them (they may have done so again since our last answer). The others keep to theirs,
+    so the calls of any interval stay within the limit, which a sliding window admits, and a
+    token bucket of the same limit admits too. A slot another caller gives up shows as
+    ``Remaining`` and is taken over once it stayed free at all our answers of an interval.
 
     ``others`` is read from ``Remaining``: under a sliding window it is ``limit - remaining``
     minus our own calls of the interval. A token bucket reports its whole tokens instead,
@@ -183,23 +184,29 @@ class RecentCalls:
         self.not_sliding = False
         self._limit: int | None = None
         self._interval = 0.0
-        self._own: deque[float] = deque()  # when we sent each call the API may still count
+        # Our calls the API may still count, by number: (sent at, answered at or None).
+        self._own: dict[int, tuple[float, float | None]] = {}
         self._seen: deque[_Answer] = deque()
         self._moved: deque[tuple[float, float]] = deque()  # (answer at, others' calls so far)
         self._others_total = 0.0
 
-    def sent(self, now: float) -> None:
-        self._own.append(now)
+    def sent(self, seq: int, now: float) -> None:
+        self._own[seq] = (now, None)
 
-    def refused(self, sent_at: float) -> None:
+    def answered(self, seq: int, now: float) -> None:
+        """Call ``seq`` was answered: it reached the API by ``now`` at the latest."""
+        if seq in self._own:
+            self._own[seq] = (self._own[seq][0], now)
+
+    def refused(self, seq: int) -> None:
         """A 429: the call holds no slot, and we held one fewer than we thought (another
         caller took it), so it is not ours to take again an interval later."""
-        with contextlib.suppress(ValueError):
-            self._own.remove(sent_at)
+        self._own.pop(seq, None)
         self._seen = deque(answer._replace(own=max(0, answer.own - 1)) for answer in self._seen)
 
     def observe(
         self,
+        seq: int,
         limit: RateLimit,
         *,
         sent_at: float,
@@ -211,7 +218,14 @@ class RecentCalls:
         remaining) of our previous answer, ``ours`` the calls we sent in between."""
         self._limit, self._interval = limit.limit, limit.interval
         window = limit.interval
-        own = sum(1 for t in self._own if sent_at - window < t <= sent_at)
+        # Ours the API surely counted with this call: sent within the interval before this
+        # answer, and answered before this call went out (so they arrived before it).
+        own = sum(
+            1
+            for number, (sent, answered) in self._own.items()
+            if sent > now - window
+            and (number == seq or (answered is not None and answered <= sent_at))
+        )
         by_window = max(0, limit.limit - limit.remaining - own)
         if before is not None:
             then, remaining = before
@@ -229,6 +243,10 @@ class RecentCalls:
     def counting(self) -> Counting:
         return "bucket" if self.not_sliding else "sliding"
 
+    @property
+    def last_answer(self) -> _Answer | None:
+        return self._seen[-1] if self._seen else None
+
     def earliest(self, now: float) -> float:
         """The earliest time our next call keeps within our share of the interval."""
         if self._limit is None:
@@ -242,7 +260,13 @@ class RecentCalls:
         if self.not_sliding:
             # Saved-up tokens let us hold more than the bucket refills: not ours to keep.
             held = min(held, self._limit - others)
-        recent = [t for t in self._own if t > now - span]
+        # Our calls the API may still count: each until an interval after its answer (by
+        # then it has arrived), one still unanswered until long after it went out.
+        recent = sorted(
+            answered if answered is not None else sent + 2 * self._interval
+            for sent, answered in self._own.values()
+        )
+        recent = [t for t in recent if t > now - self._interval]
         count = len(recent)
         if count < held:
             return now  # a slot we held has come free again: ours to use
@@ -254,7 +278,7 @@ class RecentCalls:
         # When one of our calls leaves the span, or what we saw of the others goes stale;
         # never "now", which would read as a yes (and a float may land on the edge).
         later = [seen[0].at + span] if seen else []
-        later += [recent[count - n] + span for n in (held, claimable) if 0 < n <= count]
+        later += [recent[count - n] + self._interval for n in (held, claimable) if 0 < n <= count]
         return max(min(later, default=now), now + _RECHECK)
 
     def _total_at(self, when: float) -> float:
@@ -266,8 +290,9 @@ class RecentCalls:
         return total
 
     def _forget(self, before: float) -> None:
-        while self._own and self._own[0] <= before:
-            self._own.popleft()
+        for number, (sent, answered) in list(self._own.items()):
+            if max(sent + 2 * self._interval, answered or 0.0) <= before:
+                del self._own[number]
         while self._seen and self._seen[0].at <= before:
             self._seen.popleft()
         while len(self._moved) > 1 and self._moved[1][0] <= before:
@@ -319,16 +344,19 @@ class Schedule:
 
     def sent(self, now: float) -> int:
         self.last_sent = now
-        self.recent.sent(now)
-        return self.windows.sent()
+        seq = self.windows.sent()
+        self.recent.sent(seq, now)
+        return seq
 
     def observe(
         self, seq: int, limit: RateLimit, *, sent_at: float, now: float, refused: bool = False
     ) -> None:
+        self.recent.answered(seq, now)
         if refused:
-            self.recent.refused(sent_at)
+            self.recent.refused(seq)
             self._refused.add(seq)
-            if self._windows_over:
+            last = self.recent.last_answer
+            if self._windows_over and last is not None and last.by_bucket >= last.by_window + 2:
                 # Keeping to our own slots is never refused by a sliding window (unless a new
                 # caller came): the capacity we counted on was saved up, so a token bucket.
                 self._switch(bucket=True)
@@ -337,7 +365,7 @@ class Schedule:
         ours = seq - self._seen_seq - sum(1 for s in self._refused if s > self._seen_seq)
         self._refused = {s for s in self._refused if s > seq}
         self._classify(limit, sent_at=sent_at, now=now, ours=ours)
-        self.recent.observe(limit, sent_at=sent_at, now=now, before=self._before, ours=ours)
+        self.recent.observe(seq, limit, sent_at=sent_at, now=now, before=self._before, ours=ours)
         self.windows.observe(seq, limit, sent_at=sent_at, now=now)
         self._seen_seq = seq
         self._before = (now, limit.remaining)
