@@ -6,7 +6,7 @@ contender as its own OS process, prints the tables and writes ``docs/BENCHMARKS.
 ``docs/benchmarks.png``. Everything it starts or declares is removed at the end, also on
 Ctrl-C or SIGTERM.
 
-    .venv/bin/python -m bench            # the full run, about 15 minutes
+    .venv/bin/python -m bench            # the full run, about 30 minutes
     .venv/bin/python -m bench --quick    # a smoke run of about 2 minutes; writes no docs
 
 Needs RabbitMQ on ``AMQP_URL`` (default ``amqp://guest:guest@127.0.0.1:5672/``), the

@@ -10,6 +10,7 @@ import time
 import orjson
 import pytest
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
 from tests.conftest import REFRESH_TOKEN, wait_for
 from tests.examples import SEED_TICKET
@@ -298,3 +299,22 @@ async def test_clients_sharing_a_credential_use_the_limit_without_429s(
     # Generous bounds for a loaded machine: `make bench` measures the real figures.
     assert accepted >= 0.85 * limit * intervals
     assert limited <= clients - 1 if algorithm == "bucket" else limited == 0
+
+
+def test_the_pacer_logs_once_when_it_learns_how_the_api_counts() -> None:
+    now = [0.0]
+    pacer = Pacer(per_minute=6000, clock=lambda: now[0])
+    with capture_logs() as logs:
+        for k in range(12):
+            now[0] = float(k)
+            pacer.observe(k + 1, RateLimit(10, max(0, 9 - k), 10.0), sent_at=now[0] - 0.001)
+    assert pacer.counting == "sliding"
+    learned = [e for e in logs if e["event"] == "scx.rate_limit_counting"]
+    assert learned == [
+        {
+            "event": "scx.rate_limit_counting",
+            "counting": "sliding",
+            "was": "fixed",
+            "log_level": "info",
+        }
+    ]

@@ -65,8 +65,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
+import structlog
+
 from worker.scx.responses import RateLimit
 from worker.scx.waits import Waits
+
+log = structlog.get_logger(__name__)
 
 # What other callers used between two of our answers is capped: a burst seen once
 # (answers overtaking each other) must not hold a whole window back.
@@ -460,8 +464,12 @@ class Pacer:
 
     def observe(self, seq: int, limit: RateLimit, *, sent_at: float, refused: bool = False) -> None:
         """Adapt to the rate-limit headers of the answer to call ``seq`` (``refused``: a 429)."""
-        if self._schedule.gap and seq:
-            self._schedule.observe(seq, limit, sent_at=sent_at, now=self._clock(), refused=refused)
+        schedule = self._schedule
+        if schedule.gap and seq:
+            before = schedule.counting
+            schedule.observe(seq, limit, sent_at=sent_at, now=self._clock(), refused=refused)
+            if schedule.counting != before:
+                log.info("scx.rate_limit_counting", counting=schedule.counting, was=before)
 
     def pause_until(self, deadline: float) -> None:
         """Hold every send until ``deadline`` (monotonic seconds); later deadlines win."""
