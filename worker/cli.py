@@ -24,6 +24,7 @@ import aiormq
 import orjson
 import structlog
 
+from worker import __version__
 from worker.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from worker.logging import configure_logging
 from worker.settings import ConfigError, load_settings
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="scx-forwarder",
         description="Forward marketplace ticket events from RabbitMQ to JTL's SCX Channel API.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="consume ticket events and forward them (the service)")
@@ -80,11 +82,21 @@ def _parser() -> argparse.ArgumentParser:
         "--fail-rate", type=float, default=0.0, metavar="FRACTION", help="random 5xx share"
     )
     emu.add_argument("--fail-status", type=int, default=503, metavar="STATUS")
+    emu.add_argument(
+        "--conflict-on-duplicate",
+        action="store_true",
+        help="answer 409 Conflict to a repeated ticketId of the same seller (default: 201)",
+    )
     emu.set_defaults(command=_cmd_emulator)
 
     pub = sub.add_parser("publish", help="publish events from a JSON-lines file ('-' = stdin)")
     pub.add_argument("file", metavar="FILE.jsonl")
     pub.add_argument("--routing-key", help="default: AMQP_BINDING_KEY")
+    pub.add_argument(
+        "--cloudevents",
+        choices=("binary", "structured"),
+        help="publish events as CloudEvents in this content mode (default: plain JSON)",
+    )
     pub.set_defaults(command=_cmd_publish)
 
     sample = sub.add_parser("sample", help="write sample events as JSON lines to stdout")
@@ -155,9 +167,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             mapper = load_mapper(mapper_spec)
         except ValueError as exc:
             raise ConfigError(f"WORKER_MAPPER / --mapper: {exc}") from None
+    from worker import tracing
     from worker.service import serve
 
-    return asyncio.run(serve(settings, refresh_token, mapper))
+    with tracing.started(settings.otel_traces_exporter, settings.otel_service_name):
+        return asyncio.run(serve(settings, refresh_token, mapper))
 
 
 def _cmd_emulator(args: argparse.Namespace) -> int:
@@ -173,6 +187,7 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
         rate_algorithm=args.rate_algorithm,
         fail_rate=args.fail_rate,
         fail_status=args.fail_status,
+        conflict_on_duplicate=args.conflict_on_duplicate,
     )
 
     def ready(url: str) -> None:
@@ -188,7 +203,11 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     stream = sys.stdin.buffer if args.file == "-" else Path(args.file).open("rb")  # noqa: SIM115
     with stream:
         try:
-            count = asyncio.run(publish_lines(settings, stream, routing_key=args.routing_key))
+            count = asyncio.run(
+                publish_lines(
+                    settings, stream, routing_key=args.routing_key, cloudevents=args.cloudevents
+                )
+            )
         except Unroutable as exc:
             print(f"scx-forwarder publish: {exc}", file=sys.stderr)
             return EXIT_FAILED

@@ -1,24 +1,42 @@
 """The forwarder: the one stateful loop between the work queue and the SCX API.
 
-For each delivery: decode and validate (``worker.mapping``), send (``worker.scx``), then
+For each delivery: decode and validate (``worker.mapping``), fetch the attachment files
+(``worker.attachments``), create the ticket and upload each file (``worker.scx``), then
 settle in ``_settle``, the only place that acks, dead-letters or returns a message:
 
 =====================  ============================================================
 outcome                what happens to the message
 =====================  ============================================================
-API answered 2xx       ack
+API answered 2xx       ack (after its outcome event, see below); ``Forwarded``, or
+                       ``Delivered`` for a ticket with files
 ``MessageError``       copy to ``<queue>.dlq`` (publisher-confirmed), then ack
 ``RetryLater``         copy to ``<queue>.retry.<N>s`` (confirmed), then ack; or, once
                        ``WORKER_RETRY_MAX_AGE`` has passed since its first failure, a
                        ``RetriesExhausted`` dead-letter (kind ``exhausted``)
-``ShuttingDown``       nack + requeue (stopped while waiting to send: nothing sent)
-``FatalError``         nack + requeue; the worker drains and exits non-zero
+``ShuttingDown``       nack + requeue (stopped while waiting to send: nothing sent); with
+                       steps done, a confirmed copy with ``x-scx-progress`` to the work
+                       queue, then ack (``_hand_back``)
+``FatalError``         as ``ShuttingDown``; the worker drains and exits non-zero
 anything else (a bug)  nack + requeue after 5 s; the delivery limit ends a loop
 copy to DLQ/delay failed  nack + requeue after 5 s; tried again later, never lost
+outcome event failed   nack + requeue after 5 s, as a failed copy
 =====================  ============================================================
+
+With ``WORKER_OUTCOME_EVENTS`` a forwarded or dead-lettered message is acked only after
+its outcome event (``worker.outcomes``) was confirmed by the broker; a delayed or returned
+message has none.
 
 Delivery is at-least-once: a crash between the API's 2xx and the ack, or a lost
 connection in that window, makes the broker deliver the message again.
+
+Attachments (``worker.delivery``): every file is fetched before the first SCX call, so a source
+that can never work dead-letters the message as ``invalid`` with no ticket created; then
+the ticket, then each file. What is done (``worker.progress.Steps``) travels with every copy
+of the message that leaves after the ticket exists (delay stage, DLQ, back to the work queue
+on shutdown) in ``x-scx-progress``, and with ``WORKER_STATE_REDIS_URL`` also lives in Redis;
+both are checked before each step, so a retry creates no ticket twice and uploads no file
+twice. At most ``WORKER_ATTACHMENT_CONCURRENCY`` messages hold files (download to upload)
+at once; their temporary files are removed whatever the outcome.
 
 The delay stage keeps long outages out of memory: a message whose in-process retries
 ran out waits in a delay queue (``WORKER_RETRY_DELAYS``, 10 s, 60 s, 600 s by default;
@@ -49,6 +67,7 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -59,8 +78,11 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from worker import metrics
+from worker import headers as h
+from worker import metrics, outcomes, tracing
+from worker.attachments import clear_spool
 from worker.copies import message_copy
+from worker.delivery import Delivered, Delivery
 from worker.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -70,7 +92,9 @@ from worker.errors import (
     RetryLater,
     ShuttingDown,
 )
-from worker.mapping import Mapper, decode_ticket
+from worker.mapping import Mapper, decode_message, message_mapper
+from worker.outcomes import MessageFacts
+from worker.progress import Steps
 from worker.scx import Forwarded, ScxClient
 from worker.settings import Settings
 from worker.topology import Topology, declare_topology
@@ -87,7 +111,7 @@ MAX_DETAIL_BYTES = 8 * 1024
 
 # Headers of ours that must not travel into a copy: the broker's delivery count belongs
 # to the original queue, and a retried message is no longer a dead-letter.
-_NOT_COPIED = ("x-delivery-count",)
+_NOT_COPIED = (h.DELIVERY_COUNT,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,16 +125,16 @@ class Delay:
     attempts: int
 
 
-Outcome = Forwarded | Delay | Exception
+Outcome = Forwarded | Delivered | Delay | Exception
 
 
 def delay_or_give_up(
     headers: dict[str, Any], later: RetryLater, settings: Settings, now: datetime
 ) -> Delay | RetriesExhausted:
     """Where a message goes whose in-process retries ran out: a delay queue, or the DLQ."""
-    retries = headers.get("x-retry-count")
+    retries = headers.get(h.RETRY_COUNT)
     retries = retries if isinstance(retries, int) and retries >= 0 else 0
-    first = _parse_time(headers.get("x-first-failure-at")) or now
+    first = _parse_time(headers.get(h.FIRST_FAILURE_AT)) or now
     age = (now - first).total_seconds()
     delays = settings.worker_retry_delays
     if not delays or age >= settings.worker_retry_max_age:
@@ -130,9 +154,9 @@ def delay_or_give_up(
         queue=settings.retry_queue(seconds),
         seconds=seconds,
         headers={
-            "x-retry-count": retries + 1,
-            "x-first-failure-at": _iso(first),
-            "x-last-error": later.reason[:512],
+            h.RETRY_COUNT: retries + 1,
+            h.FIRST_FAILURE_AT: _iso(first),
+            h.LAST_ERROR: later.reason[:512],
         },
         reason=later.reason,
         attempts=later.attempts,
@@ -145,8 +169,12 @@ class Forwarder:
     ) -> None:
         self._settings = settings
         self._client = client
-        self._mapper = mapper
+        # The mapper's signature is read once, here, not per message.
+        self._mapper = message_mapper(mapper) if mapper is not None else None
+        self._outcome_source = outcomes.source(settings.amqp_queue)
         self._semaphore = asyncio.Semaphore(settings.worker_concurrency)
+        self._file_slots = asyncio.Semaphore(settings.worker_attachment_concurrency)
+        self._delivery = Delivery(settings, client)
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._topology: Topology | None = None
@@ -167,6 +195,8 @@ class Forwarder:
     async def run(self) -> int:
         """Consume until ``stop()``; returns the process exit code."""
         settings = self._settings
+        if removed := clear_spool():
+            log.info("worker.spool_cleared", removed=removed)  # left by a crashed run
         connection = await aio_pika.connect_robust(
             settings.amqp_url.get_secret_value(),
             client_properties={"connection_name": _connection_name(settings)},
@@ -203,6 +233,7 @@ class Forwarder:
             await self._drain()
         finally:
             await connection.close()
+            await self._delivery.aclose()
         return self.exit_code
 
     async def _drain(self) -> None:
@@ -255,62 +286,93 @@ class Forwarder:
             self._in_flight.add(task)
             metrics.started()
             try:
-                with structlog.contextvars.bound_contextvars(
-                    message_id=message.message_id,
-                    delivery_count=_delivery_count(message),
+                with (
+                    structlog.contextvars.bound_contextvars(
+                        message_id=message.message_id,
+                        delivery_count=_delivery_count(message),
+                    ),
+                    tracing.consuming(self._settings.amqp_queue, message),
                 ):
                     started = time.perf_counter()
-                    outcome = await self._process(message)
-                    await self._settle(message, outcome, started)
+                    facts = MessageFacts(message_id=message.message_id)
+                    steps = Steps.from_headers(message.headers)
+                    outcome = await self._process(message, facts, steps)
+                    await self._settle(message, outcome, started, facts, steps)
             finally:
                 self._in_flight.discard(task)
                 metrics.finished()
 
-    async def _process(self, message: AbstractIncomingMessage) -> Outcome:
+    async def _process(
+        self, message: AbstractIncomingMessage, facts: MessageFacts, steps: Steps
+    ) -> Outcome:
+        """Do what is left for this message; ``steps`` is updated as each step is done."""
         try:
-            ticket = decode_ticket(message.body, self._mapper)
-            structlog.contextvars.bind_contextvars(
-                ticket_id=ticket.ticket_id, seller_id=ticket.seller_id
+            decoded = decode_message(
+                message.body,
+                headers=message.headers or {},
+                content_type=message.content_type,
+                mapper=self._mapper,
             )
-            return await self._client.send_ticket(ticket.to_json())
+            ticket = decoded.ticket
+            _learn(
+                facts,
+                event_id=decoded.event_id,
+                ticket_id=ticket.ticket_id,
+                seller_id=ticket.seller_id,
+            )
+            tracing.ticket(ticket.ticket_id, ticket.seller_id)
+            if not decoded.files and not steps and not self._delivery.recording:
+                return await self._client.send_ticket(ticket.to_json())
+            if not decoded.files:
+                return await self._delivery.deliver(decoded, steps)
+            async with self._file_slots:  # the files are held from download to upload
+                return await self._delivery.deliver(decoded, steps)
+        except MessageError as exc:
+            if facts.event_id is None:  # the message did not decode; its id may be known
+                _learn(facts, event_id=exc.event_id)
+            return exc
         except Exception as exc:  # bad input must never take the worker down
             return exc
 
     async def _settle(
-        self, message: AbstractIncomingMessage, outcome: Outcome, started: float
+        self,
+        message: AbstractIncomingMessage,
+        outcome: Outcome,
+        started: float,
+        facts: MessageFacts,
+        steps: Steps | None = None,
     ) -> None:
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        # What is done travels with every copy, so the next attempt (or a replay) resumes.
+        progress = steps.header() if steps is not None else {}
         if isinstance(outcome, RetryLater):
             outcome = delay_or_give_up(
                 message.headers or {}, outcome, self._settings, datetime.now(UTC)
             )
         match outcome:
-            case Forwarded(status=status, attempts=attempts):
-                await _ack(message)
-                metrics.forwarded(message.timestamp)
-                log.info(
-                    "ticket.forwarded", status=status, attempts=attempts, duration_ms=duration_ms
-                )
+            case Forwarded() | Delivered():
+                await self._settle_forwarded(message, outcome, facts, duration_ms)
             case Delay():
                 try:
-                    await self._publish_copy(message, outcome.queue, outcome.headers)
+                    await self._publish_copy(message, outcome.queue, outcome.headers | progress)
                 except Exception as exc:
                     log.error("ticket.delay_failed", error=f"{type(exc).__name__}: {exc}")
                     await self._return_later(message, "delay publish failed")
                     return
                 await _ack(message)
                 metrics.delayed(outcome.reason)
+                tracing.settled("delayed", attempts=outcome.attempts)
                 log.warning(
                     "ticket.delayed",
                     delay_s=outcome.seconds,
-                    retry_count=outcome.headers["x-retry-count"],
+                    retry_count=outcome.headers[h.RETRY_COUNT],
                     reason=outcome.reason,
                     attempts=outcome.attempts,
                     duration_ms=duration_ms,
                 )
             case MessageError():
                 try:
-                    await self._dead_letter(message, outcome)
+                    await self._dead_letter(message, outcome, progress)
                 except Exception as exc:
                     log.error(
                         "ticket.dead_letter_failed",
@@ -319,8 +381,17 @@ class Forwarder:
                     )
                     await self._return_later(message, "dead-letter publish failed")
                     return
+                error = outcome  # narrowed to MessageError, for the closure
+                if not await self._announce(
+                    lambda: outcomes.dead_lettered(facts, error, source=self._outcome_source)
+                ):
+                    await self._return_later(message, "outcome publish failed")
+                    return
                 await _ack(message)
                 metrics.dead_lettered(outcome.kind, message.timestamp)
+                tracing.settled(
+                    "dead_lettered", outcome.summary, attempts=outcome.attempts, kind=outcome.kind
+                )
                 log.info(
                     "ticket.dead_lettered",
                     kind=outcome.kind,
@@ -329,10 +400,10 @@ class Forwarder:
                     duration_ms=duration_ms,
                 )
             case ShuttingDown():
-                await _return(message, "worker stopped before sending it")
+                await self._hand_back(message, "worker stopped before sending it", progress)
             case FatalError():
                 log.critical("worker.fatal", error=str(outcome))
-                await _return(message, "worker stopping on a fatal error")
+                await self._hand_back(message, "worker stopping on a fatal error", progress)
                 self.stop(outcome.exit_code)
             case _:
                 log.error(
@@ -342,25 +413,108 @@ class Forwarder:
                 )
                 await self._return_later(message, "unexpected error")
 
+    async def _settle_forwarded(
+        self,
+        message: AbstractIncomingMessage,
+        outcome: Forwarded | Delivered,
+        facts: MessageFacts,
+        duration_ms: float,
+    ) -> None:
+        """The ticket (and its files) are in SCX: its outcome event, then the ack."""
+        status, attempts = outcome.status, outcome.attempts
+        fields: dict[str, Any] = {}
+        if isinstance(outcome, Delivered):
+            facts.uploaded_files[:] = outcome.files
+            fields = {"files_uploaded": outcome.uploaded, "steps_skipped": outcome.skipped}
+        # None: an earlier delivery created the ticket (x-scx-progress or the progress
+        # record); 201 is the API's answer to a created ticket.
+        announced = 201 if status is None else status
+        if not await self._announce(
+            lambda: outcomes.forwarded(
+                facts, status=announced, attempts=attempts, source=self._outcome_source
+            )
+        ):
+            await self._return_later(message, "outcome publish failed")
+            return
+        await _ack(message)
+        metrics.forwarded(message.timestamp)
+        tracing.settled("forwarded", attempts=attempts)
+        log.info(
+            "ticket.forwarded", status=status, attempts=attempts, **fields, duration_ms=duration_ms
+        )
+
     async def _return_later(self, message: AbstractIncomingMessage, why: str) -> None:
         """Return the message after ``RETURN_DELAY`` seconds, or at once when stopping."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), RETURN_DELAY)
         await _return(message, why)
+        tracing.settled("failed", why)
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, error: MessageError) -> None:
+    async def _hand_back(
+        self, message: AbstractIncomingMessage, why: str, progress: dict[str, str]
+    ) -> None:
+        """Return the message; with steps done, as a copy that carries them (confirmed)."""
+        if progress:
+            try:
+                await self._publish_copy(message, self._settings.amqp_queue, progress)
+            except Exception as exc:
+                # The original goes back as it came: at-least-once, the steps done again.
+                log.warning("ticket.progress_copy_failed", error=f"{type(exc).__name__}: {exc}")
+            else:
+                await _ack(message)
+                log.info("ticket.returned", why=why, progress=progress[h.PROGRESS])
+                tracing.settled("returned", why)
+                return
+        await _return(message, why)
+
+    async def _announce(self, build: Callable[[], aio_pika.Message]) -> bool:
+        """Publish the outcome event ``build`` makes (if enabled); False, logged, if the broker
+        did not confirm it.
+
+        An event no queue is bound for counts as published (see ``worker.outcomes``).
+        """
+        if not self._settings.worker_outcome_events:
+            return True
+        assert self._topology is not None
+        event = build()
+        assert event.type is not None
+        headers: dict[str, Any] = dict(event.headers or {})
+        try:
+            # Its own producer span under the consumer span: the marketplace's handler of
+            # the outcome continues the trace that brought the ticket in.
+            with tracing.publishing(self._settings.amqp_exchange, event.type, headers):
+                event.headers = headers
+                await self._topology.exchange.publish(event, routing_key=event.type, mandatory=True)
+        except aiormq.exceptions.PublishError:
+            metrics.outcome_published(event.type, routed=False)
+            log.warning(
+                "ticket.outcome_unroutable", type=event.type, exchange=self._settings.amqp_exchange
+            )
+            return True
+        except Exception as exc:
+            log.error(
+                "ticket.outcome_failed", type=event.type, error=f"{type(exc).__name__}: {exc}"
+            )
+            return False
+        metrics.outcome_published(event.type, routed=True)
+        return True
+
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, error: MessageError, progress: dict[str, str]
+    ) -> None:
         await self._publish_copy(
             message,
             self._settings.dead_letter_queue,
-            {
-                "x-error-kind": error.kind,
-                "x-error-reason": error.summary[:512],
-                "x-error-detail": _detail_json(error.detail),
-                "x-attempts": error.attempts,
-                "x-original-exchange": message.exchange or "",
-                "x-original-routing-key": message.routing_key or "",
-                "x-original-queue": self._settings.amqp_queue,
-                "x-dead-lettered-at": _iso(datetime.now(UTC)),
+            progress
+            | {
+                h.ERROR_KIND: error.kind,
+                h.ERROR_REASON: error.summary[:512],
+                h.ERROR_DETAIL: _detail_json(error.detail),
+                h.ATTEMPTS: error.attempts,
+                h.ORIGINAL_EXCHANGE: message.exchange or "",
+                h.ORIGINAL_ROUTING_KEY: message.routing_key or "",
+                h.ORIGINAL_QUEUE: self._settings.amqp_queue,
+                h.DEAD_LETTERED_AT: _iso(datetime.now(UTC)),
             },
         )
 
@@ -374,15 +528,25 @@ class Forwarder:
         assert self._topology is not None
         headers = {k: v for k, v in (message.headers or {}).items() if k not in _NOT_COPIED}
         headers.update(extra_headers)
-        copy = message_copy(message, headers)
-        await self._topology.channel.default_exchange.publish(
-            copy, routing_key=queue, mandatory=True
-        )
+        with tracing.publishing("", queue, headers):
+            copy = message_copy(message, headers)
+            await self._topology.channel.default_exchange.publish(
+                copy, routing_key=queue, mandatory=True
+            )
 
 
 def _connection_name(settings: Settings) -> str:
     """How the broker's management UI and ``rabbitmqctl`` show this worker's connection."""
     return f"scx-forwarder {settings.amqp_queue} {socket.gethostname()}:{os.getpid()}"
+
+
+def _learn(facts: MessageFacts, **ids: str | None) -> None:
+    """Note the ids decoding found (``event_id``, ``ticket_id``, ``seller_id``; ``None`` is
+    unknown) for the outcome event, and put them on every log line that follows."""
+    known = {name: value for name, value in ids.items() if value is not None}
+    for name, value in known.items():
+        setattr(facts, name, value)
+    structlog.contextvars.bind_contextvars(**known)
 
 
 async def _ack(message: AbstractIncomingMessage) -> None:
@@ -396,6 +560,7 @@ async def _ack(message: AbstractIncomingMessage) -> None:
 
 async def _return(message: AbstractIncomingMessage, why: str) -> None:
     """Hand the message back to the queue; on a dead channel the broker already has."""
+    tracing.settled("returned", why)
     try:
         await message.nack(requeue=True)
     except Exception as exc:
@@ -406,7 +571,7 @@ async def _return(message: AbstractIncomingMessage, why: str) -> None:
 
 def _delivery_count(message: AbstractIncomingMessage) -> int:
     """How often the broker delivered this message before (quorum queues count it)."""
-    count = (message.headers or {}).get("x-delivery-count")
+    count = (message.headers or {}).get(h.DELIVERY_COUNT)
     if isinstance(count, int):
         return count
     return 1 if message.redelivered else 0

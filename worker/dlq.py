@@ -53,7 +53,7 @@ import base64
 import os
 import re
 import socket
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,36 +70,12 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
+from worker import headers as h
 from worker.copies import message_copy
+from worker.envelope import read_envelope
+from worker.errors import MessageError
+from worker.headers import REPLAY_COUNT, STRIPPED_ON_REPLAY
 from worker.settings import Settings
-
-REPLAY_COUNT = "x-replay-count"
-
-# What the dead-lettering (ours, the broker's, the delay stage's) added: a replayed
-# message starts afresh, as if just published, except for how often it was replayed.
-STRIPPED_ON_REPLAY = frozenset(
-    {
-        "x-error-kind",
-        "x-error-reason",
-        "x-error-detail",
-        "x-attempts",
-        "x-original-exchange",
-        "x-original-routing-key",
-        "x-original-queue",
-        "x-dead-lettered-at",
-        "x-death",
-        "x-first-death-reason",
-        "x-first-death-queue",
-        "x-first-death-exchange",
-        "x-last-death-reason",
-        "x-last-death-queue",
-        "x-last-death-exchange",
-        "x-delivery-count",
-        "x-retry-count",
-        "x-first-failure-at",
-        "x-last-error",
-    }
-)
 
 # Header names a publisher might have put a credential under; blanked in list/export.
 _SECRET_NAME = re.compile(r"authorization|password|secret|token|api[-_]?key", re.IGNORECASE)
@@ -182,7 +158,7 @@ def describe(message: AbstractIncomingMessage) -> Entry:
     replays = headers.get(REPLAY_COUNT)
     return Entry(
         message_id=message.message_id,
-        ticket_id=ticket_id_of(message.body),
+        ticket_id=ticket_id_of(message.body, headers, message.content_type),
         kind=kind,
         reason=reason,
         dead_lettered_at=_dead_lettered_at(headers) or _aware(message.timestamp),
@@ -190,40 +166,41 @@ def describe(message: AbstractIncomingMessage) -> Entry:
     )
 
 
-def ticket_id_of(body: bytes) -> str | None:
-    """``data.ticket_id`` of an event or ``ticketId`` of an API ticket, if the body has one."""
+def ticket_id_of(body: bytes, headers: Mapping[str, Any], content_type: str | None) -> str | None:
+    """``ticket_id`` of an event's data (either CloudEvents mode) or ``ticketId`` of an API
+    ticket, if the message has one."""
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        envelope = read_envelope(body, headers, content_type)
+    except MessageError:
         return None
-    if not isinstance(payload, dict):
-        return None
-    data = payload.get("data")
-    found = data.get("ticket_id") if isinstance(data, dict) else payload.get("ticketId")
+    data = envelope.data
+    found = data.get("ticket_id") if isinstance(data, dict) else None
+    if found is None:
+        found = envelope.body.get("ticketId")
     return found if isinstance(found, str) else None
 
 
 def _kind_and_reason(headers: dict[str, Any]) -> tuple[str, str]:
-    kind = _text(headers.get("x-error-kind"))
+    kind = _text(headers.get(h.ERROR_KIND))
     if kind:
-        return kind, _text(headers.get("x-error-reason")) or ""
-    broker_reason = _text(headers.get("x-first-death-reason"))
+        return kind, _text(headers.get(h.ERROR_REASON)) or ""
+    broker_reason = _text(headers.get(h.FIRST_DEATH_REASON))
     if not broker_reason:
         return "unknown", "no x-error-kind or x-death header"
-    queue = _text(headers.get("x-first-death-queue")) or "?"
+    queue = _text(headers.get(h.FIRST_DEATH_QUEUE)) or "?"
     if broker_reason == "delivery_limit":
         return "delivery-limit", f"returned to {queue} more often than its delivery limit"
     return f"broker-{broker_reason}", f"dead-lettered by the broker ({broker_reason}) from {queue}"
 
 
 def _dead_lettered_at(headers: dict[str, Any]) -> datetime | None:
-    ours = _text(headers.get("x-dead-lettered-at"))
+    ours = _text(headers.get(h.DEAD_LETTERED_AT))
     if ours:
         try:
             return _aware(datetime.fromisoformat(ours))
         except ValueError:
             pass
-    deaths = headers.get("x-death")
+    deaths = headers.get(h.DEATH)
     if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
         when = deaths[0].get("time")
         if isinstance(when, datetime):

@@ -7,6 +7,8 @@ stops the worker before it touches the broker, with one line per bad variable
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -24,6 +26,9 @@ SANDBOX_URL = "https://scx-sbx.api.jtl-software.com"
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 
+# What POST /v1/channel/ticket/attachment takes at most: 16 MiB.
+MAX_ATTACHMENT_BYTES = 16 * 1024 * 1024
+
 
 class ConfigError(Exception):
     """The environment does not describe a runnable worker; the message lists every problem."""
@@ -36,6 +41,9 @@ class Settings(BaseSettings):
 
     # --- broker -----------------------------------------------------------------------
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
+    # The broker URL (it holds the password) from a file, e.g. a mounted Secret; read and
+    # validated as AMQP_URL at start-up. Set one of the two.
+    amqp_url_file: Path | None = None
     amqp_exchange: str = Field("marketplace", min_length=1)
     amqp_binding_key: str = Field("ticket.created", min_length=1)
     # Short enough for the derived names (<queue>.retry.600s, <queue>.dlq) to fit in 255.
@@ -58,6 +66,9 @@ class Settings(BaseSettings):
     # it is tried again, until WORKER_RETRY_MAX_AGE after its first failure. Empty: none.
     worker_retry_delays: Annotated[tuple[PositiveFloat, ...], NoDecode] = (10.0, 60.0, 600.0)
     worker_retry_max_age: PositiveFloat = 24 * 3600.0
+    # Messages downloading attachments or uploading them at once (each holds its files on
+    # disk, at most ATTACHMENT_MAX_BYTES each); tickets without files do not count.
+    worker_attachment_concurrency: int = Field(4, ge=1, le=1000)
 
     # --- SCX API ----------------------------------------------------------------------
     scx_api_url: str = SANDBOX_URL
@@ -79,18 +90,44 @@ class Settings(BaseSettings):
     scx_breaker_max_cooldown: PositiveFloat = 60.0
 
     # --- attachments (worker/attachments/) ---------------------------------------------
+    # URL sources are downloaded only from under these prefixes (comma-separated, compared
+    # in normal form, see worker/attachments/sources.py). Empty: every URL source is refused.
+    attachment_allowed_urls: Annotated[tuple[str, ...], NoDecode] = ()
+    # The API takes at most 16 MiB per file; a lower limit is allowed, a higher one is not.
+    attachment_max_bytes: int = Field(MAX_ATTACHMENT_BYTES, ge=1, le=MAX_ATTACHMENT_BYTES)
+    attachment_connect_timeout: PositiveFloat = 5.0
+    # Longest silence while reading a download (per read, not for the whole file).
+    attachment_read_timeout: PositiveFloat = 30.0
+    # One download from its request to its last byte, redirects included.
+    attachment_download_timeout: PositiveFloat = 300.0
 
     # --- state record (Redis) ---------------------------------------------------------
+    # Optional: record each step done (ticket created, file uploaded) so a redelivered
+    # message skips it (worker/progress.py). A URL such as redis://:password@host:6379/0.
+    worker_state_redis_url: SecretStr | None = None
+    # How long a record is kept (seconds): longer than a message can live in the delay
+    # stage (WORKER_RETRY_MAX_AGE) and the DLQ before a replay.
+    worker_state_ttl: int = Field(7 * 24 * 3600, ge=60)
+    # Keys are <prefix>:<sellerId>:<ticketId>; several deployments can share one Redis.
+    worker_state_key_prefix: str = Field("scx-forwarder", min_length=1, max_length=100)
 
     # --- events bridge (scx-forwarder events) -------------------------------------------
 
     # --- outcome events, CloudEvents, tracing -------------------------------------------
+    # OpenTelemetry traces (worker.tracing, the `otel` extra): the exporters by name, or none.
+    # The SDK and its exporters read the other standard OTEL_* variables themselves.
+    otel_traces_exporter: str = "none"
+    otel_service_name: str | None = None
+    # Publish ticket.forwarded / ticket.dead_lettered to AMQP_EXCHANGE (worker.outcomes).
+    worker_outcome_events: bool = False
 
     # --- observability ----------------------------------------------------------------
     # One port serves /metrics, /healthz and /readyz (worker.health); 0 turns it off.
     metrics_port: int = Field(9090, ge=0, le=65535)
     # All interfaces by default: the kubelet probes and Prometheus scrapes the pod's IP.
     metrics_host: str = Field("0.0.0.0", min_length=1)  # noqa: S104
+    # Seconds between the passive declares that export the queues' depths (worker.queue_stats).
+    metrics_queue_interval: float = Field(30.0, ge=1, le=3600)
 
     # --- logging ----------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -117,12 +154,58 @@ class Settings(BaseSettings):
             raise ValueError("each delay must be at least 0.001 s (1 ms, the TTL's unit)")
         return value
 
+    @field_validator("attachment_allowed_urls", mode="before")
+    @classmethod
+    def _prefixes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("attachment_allowed_urls")
+    @classmethod
+    def _valid_prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Imported here: worker.attachments imports this module.
+        from worker.attachments.sources import prefix_url
+
+        for number, prefix in enumerate(value, 1):
+            try:
+                prefix_url(prefix)
+            except ValueError as exc:
+                # The number, not the value: a prefix is not a secret, but keep to the rule.
+                raise ValueError(f"entry {number}: {exc}") from None
+        return value
+
+    @field_validator("otel_service_name", mode="before")
+    @classmethod
+    def _unset_if_empty(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("otel_traces_exporter")
+    @classmethod
+    def _exporters(cls, value: str) -> str:
+        if not value.strip():
+            return "none"
+        names = [name.strip().lower() for name in value.split(",")]
+        if not all(re.fullmatch(r"[a-z0-9_]+", name) for name in names):
+            raise ValueError("must be exporter names separated by commas (console, otlp) or none")
+        return ",".join(names)
+
     @field_validator("amqp_url")
     @classmethod
     def _amqp_url(cls, value: SecretStr) -> SecretStr:
         url = URL(value.get_secret_value())
         if url.scheme not in ("amqp", "amqps") or not url.host:
             raise ValueError("must look like amqp://user:password@host:5672/vhost")
+        return value
+
+    @field_validator("worker_state_redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        url = URL(value.get_secret_value())
+        if url.scheme not in ("redis", "rediss", "unix") or not (url.host or url.path):
+            raise ValueError("must look like redis://:password@host:6379/0")
         return value
 
     @field_validator("scx_api_url")
@@ -132,6 +215,42 @@ class Settings(BaseSettings):
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError("must be an http(s) URL such as " + SANDBOX_URL)
         return value.rstrip("/")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _amqp_url_from_file(cls, data: object) -> object:
+        """Read ``AMQP_URL_FILE`` into ``amqp_url``, which then validates it as if it were set.
+
+        Raises with the file's name, never its content (which holds the password).
+        """
+        if not isinstance(data, dict):
+            return data
+        path = data.get("amqp_url_file")
+        if path is None or path == "":
+            return data
+        if data.get("amqp_url") is not None:
+            raise ValueError("set AMQP_URL or AMQP_URL_FILE, not both")
+        try:
+            text = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ValueError(f"AMQP_URL_FILE: cannot read {path}: {why}") from None
+        if not text:
+            raise ValueError(f"AMQP_URL_FILE: {path} is empty")
+        return {**data, "amqp_url": text}
+
+    @model_validator(mode="after")
+    def _outcomes_not_consumed(self) -> Settings:
+        # The work queue would receive the worker's own outcome events, dead-letter them as
+        # invalid, announce that, receive the announcement...: a loop, refused up front.
+        if self.worker_outcome_events:
+            for key in ("ticket.forwarded", "ticket.dead_lettered"):
+                if topic_matches(self.amqp_binding_key, key):
+                    raise ValueError(
+                        f"WORKER_OUTCOME_EVENTS: AMQP_BINDING_KEY would bind the work queue "
+                        f"to the worker's own {key!r} events"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _one_token_source(self) -> Settings:
@@ -162,6 +281,14 @@ class Settings(BaseSettings):
         url = URL(self.amqp_url.get_secret_value())
         return str(url.with_password("***")) if url.password else str(url)
 
+    @property
+    def state_redis_url_redacted(self) -> str | None:
+        """The state record's Redis URL fit for a log line (password as ``***``)."""
+        if self.worker_state_redis_url is None:
+            return None
+        url = URL(self.worker_state_redis_url.get_secret_value())
+        return str(url.with_password("***")) if url.password else str(url)
+
     def refresh_token(self) -> SecretStr:
         """The refresh token from the variable or the file; ``ConfigError`` if neither works.
 
@@ -185,6 +312,22 @@ class Settings(BaseSettings):
         return SecretStr(token)
 
 
+def topic_matches(pattern: str, key: str) -> bool:
+    """Whether a topic exchange routes ``key`` to a binding with ``pattern`` (``*``, ``#``)."""
+    words, keys = pattern.split("."), key.split(".")
+
+    def match(i: int, j: int) -> bool:
+        if i == len(words):
+            return j == len(keys)
+        if words[i] == "#":
+            return any(match(i + 1, k) for k in range(j, len(keys) + 1))
+        if j == len(keys):
+            return False
+        return words[i] in ("*", keys[j]) and match(i + 1, j + 1)
+
+    return match(0, 0)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the environment; raise ``ConfigError`` naming each bad variable.
 
@@ -196,5 +339,13 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for error in exc.errors(include_input=False, include_url=False):
             name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+            if name == "AMQP_URL" and _amqp_url_file_set(overrides):
+                name = "AMQP_URL (read from AMQP_URL_FILE)"
             lines.append(f"{name}: {error['msg']}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def _amqp_url_file_set(overrides: dict[str, object]) -> bool:
+    if overrides.get("amqp_url_file"):
+        return True
+    return any(key.upper() == "AMQP_URL_FILE" and value for key, value in os.environ.items())
