@@ -62,7 +62,7 @@ reliability: install broker redis
 	exit $$status
 
 # The worker against its peers and a raw ceiling, written to docs/BENCHMARKS.md and
-# docs/benchmarks.png (bench/run.py, about 15 minutes; it starts its own nginx and
+# docs/benchmarks.png (bench/run.py, about 30 minutes; it starts its own nginx and
 # installs it with apt-get when missing). `make bench BENCH_ARGS=--quick`: a 2-minute smoke run.
 BENCH_STAMP := $(VENV)/.bench-installed
 .PHONY: bench
