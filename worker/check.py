@@ -19,24 +19,19 @@ an existing queue's arguments match what the worker would declare (``run`` exits
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import aio_pika
 import aiormq
 import httpx
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from pydantic import SecretStr
-from yarl import URL
 
+from worker import broker
 from worker.scx.responses import is_transient_status
-from worker.settings import ConfigError, Settings
-
-BROKER_TIMEOUT = 10.0
+from worker.settings import ConfigError, Settings, redact_url
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -74,14 +69,8 @@ async def run_checks(settings: Settings, refresh_token: SecretStr) -> list[Resul
 
 async def check_broker(settings: Settings) -> list[Result]:
     try:
-        connection = await aio_pika.connect(
-            settings.amqp_url.get_secret_value(),
-            timeout=BROKER_TIMEOUT,
-            client_properties={
-                "connection_name": f"scx-forwarder check {socket.gethostname()}:{os.getpid()}"
-            },
-        )
-    except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
+        connection = await broker.connect(settings, "check")
+    except broker.CONNECT_ERRORS as exc:
         return [
             Result(
                 "broker",
@@ -89,7 +78,9 @@ async def check_broker(settings: Settings) -> list[Result]:
                 f"cannot connect to {settings.amqp_url_redacted}: {_safe_error(exc, settings)}",
             )
         ]
-    results = [Result("broker", "ok", f"connected to {settings.amqp_url_redacted}")]
+    nodes = settings.amqp_nodes
+    where = f" (node {nodes.index(connection.url) + 1} of {len(nodes)})" if len(nodes) > 1 else ""
+    results = [Result("broker", "ok", f"connected to {redact_url(connection.url)}{where}")]
     async with connection:
         results.append(await _exchange(connection, settings.amqp_exchange))
         results.append(await _queue(connection, "queue", settings.amqp_queue))
@@ -196,8 +187,7 @@ def _lifetime(content: bytes) -> str:
 def _safe_error(exc: BaseException, settings: Settings) -> str:
     """The error's type and text, with the broker password blanked should it appear."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    password = URL(settings.amqp_url.get_secret_value()).password
-    return text.replace(password, "***") if password else text
+    return settings.scrub(text)
 
 
 async def check(settings: Settings) -> tuple[bool, str]:

@@ -46,20 +46,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aio_pika
 import aiormq
 import orjson
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from worker import metrics
+from worker import broker, metrics
 from worker.copies import message_copy
 from worker.errors import (
     EXIT_FAILED,
@@ -80,6 +77,9 @@ log = structlog.get_logger(__name__)
 # A message handed back after a failure of ours (the DLQ refused the copy, a bug) would be
 # delivered straight back; holding it this long first keeps that from becoming a hot loop.
 RETURN_DELAY = 5.0
+
+# Seconds a consumer cancel may take on SIGTERM before the drain goes ahead without it.
+CANCEL_TIMEOUT = 5.0
 
 # Headers must fit an AMQP frame together with everything else; a ticket with hundreds
 # of validation errors keeps its first ones and says so.
@@ -167,10 +167,7 @@ class Forwarder:
     async def run(self) -> int:
         """Consume until ``stop()``; returns the process exit code."""
         settings = self._settings
-        connection = await aio_pika.connect_robust(
-            settings.amqp_url.get_secret_value(),
-            client_properties={"connection_name": _connection_name(settings)},
-        )
+        connection = await broker.connect_robust(settings, "run")
         metrics.watch_connection(connection)
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -188,22 +185,35 @@ class Forwarder:
             )
             await self._stopping.wait()
             self.consuming.clear()
-            async with self._consumer_lock:
-                try:
-                    if self._consumer_tag is not None:
-                        await queue.cancel(self._consumer_tag)
-                except (
-                    aiormq.exceptions.AMQPError,
-                    aiormq.exceptions.ChannelInvalidStateError,
-                ) as exc:
-                    # Stopped while the connection was down or being re-established: no
-                    # consumer to cancel, and the broker holds every unacked message already.
-                    log.warning("worker.cancel_failed", error=f"{type(exc).__name__}: {exc}")
+            await self._cancel_consumer(connection)
             self._client.interrupt_waits()
             await self._drain()
         finally:
             await connection.close()
         return self.exit_code
+
+    async def _cancel_consumer(self, connection: AbstractConnection) -> None:
+        """Stop deliveries; skipped while the connection is down, bounded while it is up.
+
+        Stopped while the connection is down or being re-established: there is no consumer
+        to cancel, the broker holds every unacked message already, and a cancel would wait
+        for a reconnect that may never come (every node gone).
+        """
+        assert self._topology is not None
+        if not connection.connected.is_set():
+            log.warning("worker.cancel_skipped", why="the broker connection is down")
+            return
+        try:
+            async with asyncio.timeout(CANCEL_TIMEOUT), self._consumer_lock:
+                if self._consumer_tag is not None:
+                    await self._topology.queue.cancel(self._consumer_tag)
+        except (
+            TimeoutError,
+            aiormq.exceptions.AMQPError,
+            aiormq.exceptions.ChannelInvalidStateError,
+        ) as exc:
+            # Lost meanwhile: as above, the broker takes the consumer and its messages back.
+            log.warning("worker.cancel_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _drain(self) -> None:
         grace = self._settings.worker_shutdown_grace
@@ -251,6 +261,11 @@ class Forwarder:
         async with self._semaphore:
             if self._stopping.is_set():
                 await _return(message, "worker is stopping")
+                return
+            if message.channel.is_closed:
+                # Its connection was lost while it waited for a slot: the broker has it
+                # back and delivers it again, so sending it now would only duplicate it.
+                log.info("ticket.skipped", why="its channel closed before work started")
                 return
             self._in_flight.add(task)
             metrics.started()
@@ -378,11 +393,6 @@ class Forwarder:
         await self._topology.channel.default_exchange.publish(
             copy, routing_key=queue, mandatory=True
         )
-
-
-def _connection_name(settings: Settings) -> str:
-    """How the broker's management UI and ``rabbitmqctl`` show this worker's connection."""
-    return f"scx-forwarder {settings.amqp_queue} {socket.gethostname()}:{os.getpid()}"
 
 
 async def _ack(message: AbstractIncomingMessage) -> None:
