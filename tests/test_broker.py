@@ -95,7 +95,7 @@ async def test_losing_the_node_moves_the_connection_and_its_consumer_to_the_next
 async def test_connection_name_is_built_once_for_every_command(names: Names) -> None:
     settings = _settings(AMQP_URL, names)
     for command in ("run", "events", "publish", "dlq", "check"):
-        name = broker.connection_name(settings, command)  # type: ignore[arg-type]
+        name = broker.connection_name(settings, command)
         assert name.startswith(f"scx-forwarder {names.queue} {command} ")
 
 

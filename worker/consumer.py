@@ -262,11 +262,6 @@ class Forwarder:
             if self._stopping.is_set():
                 await _return(message, "worker is stopping")
                 return
-            if message.channel.is_closed:
-                # Its connection was lost while it waited for a slot: the broker has it
-                # back and delivers it again, so sending it now would only duplicate it.
-                log.info("ticket.skipped", why="its channel closed before work started")
-                return
             self._in_flight.add(task)
             metrics.started()
             try:
