@@ -4,23 +4,35 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint fmt broker clean
+.PHONY: install demo test lint fmt broker contract-tools schemas alerts clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,otel]'
 	touch $(STAMP)
 
 broker:
 	@scripts/ensure-broker.sh
 
+# promtool and the AsyncAPI parser, which tests/test_alerts.py and tests/test_contract.py run.
+contract-tools:
+	@scripts/ensure-contract-tools.sh
+
+# Regenerate the derived files (tests fail while they are out of date): the input event's
+# JSON Schema from worker/models.py, the PrometheusRule from deploy/prometheus/alerts.yaml.
+schemas: install
+	$(BIN)/python scripts/generate.py schemas
+
+alerts: install
+	$(BIN)/python scripts/generate.py alerts
+
 demo: install broker
 	$(BIN)/python scripts/demo.py
 
-test: install broker
+test: install broker contract-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
@@ -33,7 +45,7 @@ fmt: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) tools/asyncapi/node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
 
 # The fault-injection suite with its figures recorded, rendered into docs/RELIABILITY.md.
 RELIABILITY_RESULTS := build/reliability.json

@@ -209,6 +209,10 @@ async def queue_depth(amqp: AbstractRobustConnection, queue: str) -> int:
         await counting.close()  # the unacked messages go back to the queue
 
 
+# How long ``collect`` keeps looking after the expected count arrived.
+QUIET_PERIOD = 0.3
+
+
 async def collect(
     channel: AbstractChannel, queue: str, n: int, *, timeout: float = 20.0
 ) -> list[AbstractIncomingMessage]:
@@ -223,6 +227,12 @@ async def collect(
         return len(messages) >= n
 
     await wait_for(take, timeout=timeout, what=f"{n} messages in {queue}")
+    # A duplicate may arrive just after the n-th message: keep taking for a quiet period,
+    # so that "exactly n" is asserted on what arrived, not on how fast we looked.
+    quiet_until = time.monotonic() + QUIET_PERIOD
+    while time.monotonic() < quiet_until:
+        await take()
+        await asyncio.sleep(0.02)
     assert len(messages) == n, f"expected {n} messages in {queue}, got {len(messages)}"
     return messages
 

@@ -24,12 +24,15 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
+from tests import kustomize
 from worker import metrics
 from worker.settings import Settings, load_settings
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
+FULL = DEPLOY / "overlays" / "keda-and-monitoring"
+COMPONENTS = K8S / "components"
 README = ROOT / "README.md"
 SCHEMAS = Path(__file__).parent / "schemas"
 SETTINGS = {name.upper() for name in Settings.model_fields}
@@ -38,6 +41,7 @@ CRD_SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda-scaledobject.json",
     ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda-triggerauthentication.json",
     ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.json",
 }
 
 
@@ -52,13 +56,11 @@ def documents(path: Path) -> list[dict[str, Any]]:
 
 
 def manifests() -> dict[tuple[str, str], dict[str, Any]]:
-    """Every Kubernetes object in deploy/k8s by (kind, name)."""
+    """Every Kubernetes object of deploy/k8s with all its components, by (kind, name), and
+    the example Secret (which no kustomization applies)."""
     found = {}
-    for path in sorted(K8S.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
-        for doc in documents(path):
-            found[(doc["kind"], doc["metadata"]["name"])] = doc
+    for doc in [*kustomize.render(FULL), *documents(K8S / "secret.example.yaml")]:
+        found[(doc["kind"], doc["metadata"]["name"])] = doc
     return found
 
 
@@ -130,6 +132,7 @@ def test_kubernetes_manifests_are_valid(key: tuple[str, str]) -> None:
         ("Deployment", lambda d: d["spec"]["template"]["spec"].update(terminationGrace=1)),
         ("ScaledObject", lambda d: d["spec"].update(maxReplicas=3)),
         ("PodMonitor", lambda d: d["spec"]["podMetricsEndpoints"][0].update(paht="/")),
+        ("PrometheusRule", lambda d: d["spec"]["groups"][0]["rules"][0].update(fro="5m")),
     ],
 )
 def test_the_validation_catches_a_misspelt_field(kind: str, misspelt: Any) -> None:
@@ -139,13 +142,64 @@ def test_the_validation_catches_a_misspelt_field(kind: str, misspelt: Any) -> No
         validate_manifest(doc)
 
 
-def test_kustomization_lists_every_manifest() -> None:
+def test_every_manifest_belongs_to_the_base_or_a_component() -> None:
+    rendered = kustomize.render(FULL)  # parses every kustomization and component on the way
+    listed: set[Path] = set()
+    for directory in [K8S, *COMPONENTS.iterdir()]:
+        listed |= {directory / name for name in kustomize.kustomization(directory)["resources"]}
+    on_disk = {p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml"}
+    assert on_disk - listed == {K8S / "secret.example.yaml"}, "an example, never applied"
+    assert rendered
     [kustomization] = documents(K8S / "kustomization.yaml")
-    listed = set(kustomization["resources"])
-    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert listed == on_disk
     images = {image["name"] for image in kustomization["images"]}
-    assert container()["image"] in images
+    [template] = documents(K8S / "deployment.yaml")
+    assert template["spec"]["template"]["spec"]["containers"][0]["image"] in images
+    assert container()["image"] == "registry.example.com/scx-forwarder:0.1.0"
+
+
+def test_the_base_applies_on_a_cluster_without_crds_and_without_a_placeholder_secret() -> None:
+    base = kustomize.render(K8S)
+    kinds = {(doc["apiVersion"], doc["kind"]) for doc in base}
+    assert kinds == {
+        ("v1", "ConfigMap"),
+        ("apps/v1", "Deployment"),
+        ("policy/v1", "PodDisruptionBudget"),
+    }
+    for doc in base:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "scx-forwarder"
+
+
+@pytest.mark.parametrize(
+    ("component", "kinds"),
+    [
+        ("keda", {"ScaledObject", "TriggerAuthentication"}),
+        ("monitoring", {"PodMonitor", "PrometheusRule"}),
+    ],
+)
+def test_each_component_adds_only_its_custom_resources(component: str, kinds: set[str]) -> None:
+    assert kustomize.kustomization(COMPONENTS / component)["kind"] == "Component"
+    added = kustomize.render(COMPONENTS / component, expect="Component")
+    assert {doc["kind"] for doc in added} == kinds
+    for doc in added:
+        assert (doc["apiVersion"], doc["kind"]) in CRD_SCHEMAS
+
+
+@pytest.mark.parametrize("directory", [K8S, FULL], ids=["base", "keda-and-monitoring"])
+def test_the_reader_renders_what_kubectl_kustomize_renders(directory: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl (with its built-in kustomize) is not installed")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+    def key(doc: dict[str, Any]) -> tuple[str, str]:
+        return doc["kind"], doc["metadata"]["name"]
+
+    theirs = sorted((d for d in yaml.safe_load_all(result.stdout) if d), key=key)
+    assert sorted(kustomize.render(directory), key=key) == theirs
 
 
 def test_dockerfile_passes_hadolint() -> None:
@@ -212,7 +266,7 @@ def test_kubernetes_ports_probes_and_grace_match_the_worker() -> None:
     assert forwarder["resources"]["limits"]["memory"]
 
 
-def test_refresh_token_comes_from_a_secret_mounted_as_a_file() -> None:
+def test_refresh_token_and_broker_url_come_from_a_secret_mounted_as_files() -> None:
     objects = manifests()
     spec = objects[("Deployment", "scx-forwarder")]["spec"]["template"]["spec"]
     env = {item["name"]: item for item in container()["env"]}
@@ -224,8 +278,13 @@ def test_refresh_token_comes_from_a_secret_mounted_as_a_file() -> None:
     secret = objects[("Secret", volume["secret"]["secretName"])]
     [item] = [i for i in volume["secret"]["items"] if i["path"] == token_file.name]
     assert item["key"] in secret["stringData"]
-    amqp = env["AMQP_URL"]["valueFrom"]["secretKeyRef"]
-    assert amqp["key"] in objects[("Secret", amqp["name"])]["stringData"]
+    # The broker URL holds a password: a file too, never an environment variable.
+    assert "AMQP_URL" not in env
+    assert "AMQP_URL" not in configmap()
+    url_file = Path(env["AMQP_URL_FILE"]["value"])
+    assert url_file.parent == token_file.parent
+    [item] = [i for i in volume["secret"]["items"] if i["path"] == url_file.name]
+    assert item["key"] in secret["stringData"]
 
 
 def test_selectors_and_references_point_at_the_deployment() -> None:
@@ -277,7 +336,7 @@ def test_dockerfile_builds_from_constraints_runs_as_non_root_in_exec_form() -> N
     assert 'ENTRYPOINT ["scx-forwarder"]' in text
     assert 'CMD ["run"]' in text
     assert len(re.findall(r"^FROM ", text, re.MULTILINE)) >= 2, "multi-stage"
-    assert "--constraint constraints.txt" in text
+    assert "--constraint constraints.txt '.[otel]'" in text
     assert f"EXPOSE {Settings().metrics_port}" in text
     assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", text, re.MULTILINE)
 
@@ -289,8 +348,10 @@ def test_constraints_pin_every_runtime_dependency() -> None:
         return re.sub(r"[-_.]+", "-", name).lower()
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # The image installs the `otel` extra too (tracing is off until configured).
     wanted = {
-        normal(re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0]) for dep in project["dependencies"]
+        normal(re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0])
+        for dep in [*project["dependencies"], *project["optional-dependencies"]["otel"]]
     }
     pins = {}
     for line in (DEPLOY / "constraints.txt").read_text().splitlines():

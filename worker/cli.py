@@ -149,9 +149,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             mapper = load_mapper(mapper_spec)
         except ValueError as exc:
             raise ConfigError(f"WORKER_MAPPER / --mapper: {exc}") from None
+    from worker import tracing
     from worker.service import serve
 
-    return asyncio.run(serve(settings, refresh_token, mapper))
+    with tracing.started(settings.otel_traces_exporter, settings.otel_service_name):
+        return asyncio.run(serve(settings, refresh_token, mapper))
 
 
 def _cmd_emulator(args: argparse.Namespace) -> int:

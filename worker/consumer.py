@@ -56,7 +56,7 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from worker import broker, metrics
+from worker import broker, metrics, tracing
 from worker.copies import message_copy
 from worker.errors import (
     EXIT_FAILED,
@@ -265,9 +265,12 @@ class Forwarder:
             self._in_flight.add(task)
             metrics.started()
             try:
-                with structlog.contextvars.bound_contextvars(
-                    message_id=message.message_id,
-                    delivery_count=_delivery_count(message),
+                with (
+                    structlog.contextvars.bound_contextvars(
+                        message_id=message.message_id,
+                        delivery_count=_delivery_count(message),
+                    ),
+                    tracing.consuming(self._settings.amqp_queue, message),
                 ):
                     started = time.perf_counter()
                     outcome = await self._process(message)
@@ -282,6 +285,7 @@ class Forwarder:
             structlog.contextvars.bind_contextvars(
                 ticket_id=ticket.ticket_id, seller_id=ticket.seller_id
             )
+            tracing.ticket(ticket.ticket_id, ticket.seller_id)
             return await self._client.send_ticket(ticket.to_json())
         except Exception as exc:  # bad input must never take the worker down
             return exc
@@ -298,6 +302,7 @@ class Forwarder:
             case Forwarded(status=status, attempts=attempts):
                 await _ack(message)
                 metrics.forwarded(message.timestamp)
+                tracing.settled("forwarded", attempts=attempts)
                 log.info(
                     "ticket.forwarded", status=status, attempts=attempts, duration_ms=duration_ms
                 )
@@ -310,6 +315,7 @@ class Forwarder:
                     return
                 await _ack(message)
                 metrics.delayed(outcome.reason)
+                tracing.settled("delayed", attempts=outcome.attempts)
                 log.warning(
                     "ticket.delayed",
                     delay_s=outcome.seconds,
@@ -331,6 +337,9 @@ class Forwarder:
                     return
                 await _ack(message)
                 metrics.dead_lettered(outcome.kind, message.timestamp)
+                tracing.settled(
+                    "dead_lettered", outcome.summary, attempts=outcome.attempts, kind=outcome.kind
+                )
                 log.info(
                     "ticket.dead_lettered",
                     kind=outcome.kind,
@@ -357,6 +366,7 @@ class Forwarder:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), RETURN_DELAY)
         await _return(message, why)
+        tracing.settled("failed", why)
 
     async def _dead_letter(self, message: AbstractIncomingMessage, error: MessageError) -> None:
         await self._publish_copy(
@@ -384,10 +394,11 @@ class Forwarder:
         assert self._topology is not None
         headers = {k: v for k, v in (message.headers or {}).items() if k not in _NOT_COPIED}
         headers.update(extra_headers)
-        copy = message_copy(message, headers)
-        await self._topology.channel.default_exchange.publish(
-            copy, routing_key=queue, mandatory=True
-        )
+        with tracing.publishing("", queue, headers):
+            copy = message_copy(message, headers)
+            await self._topology.channel.default_exchange.publish(
+                copy, routing_key=queue, mandatory=True
+            )
 
 
 async def _ack(message: AbstractIncomingMessage) -> None:
@@ -401,6 +412,7 @@ async def _ack(message: AbstractIncomingMessage) -> None:
 
 async def _return(message: AbstractIncomingMessage, why: str) -> None:
     """Hand the message back to the queue; on a dead channel the broker already has."""
+    tracing.settled("returned", why)
     try:
         await message.nack(requeue=True)
     except Exception as exc:

@@ -17,6 +17,8 @@ import orjson
 import structlog
 from structlog.typing import Processor
 
+from worker import tracing
+
 _SECRET_KEYS = frozenset(
     {"authorization", "auth_token", "authtoken", "refresh_token", "refreshtoken", "password"}
 )
@@ -28,6 +30,17 @@ def drop_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mutab
     return event_dict
 
 
+def add_trace_ids(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """``trace_id`` and ``span_id`` of the current span (32 and 16 lower-case hex digits,
+    as in ``traceparent``), so a log line leads to its trace; nothing while tracing is off."""
+    ids = tracing.current_ids()
+    if ids is not None:
+        event_dict["trace_id"], event_dict["span_id"] = ids
+    return event_dict
+
+
 def configure_logging(
     level: str = "INFO", fmt: Literal["auto", "json", "console"] = "auto"
 ) -> None:
@@ -35,6 +48,7 @@ def configure_logging(
     console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         drop_secrets,

@@ -18,6 +18,19 @@ metric                                         type        labels
 ``rate_limit_remaining``                       gauge
 ``broker_connected``, ``consumer_up``          gauge (0/1)
 ``event_loop_lag_seconds``                     gauge
+``api_rate_limited_total``                     counter     ``route``
+``circuit_state``                              gauge (0/1) ``state``
+``circuit_opened_total``                       counter
+``queue_messages``, ``queue_consumers``        gauge       ``queue``, ``role``
+``events_poller_active``                       gauge (0/1) ``lock``
+``events_last_poll_success_timestamp_seconds`` gauge       ``lock``
+``events_polled_total``                        counter     ``type``
+``events_published_total``                     counter     ``type``
+``events_acknowledged_total``                  counter     ``type``
+``events_unrouted_total``                      counter     ``type``, ``reason``
+``events_without_id_total``                    counter
+``events_poll_errors_total``                   counter     ``reason``
+``events_publish_delay_seconds``               histogram   ``type``
 =============================================  ==========  ================================
 
 The hot path calls the plain functions below (``forwarded()``, ``dead_lettered(kind)``,
@@ -30,6 +43,12 @@ API requests are observed through httpx event hooks (``http_hooks()``), which se
 ticket calls and the token refreshes alike; a request that got no answer at all (timeout,
 connection error) has no status class and shows up in ``retries_total`` instead.
 
+The queue gauges come from ``worker.queue_stats``: a passive declare of each of the
+worker's queues on a timer, so the dead-letter queue's depth (which no consumer drains)
+is visible to the alert rules in ``deploy/prometheus/alerts.yaml`` without the RabbitMQ
+exporter. The ``events_*`` family belongs to ``scx-forwarder events`` (the seller-event
+bridge); its functions are below under "events bridge", one call per fact.
+
 State is per process: one worker per process is the deployment unit. Tests that run
 several forwarders in one process share these counters and compare differences.
 """
@@ -40,9 +59,9 @@ import math
 import re
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from aio_pika.abc import AbstractConnection
@@ -53,6 +72,13 @@ from worker.scx.responses import is_transient_status
 PREFIX = "scx_forwarder_"
 KINDS = ("malformed", "invalid", "rejected", "exhausted")
 ROUTES = ("ticket", "auth")
+CIRCUIT_STATES = ("closed", "open", "half-open")
+QUEUE_ROLES = ("work", "dlq", "retry", "unrouted")
+UNROUTED_REASONS = ("unroutable", "unmappable")
+# SCX event types come from outside: a label value per type is fine for the few dozen that
+# exist ("Seller:Ticket.Reply"), not for whatever a broken event carries.
+_EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9]{0,30}:[A-Za-z0-9.]{1,60}")
+MAX_EVENT_TYPES = 50
 
 TICKETS_FORWARDED = Counter(
     PREFIX + "tickets_forwarded_total", "Tickets the API accepted (2xx) and that were acked."
@@ -107,6 +133,78 @@ CONSUMER_UP = Gauge(
 LOOP_LAG = Gauge(
     PREFIX + "event_loop_lag_seconds", "How late the event loop ran the last heartbeat (1 s apart)."
 )
+API_RATE_LIMITED = Counter(
+    PREFIX + "api_rate_limited_total",
+    "Answers 429 Too Many Requests from the SCX API, by route: the shared budget ran out.",
+    ["route"],
+)
+CIRCUIT_STATE = Gauge(
+    PREFIX + "circuit_state",
+    "1 for the circuit breaker's current state (closed, open, half-open), 0 for the others.",
+    ["state"],
+)
+CIRCUIT_OPENED = Counter(
+    PREFIX + "circuit_opened_total", "Times the circuit breaker opened (or reopened after a probe)."
+)
+QUEUE_MESSAGES = Gauge(
+    PREFIX + "queue_messages",
+    "Messages ready in a queue at the last passive declare (NaN when it failed), by queue and "
+    "role (work, dlq, retry, unrouted).",
+    ["queue", "role"],
+)
+QUEUE_CONSUMERS = Gauge(
+    PREFIX + "queue_consumers",
+    "Consumers of a queue at the last passive declare (NaN when it failed).",
+    ["queue", "role"],
+)
+
+# --- the events bridge (scx-forwarder events) -----------------------------------------
+# Labelled by EVENTS_LOCK_NAME or the SCX event type, so none of these appear in a `run`
+# process: an alert on a missing bridge must not be fed zeros by the ticket workers.
+EVENTS_POLLER_ACTIVE = Gauge(
+    PREFIX + "events_poller_active",
+    "1 while this bridge holds the poller lock (EVENTS_LOCK_NAME) and polls, 0 on standby.",
+    ["lock"],
+)
+EVENTS_LAST_POLL_SUCCESS = Gauge(
+    PREFIX + "events_last_poll_success_timestamp_seconds",
+    "Unix time of this bridge's last GET /v1/channel/event answered 2xx (empty pages count).",
+    ["lock"],
+)
+EVENTS_POLLED = Counter(
+    PREFIX + "events_polled_total", "Seller events received from SCX, by event type.", ["type"]
+)
+EVENTS_PUBLISHED = Counter(
+    PREFIX + "events_published_total",
+    "Seller events whose messages (reply, files) the broker confirmed, by event type.",
+    ["type"],
+)
+EVENTS_ACKNOWLEDGED = Counter(
+    PREFIX + "events_acknowledged_total",
+    "Seller events acknowledged in SCX (DELETE /v1/channel/event answered 2xx), by event type.",
+    ["type"],
+)
+EVENTS_UNROUTED = Counter(
+    PREFIX + "events_unrouted_total",
+    "Seller events put in EVENTS_UNROUTED_QUEUE, by type and reason (unroutable: no queue "
+    "bound for the key; unmappable: the event could not be mapped).",
+    ["type", "reason"],
+)
+EVENTS_WITHOUT_ID = Counter(
+    PREFIX + "events_without_id_total",
+    "Seller events without an id: they cannot be acknowledged, so they are logged and skipped.",
+)
+EVENTS_POLL_ERRORS = Counter(
+    PREFIX + "events_poll_errors_total",
+    "Failed GET /v1/channel/event polls, by reason (as retries_total).",
+    ["reason"],
+)
+EVENTS_PUBLISH_DELAY = Histogram(
+    PREFIX + "events_publish_delay_seconds",
+    "Time from a seller event's createdAt in SCX to its confirmed publish, by event type.",
+    ["type"],
+    buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
+)
 
 
 def _show_zeros() -> None:
@@ -117,6 +215,15 @@ def _show_zeros() -> None:
         for status_class in ("2xx", "4xx", "5xx"):
             API_REQUESTS.labels(route, status_class)
     RATE_LIMIT_REMAINING.set(math.nan)
+    for route in ROUTES:
+        API_RATE_LIMITED.labels(route)
+    circuit_state("closed")
+
+
+def circuit_state(state: str) -> None:
+    """The breaker (``worker.scx.breaker``) is now in ``state``: closed, open or half-open."""
+    for each in CIRCUIT_STATES:
+        CIRCUIT_STATE.labels(each).set(1.0 if each == state else 0.0)
 
 
 _show_zeros()
@@ -178,6 +285,16 @@ def _observe_age(published: datetime | None) -> None:
     PUBLISH_TO_ACK.observe(max(0.0, (datetime.now(UTC) - published).total_seconds()))
 
 
+def circuit_opened() -> None:
+    CIRCUIT_OPENED.inc()
+
+
+def queue_stats(queue: str, role: str, messages: float, consumers: float) -> None:
+    """What a passive declare of ``queue`` said; NaN for both when it failed."""
+    QUEUE_MESSAGES.labels(queue, role).set(messages)
+    QUEUE_CONSUMERS.labels(queue, role).set(consumers)
+
+
 def started() -> None:
     IN_FLIGHT.inc()
 
@@ -200,6 +317,11 @@ def watch_connection(connection: AbstractConnection) -> None:
     _state.connection = weakref.ref(connection)
 
 
+def watched_connection() -> AbstractConnection | None:
+    """The broker connection ``watch_connection`` was given, while it exists."""
+    return _state.connection() if _state.connection is not None else None
+
+
 def watch_consumer(consuming: Callable[[], bool]) -> None:
     """Report the worker's consumer state (``Forwarder.consuming.is_set``)."""
     _state.consuming = consuming
@@ -210,11 +332,79 @@ def http_hooks() -> dict[str, list[Callable[..., Any]]]:
     return {"request": [_on_request], "response": [_on_response]}
 
 
+# --- hooks for the events bridge (scx-forwarder events) ------------------------------
+# ``event_type`` is the SCX ``type`` as received ("Seller:Ticket.Reply"); event_type_label
+# bounds it. ``lock`` is EVENTS_LOCK_NAME.
+
+
+def events_poller_active(lock: str, active: bool) -> None:
+    """The bridge took (True) or lost/left (False) the poller lock; standbys report False."""
+    EVENTS_POLLER_ACTIVE.labels(lock).set(float(active))
+
+
+def events_poll_succeeded(lock: str) -> None:
+    """A ``GET /v1/channel/event`` answered 2xx, with or without events."""
+    EVENTS_LAST_POLL_SUCCESS.labels(lock).set(time.time())
+
+
+def events_poll_failed(error: object) -> None:
+    """A poll failed (no answer, 5xx, 429, circuit open ...); ``error`` as text or exception."""
+    EVENTS_POLL_ERRORS.labels(reason_label(str(error))).inc()
+
+
+def event_polled(event_type: object) -> None:
+    """One event of a polled page, before anything is published for it."""
+    EVENTS_POLLED.labels(event_type_label(event_type)).inc()
+
+
+def event_published(event_type: object, created_at: datetime | None = None) -> None:
+    """The broker confirmed every message of one event; ``created_at`` is its SCX createdAt."""
+    label = event_type_label(event_type)
+    EVENTS_PUBLISHED.labels(label).inc()
+    if created_at is not None:
+        if created_at.tzinfo is None:
+            created_at = created_at.replace(tzinfo=UTC)
+        delay = (datetime.now(UTC) - created_at).total_seconds()
+        EVENTS_PUBLISH_DELAY.labels(label).observe(max(0.0, delay))
+
+
+def events_acknowledged(event_types: Iterable[object]) -> None:
+    """One ``DELETE /v1/channel/event`` answered 2xx for events of these types (one per id)."""
+    for event_type in event_types:
+        EVENTS_ACKNOWLEDGED.labels(event_type_label(event_type)).inc()
+
+
+def event_unrouted(event_type: object, reason: Literal["unroutable", "unmappable"]) -> None:
+    """An event's message went to EVENTS_UNROUTED_QUEUE (the broker confirmed it there)."""
+    EVENTS_UNROUTED.labels(event_type_label(event_type), reason).inc()
+
+
+def event_without_id() -> None:
+    """An event without an ``id``: it cannot be acknowledged; logged and skipped."""
+    EVENTS_WITHOUT_ID.inc()
+
+
+_event_types: set[str] = set()
+
+
+def event_type_label(event_type: object) -> str:
+    """The type as a label: itself if it looks like an SCX type and fewer than
+    ``MAX_EVENT_TYPES`` were seen, ``other`` past that, ``invalid`` if it is not one."""
+    if not isinstance(event_type, str) or _EVENT_TYPE.fullmatch(event_type) is None:
+        return "invalid"
+    if event_type in _event_types:
+        return event_type
+    if len(_event_types) >= MAX_EVENT_TYPES:
+        return "other"
+    _event_types.add(event_type)
+    return event_type
+
+
 # --- what the probes read ------------------------------------------------------------
 
 
 def broker_connected() -> bool:
-    connection = _state.connection() if _state.connection is not None else None
+    connection = watched_connection()
     return connection is not None and not connection.is_closed and connection.connected.is_set()
 
 
@@ -283,6 +473,8 @@ async def _on_response(response: httpx.Response) -> None:
     if sent is not None:
         API_DURATION.labels(route).observe(time.perf_counter() - sent)
     API_REQUESTS.labels(route, f"{response.status_code // 100}xx").inc()
+    if response.status_code == 429:
+        API_RATE_LIMITED.labels(route).inc()
     if route == "auth":
         _state.last_auth_status = response.status_code
 

@@ -18,7 +18,7 @@ import aiormq
 import structlog
 from pydantic import SecretStr
 
-from worker import health, metrics
+from worker import health, metrics, queue_stats
 from worker.consumer import Forwarder
 from worker.errors import EXIT_FAILED
 from worker.mapping import Mapper
@@ -29,7 +29,11 @@ log = structlog.get_logger(__name__)
 
 
 async def serve(settings: Settings, refresh_token: SecretStr, mapper: Mapper | None) -> int:
-    async with ScxClient(settings, refresh_token) as client, health.serving(settings):
+    async with (
+        ScxClient(settings, refresh_token) as client,
+        health.serving(settings),
+        queue_stats.watching(queue_stats.worker_queues(settings), settings.metrics_queue_interval),
+    ):
         forwarder = Forwarder(settings, client, mapper=mapper)
         metrics.watch_consumer(forwarder.consuming.is_set)
         task = asyncio.ensure_future(forwarder.run())

@@ -7,6 +7,8 @@ stops the worker before it touches the broker, with one line per bad variable
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
@@ -40,6 +42,9 @@ class Settings(BaseSettings):
     # One URL, or the nodes of a cluster separated by commas (worker.broker tries them in
     # turn); every password stays secret.
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
+    # The broker URL (it holds the password) from a file, e.g. a mounted Secret; read and
+    # validated as AMQP_URL at start-up. Set one of the two.
+    amqp_url_file: Path | None = None
     amqp_exchange: str = Field("marketplace", min_length=1)
     amqp_binding_key: str = Field("ticket.created", min_length=1)
     # Short enough for the derived names (<queue>.retry.600s, <queue>.dlq) to fit in 255.
@@ -89,12 +94,18 @@ class Settings(BaseSettings):
     # --- events bridge (scx-forwarder events) -------------------------------------------
 
     # --- outcome events, CloudEvents, tracing -------------------------------------------
+    # OpenTelemetry traces (worker.tracing, the `otel` extra): the exporters by name, or none.
+    # The SDK and its exporters read the other standard OTEL_* variables themselves.
+    otel_traces_exporter: str = "none"
+    otel_service_name: str | None = None
 
     # --- observability ----------------------------------------------------------------
     # One port serves /metrics, /healthz and /readyz (worker.health); 0 turns it off.
     metrics_port: int = Field(9090, ge=0, le=65535)
     # All interfaces by default: the kubelet probes and Prometheus scrapes the pod's IP.
     metrics_host: str = Field("0.0.0.0", min_length=1)  # noqa: S104
+    # Seconds between the passive declares that export the queues' depths (worker.queue_stats).
+    metrics_queue_interval: float = Field(30.0, ge=1, le=3600)
 
     # --- logging ----------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -120,6 +131,21 @@ class Settings(BaseSettings):
         if any(delay < 0.001 for delay in value):
             raise ValueError("each delay must be at least 0.001 s (1 ms, the TTL's unit)")
         return value
+
+    @field_validator("otel_service_name", mode="before")
+    @classmethod
+    def _unset_if_empty(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("otel_traces_exporter")
+    @classmethod
+    def _exporters(cls, value: str) -> str:
+        if not value.strip():
+            return "none"
+        names = [name.strip().lower() for name in value.split(",")]
+        if not all(re.fullmatch(r"[a-z0-9_]+", name) for name in names):
+            raise ValueError("must be exporter names separated by commas (console, otlp) or none")
+        return ",".join(names)
 
     @field_validator("amqp_url")
     @classmethod
@@ -147,6 +173,29 @@ class Settings(BaseSettings):
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError("must be an http(s) URL such as " + SANDBOX_URL)
         return value.rstrip("/")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _amqp_url_from_file(cls, data: object) -> object:
+        """Read ``AMQP_URL_FILE`` into ``amqp_url``, which then validates it as if it were set.
+
+        Raises with the file's name, never its content (which holds the password).
+        """
+        if not isinstance(data, dict):
+            return data
+        path = data.get("amqp_url_file")
+        if path is None or path == "":
+            return data
+        if data.get("amqp_url") is not None:
+            raise ValueError("set AMQP_URL or AMQP_URL_FILE, not both")
+        try:
+            text = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ValueError(f"AMQP_URL_FILE: cannot read {path}: {why}") from None
+        if not text:
+            raise ValueError(f"AMQP_URL_FILE: {path} is empty")
+        return {**data, "amqp_url": text}
 
     @model_validator(mode="after")
     def _one_token_source(self) -> Settings:
@@ -245,5 +294,13 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for error in exc.errors(include_input=False, include_url=False):
             name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+            if name == "AMQP_URL" and _amqp_url_file_set(overrides):
+                name = "AMQP_URL (read from AMQP_URL_FILE)"
             lines.append(f"{name}: {error['msg']}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def _amqp_url_file_set(overrides: dict[str, object]) -> bool:
+    if overrides.get("amqp_url_file"):
+        return True
+    return any(key.upper() == "AMQP_URL_FILE" and value for key, value in os.environ.items())

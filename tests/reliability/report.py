@@ -52,9 +52,10 @@ LEGEND = """
 ticket and auth calls that reached the API while it was down (or storming). *time to
 recover*: from the end of the fault (outage, storm, broker back up) to the next accepted
 ticket; for a lost connection or cluster node, from the loss until more tickets were accepted
-than the worker could have held (`AMQP_PREFETCH`), i.e. until forwarding had resumed. *goodput*: tickets accepted per second from the first worker's start to the last
-outcome. *goodput / rate limit*: tickets accepted per window over the limit, over 10 windows.
-*429 share*: 429 answers among all ticket calls. *duration*: first worker's start to the last
+than the worker could have held (`AMQP_PREFETCH`), i.e. until forwarding had resumed.
+*goodput*: tickets accepted per second from the first worker's start to the last outcome.
+*goodput / rate limit*: tickets accepted per window over the limit, over 10 windows. *429
+share*: 429 answers among all ticket calls. *duration*: first worker's start to the last
 outcome.
 """
 

@@ -176,6 +176,8 @@ class EmulatorState:
     rate_windows: list[RateWindow] = field(default_factory=list)
     # Keys lower-cased, so lookups do not depend on how the client spelled them.
     request_headers: dict[str, str] = field(default_factory=dict)
+    # The same for the last call of each route, "auth" included.
+    headers_by_route: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def to_json(self, *, bodies: bool = True) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -185,6 +187,11 @@ class EmulatorState:
         if not bodies:
             del data["accepted"]
         return data
+
+
+def _seen_headers(request: web.Request) -> dict[str, str]:
+    """A request's headers as the state records them: names lower-cased, no credentials."""
+    return {k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"}
 
 
 def _by_status(statuses: Counter[int]) -> dict[str, int]:
@@ -333,6 +340,7 @@ class Emulator:
 
     async def _auth(self, request: web.Request) -> web.Response:
         self.state.auth_calls += 1
+        self.state.headers_by_route["auth"] = _seen_headers(request)
         if self.config.outage:
             return self._outage_response(request, "auth")
         response = await self._answer_auth(request)
@@ -382,9 +390,7 @@ class Emulator:
         state.channel_calls[route] += 1
         if route == "ticket":
             state.ticket_calls += 1
-        state.request_headers = {
-            k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"
-        }
+        state.request_headers = state.headers_by_route[route] = _seen_headers(request)
         self._in_flight += 1
         state.max_concurrent_ticket_calls = max(state.max_concurrent_ticket_calls, self._in_flight)
         try:

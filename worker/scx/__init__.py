@@ -5,6 +5,6 @@ call may go; ``waits`` makes every wait end on shutdown; ``responses`` reads the
 Everything else in the worker imports the public names from here.
 """
 
-from worker.scx.client import TICKET_PATH, Forwarded, ScxClient, classify
+from worker.scx.client import TICKET_PATH, Answered, Call, Forwarded, ScxClient, classify
 
-__all__ = ["TICKET_PATH", "Forwarded", "ScxClient", "classify"]
+__all__ = ["TICKET_PATH", "Answered", "Call", "Forwarded", "ScxClient", "classify"]

@@ -16,6 +16,9 @@ is known to be failing. With it:
 
 Any answer that is not a transient failure counts as success, including a 4xx that
 rejects one ticket: the API is up.
+
+The state is exported as ``scx_forwarder_circuit_state{state}`` (one per process: one
+breaker per process) and each opening counts in ``scx_forwarder_circuit_opened_total``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from enum import Enum
 
 import structlog
 
+from worker import metrics
 from worker.errors import CircuitOpen
 from worker.scx.waits import Waits
 
@@ -53,7 +57,8 @@ class Breaker:
         self._max_cooldown = max(max_cooldown, cooldown)
         self._waits = waits
         self._clock = clock
-        self.state = State.CLOSED
+        self._state = State.CLOSED
+        metrics.circuit_state(State.CLOSED.value)
         self._failures = 0
         self._cooldown = cooldown
         self._open_until = 0.0
@@ -109,9 +114,20 @@ class Breaker:
             self._probing = False
             self._waits.notify_all()  # let another waiter probe
 
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, state: State) -> None:
+        # Every transition goes through here, so scx_forwarder_circuit_state cannot lag.
+        self._state = state
+        metrics.circuit_state(state.value)
+
     def _open(self, cooldown: float) -> None:
         self._cooldown = cooldown
         self._open_until = self._clock() + cooldown
         self.state = State.OPEN
+        metrics.circuit_opened()
         log.warning("scx.circuit_opened", cooldown_s=round(cooldown, 3), failures=self._failures)
         self._waits.notify_all()  # half-open waiters go back to waiting for the cooldown

@@ -1,7 +1,9 @@
-"""The SCX Channel API client: send one ticket, classify the answer, retry what is transient.
+"""The SCX Channel API client: the routes, one call path, retries of what is transient.
 
 One ``ScxClient`` (and so one ``httpx.AsyncClient`` with one keep-alive pool) per process.
-``send_ticket`` either returns ``Forwarded`` or raises one of
+Every route is a ``Call`` made through ``ScxClient.call``: the same breaker, pacing slot,
+token, retry budget and error mapping for each. ``send_ticket`` either returns
+``Forwarded`` or raises one of
 
 - ``TicketRejected``: a non-retryable 4xx; the API's ``errorList`` and status go along;
 - ``RetryLater``: 408/425/429/5xx, timeouts or connection errors outlasted the in-process
@@ -10,16 +12,18 @@ One ``ScxClient`` (and so one ``httpx.AsyncClient`` with one keep-alive pool) pe
   with full jitter and never undercut the server's own ``Retry-After`` / rate-limit hint;
 - ``CredentialsRejected``: the refresh token was refused; the worker stops.
 
-Classification lives in ``classify`` alone. Every call first takes its turn from the
-``Pacer`` (the rate limit) and the ``Breaker`` (outages); both are per process and shared
-by all messages, so a 429 or an outage slows the whole process down at once.
+Classification of ticket answers lives in ``classify`` alone. Every call first takes its
+turn from the ``Pacer`` (the rate limit) and the ``Breaker`` (outages); both are per process
+and shared by all messages, so a 429 or an outage slows the whole process down at once.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 import structlog
@@ -35,8 +39,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from worker import metrics
-from worker.errors import CircuitOpen, RetryLater, TicketRejected, TransientError
+from worker import metrics, tracing
+from worker.errors import CircuitOpen, MessageError, RetryLater, TicketRejected, TransientError
 from worker.scx.auth import TokenAuth
 from worker.scx.breaker import Breaker
 from worker.scx.pacing import Pacer
@@ -49,10 +53,34 @@ log = structlog.get_logger(__name__)
 TICKET_PATH = "/v1/channel/ticket"
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True, slots=True)
 class Forwarded:
     status: int
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One API call as the retry loop sees it.
+
+    ``build`` makes the request afresh for every attempt (a file body is re-read from its
+    start); ``read`` turns the answer into a value or raises (see ``ScxClient.call``);
+    with ``stream`` the body is left unread for ``read`` to stream, and closed after it.
+    """
+
+    build: Callable[[], httpx.Request]
+    read: Callable[[httpx.Response], Awaitable[T]]
+    stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Answered(Generic[T]):
+    value: T
+    attempts: int
+    """Calls made, the answered one included."""
 
 
 def classify(response: httpx.Response) -> int:
@@ -115,7 +143,9 @@ class ScxClient:
             # bytes. httpcore's pool cost ~2.7 ms of CPU per request in its bookkeeping
             # (profiled: has_expired -> anyio extra attributes on every pool scan), which made
             # more concurrency slower; aiohttp's connector does the same job for a fraction.
-            transport=transport or AiohttpTransport(limits=limits),
+            # Traced here, below the auth flow and the retries, when tracing is on: a client
+            # span and a traceparent for every request on the wire (worker.tracing).
+            transport=tracing.traced_transport(transport or AiohttpTransport(limits=limits)),
         )
         # An absolute URL object: httpx skips joining it with base_url on every call (half
         # of build_request's cost, measured).
@@ -144,21 +174,35 @@ class ScxClient:
 
     async def send_ticket(self, body: bytes) -> Forwarded:
         """POST one ticket (already validated JSON) until it is accepted or cannot be now."""
+        answered = await self.call(
+            Call(lambda: self._http.build_request("POST", self._ticket_url, content=body), _status)
+        )
+        return Forwarded(answered.value, answered.attempts)
+
+    async def call(self, call: Call[T]) -> Answered[T]:
+        """Make ``call`` until it is answered for good, or raise why it cannot be now.
+
+        Every route goes through here, so pacing, the breaker, the token and the retry
+        budget are the same for tickets, uploads, downloads and event polls. ``call.read``
+        decides what an answer means: it returns the value, raises ``TransientError`` to
+        have the call tried again, or raises anything else to end it (a ``MessageError``
+        gets the number of calls made as ``attempts``).
+        """
         deadline = time.monotonic() + self._budget
         try:
             # The common case, a first attempt that is answered for good, skips the retry
             # machinery (building and stepping a tenacity loop cost ~5 % of the CPU).
-            return Forwarded(await self._post_once(body, 1, deadline), 1)
-        except TicketRejected as exc:
+            return Answered(await self._once(call, 1, deadline), 1)
+        except MessageError as exc:
             exc.attempts = 1
             raise
         except CircuitOpen as exc:
             raise _retry_later(exc, calls=0) from None
         except TransientError as exc:
             first_failure = exc
-        return await self._retry(body, deadline, first_failure)
+        return await self._retry(call, deadline, first_failure)
 
-    async def _retry(self, body: bytes, deadline: float, first: TransientError) -> Forwarded:
+    async def _retry(self, call: Call[T], deadline: float, first: TransientError) -> Answered[T]:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientError)
             & retry_if_not_exception_type(CircuitOpen),
@@ -178,42 +222,40 @@ class ScxClient:
                         # Replayed, not re-sent: tenacity decides the wait and logs it
                         # exactly as if it had made the first call itself.
                         raise first
-                    status = await self._post_once(body, attempt_number, deadline)
-                    return Forwarded(status, attempt_number)
-        except TicketRejected as exc:
+                    value = await self._once(call, attempt_number, deadline)
+                    return Answered(value, attempt_number)
+        except MessageError as exc:
             exc.attempts = attempt_number
             raise
         except TransientError as exc:
             raise _retry_later(exc, calls=attempt_number - isinstance(exc, CircuitOpen)) from None
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
-    async def _post_once(self, body: bytes, attempt: int, deadline: float) -> int:
+    async def _once(self, call: Call[T], attempt: int, deadline: float) -> T:
+        """One attempt: a breaker admission, a pacing slot, the request, its answer read."""
         probe = await self.breaker.admit(deadline)
-        answered = False
         try:
             seq = await self.pacer.acquire()
             structlog.contextvars.bind_contextvars(attempt=attempt)
             sent_at = time.monotonic()
-            try:
-                response = await self._http.post(self._ticket_url, content=body)
-            except httpx.TimeoutException as exc:
-                answered = True
-                self.breaker.failed(probe)
-                raise TransientError(f"timeout ({type(exc).__name__})") from None
-            except httpx.TransportError as exc:
-                answered = True
-                self.breaker.failed(probe)
-                raise TransientError(f"connection error ({type(exc).__name__}: {exc})") from None
-            except TransientError:  # POST /v1/auth failed: the API is as down as the route
-                answered = True
-                self.breaker.failed(probe)
-                raise
-            answered = True
+            with _transport_errors():
+                response = await self._http.send(call.build(), stream=call.stream)
+        except TransientError:
+            # No answer at all, or POST /v1/auth failed: the API is as down as the route.
+            self.breaker.failed(probe)
+            raise
+        except BaseException:
+            # Never sent (stopping while waiting for a slot) or refused for good
+            # (credentials): says nothing about the API's health.
+            self.breaker.abandoned(probe)
+            raise
+        try:
             self._take_in(response, seq, sent_at, probe)
-            return classify(response)
+            with _transport_errors():
+                return await call.read(response)
         finally:
-            if not answered:
-                self.breaker.abandoned(probe)
+            if call.stream:
+                await response.aclose()
 
     def _take_in(self, response: httpx.Response, seq: int, sent_at: float, probe: bool) -> None:
         """Tell the pacer and the breaker what this answer says about the API."""
@@ -242,6 +284,21 @@ class ScxClient:
         return max(backoff, hint or 0.0)
 
 
+async def _status(response: httpx.Response) -> int:
+    return classify(response)
+
+
+@contextmanager
+def _transport_errors() -> Iterator[None]:
+    """httpx's ways of getting no (whole) answer, as the one error the retry loop retries."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise TransientError(f"timeout ({type(exc).__name__})") from None
+    except httpx.TransportError as exc:
+        raise TransientError(f"connection error ({type(exc).__name__}: {exc})") from None
+
+
 def _retry_later(exc: TransientError, *, calls: int) -> RetryLater:
     return RetryLater(calls, exc.reason, {"status": exc.status, "errorList": exc.error_list or []})
 
@@ -261,4 +318,5 @@ def _log_retry(state: RetryCallState) -> None:
     if isinstance(exc, TransientError):
         fields.update(reason=exc.reason, status=exc.status)
     metrics.retried(exc)
+    tracing.event("scx.retry", **fields)
     log.warning("scx.retry", **fields)
