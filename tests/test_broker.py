@@ -155,3 +155,12 @@ async def _wait_event(worker: Process, event: str, timeout: float = 30) -> None:
     finally:
         exited.cancel()
     assert worker.has_event(event), f"exited before {event}:\n{worker.output[-3000:]}"
+
+
+async def test_a_heartbeat_applies_to_every_node_that_does_not_set_its_own(names: Names) -> None:
+    own = str(URL(AMQP_URL).update_query(heartbeat=30))
+    for url, expected in ((AMQP_URL, "7"), (own, "30")):
+        connection = await broker.connect(_settings(url, names), "events", heartbeat=7)
+        async with connection:
+            assert connection.url.query["heartbeat"] == expected
+            assert connection.connected.is_set()

@@ -50,9 +50,14 @@ CONNECT_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_EXCEPTIONS, Timeo
 Command = Literal["run", "events", "publish", "dlq", "check"]
 
 
-def connection_name(settings: Settings, command: Command) -> str:
-    """How the broker shows this process's connection: queue, command, host and pid."""
-    return f"scx-forwarder {settings.amqp_queue} {command} {socket.gethostname()}:{os.getpid()}"
+def connection_name(settings: Settings, command: Command, subject: str | None = None) -> str:
+    """How the broker shows this process's connection: what it serves, command, host, pid.
+
+    ``subject`` defaults to the work queue (``AMQP_QUEUE``); the events bridge names its
+    exchange instead.
+    """
+    subject = subject or settings.amqp_queue
+    return f"scx-forwarder {subject} {command} {socket.gethostname()}:{os.getpid()}"
 
 
 class ClusterConnection(aio_pika.RobustConnection):
@@ -94,15 +99,26 @@ def _closing_error(closing: asyncio.Future[Any]) -> str:
 
 
 async def connect(
-    settings: Settings, command: Command, *, robust: bool = False
+    settings: Settings,
+    command: Command,
+    *,
+    robust: bool = False,
+    heartbeat: int | None = None,
+    subject: str | None = None,
 ) -> aio_pika.Connection:
     """A connection to the first node of ``AMQP_URL`` that accepts one.
 
-    Raises the last node's error (``OSError``, ``TimeoutError``, an AMQP error) when none
-    does; the error texts never hold a password (aio-pika prints URLs redacted).
+    ``heartbeat`` (seconds) applies to every node whose URL does not set one. Raises the last
+    node's error (``OSError``, ``TimeoutError``, an AMQP error) when none does; the error
+    texts never hold a password (aio-pika prints URLs redacted).
     """
     nodes = settings.amqp_nodes
-    properties: FieldTable = {"connection_name": connection_name(settings, command)}
+    if heartbeat is not None:
+        nodes = tuple(
+            url if "heartbeat" in url.query else url.update_query(heartbeat=heartbeat)
+            for url in nodes
+        )
+    properties: FieldTable = {"connection_name": connection_name(settings, command, subject)}
     error: BaseException | None = None
     for position, node in enumerate(nodes):
         connection: aio_pika.Connection
