@@ -118,10 +118,8 @@ members() {
   local n
   for n in "${NODES[@]}"; do
     if running "$n"; then
-      ctl "$n" cluster_status --formatter json 2>/dev/null | python3 -c '
-import json, sys
-status = json.loads(sys.stdin.read() or "{}")
-print(" ".join(status.get("disk_nodes", []) + status.get("ram_nodes", [])))'
+      ctl "$n" cluster_status --formatter json 2>/dev/null \
+        | grep -o '"disk_nodes":\[[^]]*\]' | grep -o '[a-z0-9-]*@[a-z0-9.-]*' | xargs || true
       return
     fi
   done
