@@ -33,7 +33,7 @@ from tests.examples import SEED_EVENT_DATA, SEED_TICKET
 from tests.test_end_to_end import event
 from worker.emulator import Emulator
 from worker.errors import MessageError
-from worker.mapping import decode_ticket
+from worker.mapping import decode_message
 from worker.samples import invalid_events, valid_event
 from worker.settings import Settings
 
@@ -61,7 +61,7 @@ def valid(validator: jsonschema.Draft7Validator, document: Any) -> bool:
 
 def forwards(body: bytes) -> bool:
     try:
-        decode_ticket(body)
+        decode_message(body)
     except MessageError:
         return False
     return True

@@ -1,4 +1,6 @@
-"""decode_ticket and load_mapper: message bytes in, a Ticket or a MessageError out."""
+"""decode_message and load_mapper: a message in, a Ticket or a MessageError out.
+
+The CloudEvents content modes have their own file, tests/test_envelope.py."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 
 from tests.examples import SEED_EVENT_DATA, SEED_TICKET
 from worker.errors import InvalidTicket, MalformedMessage
-from worker.mapping import Mapper, decode_ticket, load_mapper
+from worker.mapping import Mapper, decode_message, load_mapper, message_mapper
 from worker.models import Ticket
 
 SEED = SEED_TICKET
@@ -43,9 +45,14 @@ def body(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
+def ticket_of(raw: bytes, mapper: Mapper | None = None) -> Ticket:
+    """The ticket of a plain JSON message (no headers, no content type)."""
+    return decode_message(raw, mapper=message_mapper(mapper) if mapper else None).ticket
+
+
 def invalid(raw: bytes, mapper: Mapper | None = None) -> InvalidTicket:
     with pytest.raises(InvalidTicket) as info:
-        decode_ticket(raw, mapper)
+        ticket_of(raw, mapper)
     return info.value
 
 
@@ -61,25 +68,25 @@ def assert_schema_keys_only(sent: dict[str, Any]) -> None:
 
 
 def test_api_ticket_round_trips() -> None:
-    assert orjson.loads(decode_ticket(body(SEED)).to_json()) == SEED
+    assert orjson.loads(ticket_of(body(SEED)).to_json()) == SEED
 
 
 def test_event_maps_to_the_api_ticket() -> None:
-    assert orjson.loads(decode_ticket(body(EVENT)).to_json()) == SEED
+    assert orjson.loads(ticket_of(body(EVENT)).to_json()) == SEED
 
 
 def test_event_envelope_is_optional_and_its_type_is_not_checked() -> None:
-    assert decode_ticket(body({"data": EVENT["data"]})) == decode_ticket(body(EVENT))
-    assert decode_ticket(body(EVENT | {"type": "other", "id": 5})) == decode_ticket(body(EVENT))
+    assert ticket_of(body({"data": EVENT["data"]})) == ticket_of(body(EVENT))
+    assert ticket_of(body(EVENT | {"type": "other", "id": 5})) == ticket_of(body(EVENT))
 
 
 def test_extra_fields_are_never_sent() -> None:
     ticket = SEED | {"tracking": {"deep": [1]}, "from": {"role": "BUYER", "mood": "calm"}}
-    sent = orjson.loads(decode_ticket(body(ticket)).to_json())
+    sent = orjson.loads(ticket_of(body(ticket)).to_json())
     assert set(sent) == TOP_KEYS
     assert set(sent["from"]) == {"role"}
     event = EVENT | {"data": EVENT["data"] | {"shop": "x", "author": {"role": "seller", "x": 1}}}
-    sent = orjson.loads(decode_ticket(body(event)).to_json())
+    sent = orjson.loads(ticket_of(body(event)).to_json())
     assert set(sent) == TOP_KEYS
     assert sent["from"] == {"role": "SELLER"}
 
@@ -112,7 +119,7 @@ def test_a_seller_id_key_makes_it_a_ticket() -> None:
 )
 def test_malformed_bodies(raw: bytes, reason: str) -> None:
     with pytest.raises(MalformedMessage) as info:
-        decode_ticket(raw)
+        ticket_of(raw)
     assert list(info.value.detail) == ["error"]
     assert reason in info.value.detail["error"]
     assert info.value.summary == info.value.detail["error"]
@@ -124,7 +131,7 @@ def test_malformed_body_never_reaches_the_mapper() -> None:
         raise AssertionError("called")
 
     with pytest.raises(MalformedMessage):
-        decode_ticket(b"[1]", mapper)
+        ticket_of(b"[1]", mapper)
 
 
 # ---- invalid tickets ----------------------------------------------------------------------------
@@ -198,7 +205,7 @@ def camel_mapper(obj: dict[str, Any]) -> Mapping[str, Any]:
 
 
 def test_mapper_mapping_is_validated_as_a_ticket() -> None:
-    ticket = decode_ticket(body({"case": {"number": "C-9"}}), camel_mapper)
+    ticket = ticket_of(body({"case": {"number": "C-9"}}), camel_mapper)
     assert orjson.loads(ticket.to_json()) == SEED | {"ticketId": "C-9"}
 
 
@@ -209,13 +216,13 @@ def test_mapper_replaces_shape_detection() -> None:
         seen.append(obj)
         return types.MappingProxyType(SEED)
 
-    assert decode_ticket(body(EVENT | {"sellerId": "x"}), mapper) == decode_ticket(body(SEED))
+    assert ticket_of(body(EVENT | {"sellerId": "x"}), mapper) == ticket_of(body(SEED))
     assert seen == [EVENT | {"sellerId": "x"}]
 
 
 def test_mapper_may_return_a_ticket() -> None:
     ticket = Ticket.model_validate(SEED)
-    assert decode_ticket(b"{}", lambda obj: ticket) is ticket
+    assert ticket_of(b"{}", lambda obj: ticket) is ticket
 
 
 def test_mapper_result_errors_are_in_ticket_terms() -> None:
@@ -255,7 +262,7 @@ def test_mapper_strings_are_not_coerced_from_bytes(path: str, value: object) -> 
 
 
 def test_mapper_returning_a_non_mapping() -> None:
-    error = invalid(b"{}", lambda obj: None)  # type: ignore[arg-type, return-value]
+    error = invalid(b"{}", lambda obj: None)  # type: ignore[arg-type]
     assert [(e["loc"], e["type"]) for e in error.detail["errors"]] == [("", "model_type")]
     assert error.summary.startswith("invalid mapper result: Input should be")
 
@@ -304,7 +311,7 @@ def test_mapper_base_exceptions_propagate(exc: BaseException) -> None:
         raise exc
 
     with pytest.raises(type(exc)):
-        decode_ticket(b"{}", mapper)
+        ticket_of(b"{}", mapper)
 
 
 # ---- load_mapper -------------------------------------------------------------------------------
@@ -317,7 +324,7 @@ def test_load_mapper_imports_a_callable(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "acme_ticket_mapper", raising=False)
     mapper = load_mapper("acme_ticket_mapper:to_ticket")
-    ticket = decode_ticket(body({"ticket": SEED}), mapper)
+    ticket = ticket_of(body({"ticket": SEED}), mapper)
     assert ticket.seller_id == "acme"
 
 
@@ -422,7 +429,7 @@ events = st.tuples(event_data, extra).map(lambda t: {"id": "e", "data": t[0] | t
 @settings(deadline=None)
 @given(events)
 def test_valid_events_always_decode_to_schema_keys_only(event: dict[str, Any]) -> None:
-    ticket = decode_ticket(body(event))
+    ticket = ticket_of(body(event))
     sent = orjson.loads(ticket.to_json())
     assert_schema_keys_only(sent)
     data = event["data"]
@@ -431,7 +438,7 @@ def test_valid_events_always_decode_to_schema_keys_only(event: dict[str, Any]) -
     assert sent["topic"] == data["topic"].upper()
     assert sent["replyRequested"] is data.get("reply_requested", True)
     assert len(sent.get("attachment", [])) == len(data.get("attachments", []))
-    assert decode_ticket(ticket.to_json()) == ticket  # the API shape decodes to the same ticket
+    assert ticket_of(ticket.to_json()) == ticket  # the API shape decodes to the same ticket
 
 
 json_values = st.recursive(
@@ -450,7 +457,7 @@ json_values = st.recursive(
 
 def decodes_or_fails_cleanly(raw: bytes) -> None:
     try:
-        decode_ticket(raw)
+        ticket_of(raw)
     except (MalformedMessage, InvalidTicket) as exc:
         orjson.dumps(exc.detail)  # the detail must be able to become a header
 

@@ -28,6 +28,7 @@ from tests.test_cli import Process, worker_env
 from tests.test_cli import processes as processes  # the fixture
 from tests.test_end_to_end import event
 from tests.test_logging import restore_logging as restore_logging  # the fixture
+from tests.test_outcomes import outcome_queue as outcome_queue  # the fixture
 from worker import tracing
 from worker.emulator import Emulator
 from worker.logging import add_trace_ids, configure_logging
@@ -197,6 +198,23 @@ async def test_a_dead_letter_copy_carries_the_trace_of_the_span_that_made_it(
         "malformed",
     )
     assert consumer.status.status_code == StatusCode.ERROR
+
+
+async def test_an_outcome_event_continues_the_trace_of_its_ticket(
+    spans: InMemorySpanExporter,
+    channel: AbstractChannel,
+    names: Names,
+    start_worker: StartWorker,
+    outcome_queue: str,
+) -> None:
+    await start_worker(worker_outcome_events=True)
+    await publish(channel, names, [event(1)], headers={"traceparent": TRACEPARENT})
+    [outcome] = await collect(channel, outcome_queue, 1)
+    [consumer] = await consumer_spans(spans, names)
+    [send] = named(spans, f"send {names.exchange}")
+    assert send.kind == SpanKind.PRODUCER
+    assert parent_of(send) == hex_span(consumer)
+    assert traceparent_ids((outcome.headers or {})["traceparent"]) == (TRACE_ID, hex_span(send))
 
 
 async def test_a_delayed_message_comes_back_in_the_same_trace(

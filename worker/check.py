@@ -30,6 +30,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from pydantic import SecretStr
 
 from worker import broker
+from worker.scx import auth_request
 from worker.scx.responses import is_transient_status
 from worker.settings import ConfigError, Settings, redact_url
 
@@ -96,11 +97,7 @@ async def check_token(settings: Settings, refresh_token: SecretStr) -> Result:
     timeout = httpx.Timeout(settings.scx_request_timeout, connect=settings.scx_connect_timeout)
     try:
         async with httpx.AsyncClient(timeout=timeout) as client:
-            response = await client.post(
-                url,
-                data={"refreshToken": refresh_token.get_secret_value()},
-                headers={"Accept": "application/json", "Accept-Language": "en"},
-            )
+            response = await client.send(auth_request(url, refresh_token, timeout))
     except httpx.HTTPError as exc:
         return Result("token", "fail", f"cannot reach {url}: {type(exc).__name__}")
     status = response.status_code

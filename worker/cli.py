@@ -24,6 +24,7 @@ import aiormq
 import orjson
 import structlog
 
+from worker import __version__
 from worker.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from worker.logging import configure_logging
 from worker.settings import ConfigError, load_settings
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="scx-forwarder",
         description="Forward marketplace ticket events from RabbitMQ to JTL's SCX Channel API.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="consume ticket events and forward them (the service)")
@@ -79,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     pub = sub.add_parser("publish", help="publish events from a JSON-lines file ('-' = stdin)")
     pub.add_argument("file", metavar="FILE.jsonl")
     pub.add_argument("--routing-key", help="default: AMQP_BINDING_KEY")
+    pub.add_argument(
+        "--cloudevents",
+        choices=("binary", "structured"),
+        help="publish events as CloudEvents in this content mode (default: plain JSON)",
+    )
     pub.set_defaults(command=_cmd_publish)
 
     sample = sub.add_parser("sample", help="write sample events as JSON lines to stdout")
@@ -183,7 +190,11 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     stream = sys.stdin.buffer if args.file == "-" else Path(args.file).open("rb")  # noqa: SIM115
     with stream:
         try:
-            count = asyncio.run(publish_lines(settings, stream, routing_key=args.routing_key))
+            count = asyncio.run(
+                publish_lines(
+                    settings, stream, routing_key=args.routing_key, cloudevents=args.cloudevents
+                )
+            )
         except Unroutable as exc:
             print(f"scx-forwarder publish: {exc}", file=sys.stderr)
             return EXIT_FAILED

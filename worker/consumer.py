@@ -6,7 +6,7 @@ settle in ``_settle``, the only place that acks, dead-letters or returns a messa
 =====================  ============================================================
 outcome                what happens to the message
 =====================  ============================================================
-API answered 2xx       ack
+API answered 2xx       ack (after its outcome event, see below)
 ``MessageError``       copy to ``<queue>.dlq`` (publisher-confirmed), then ack
 ``RetryLater``         copy to ``<queue>.retry.<N>s`` (confirmed), then ack; or, once
                        ``WORKER_RETRY_MAX_AGE`` has passed since its first failure, a
@@ -15,7 +15,12 @@ API answered 2xx       ack
 ``FatalError``         nack + requeue; the worker drains and exits non-zero
 anything else (a bug)  nack + requeue after 5 s; the delivery limit ends a loop
 copy to DLQ/delay failed  nack + requeue after 5 s; tried again later, never lost
+outcome event failed   nack + requeue after 5 s, as a failed copy
 =====================  ============================================================
+
+With ``WORKER_OUTCOME_EVENTS`` a forwarded or dead-lettered message is acked only after
+its outcome event (``worker.outcomes``) was confirmed by the broker; a delayed or returned
+message has none.
 
 Delivery is at-least-once: a crash between the API's 2xx and the ack, or a lost
 connection in that window, makes the broker deliver the message again.
@@ -47,16 +52,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import aio_pika
 import aiormq
 import orjson
 import structlog
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from worker import broker, metrics, tracing
+from worker import broker, metrics, outcomes, tracing
 from worker.copies import message_copy
 from worker.errors import (
     EXIT_FAILED,
@@ -67,7 +74,8 @@ from worker.errors import (
     RetryLater,
     ShuttingDown,
 )
-from worker.mapping import Mapper, decode_ticket
+from worker.mapping import Mapper, decode_message, message_mapper
+from worker.outcomes import MessageFacts
 from worker.scx import Forwarded, ScxClient
 from worker.settings import Settings
 from worker.topology import Topology, declare_topology
@@ -145,7 +153,9 @@ class Forwarder:
     ) -> None:
         self._settings = settings
         self._client = client
-        self._mapper = mapper
+        # The mapper's signature is read once, here, not per message.
+        self._mapper = message_mapper(mapper) if mapper is not None else None
+        self._outcome_source = outcomes.source(settings.amqp_queue)
         self._semaphore = asyncio.Semaphore(settings.worker_concurrency)
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task[Any]] = set()
@@ -273,25 +283,43 @@ class Forwarder:
                     tracing.consuming(self._settings.amqp_queue, message),
                 ):
                     started = time.perf_counter()
-                    outcome = await self._process(message)
-                    await self._settle(message, outcome, started)
+                    facts = MessageFacts(message_id=message.message_id)
+                    outcome = await self._process(message, facts)
+                    await self._settle(message, outcome, started, facts)
             finally:
                 self._in_flight.discard(task)
                 metrics.finished()
 
-    async def _process(self, message: AbstractIncomingMessage) -> Outcome:
+    async def _process(self, message: AbstractIncomingMessage, facts: MessageFacts) -> Outcome:
         try:
-            ticket = decode_ticket(message.body, self._mapper)
-            structlog.contextvars.bind_contextvars(
-                ticket_id=ticket.ticket_id, seller_id=ticket.seller_id
+            decoded = decode_message(
+                message.body,
+                headers=message.headers or {},
+                content_type=message.content_type,
+                mapper=self._mapper,
+            )
+            ticket = decoded.ticket
+            _learn(
+                facts,
+                event_id=decoded.event_id,
+                ticket_id=ticket.ticket_id,
+                seller_id=ticket.seller_id,
             )
             tracing.ticket(ticket.ticket_id, ticket.seller_id)
             return await self._client.send_ticket(ticket.to_json())
+        except MessageError as exc:
+            if facts.event_id is None:  # the message did not decode; its id may be known
+                _learn(facts, event_id=exc.event_id)
+            return exc
         except Exception as exc:  # bad input must never take the worker down
             return exc
 
     async def _settle(
-        self, message: AbstractIncomingMessage, outcome: Outcome, started: float
+        self,
+        message: AbstractIncomingMessage,
+        outcome: Outcome,
+        started: float,
+        facts: MessageFacts,
     ) -> None:
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
         if isinstance(outcome, RetryLater):
@@ -300,6 +328,13 @@ class Forwarder:
             )
         match outcome:
             case Forwarded(status=status, attempts=attempts):
+                if not await self._announce(
+                    lambda: outcomes.forwarded(
+                        facts, status=status, attempts=attempts, source=self._outcome_source
+                    )
+                ):
+                    await self._return_later(message, "outcome publish failed")
+                    return
                 await _ack(message)
                 metrics.forwarded(message.timestamp)
                 tracing.settled("forwarded", attempts=attempts)
@@ -335,6 +370,12 @@ class Forwarder:
                     )
                     await self._return_later(message, "dead-letter publish failed")
                     return
+                error = outcome  # narrowed to MessageError, for the closure
+                if not await self._announce(
+                    lambda: outcomes.dead_lettered(facts, error, source=self._outcome_source)
+                ):
+                    await self._return_later(message, "outcome publish failed")
+                    return
                 await _ack(message)
                 metrics.dead_lettered(outcome.kind, message.timestamp)
                 tracing.settled(
@@ -368,6 +409,38 @@ class Forwarder:
         await _return(message, why)
         tracing.settled("failed", why)
 
+    async def _announce(self, build: Callable[[], aio_pika.Message]) -> bool:
+        """Publish the outcome event ``build`` makes (if enabled); False, logged, if the broker
+        did not confirm it.
+
+        An event no queue is bound for counts as published (see ``worker.outcomes``).
+        """
+        if not self._settings.worker_outcome_events:
+            return True
+        assert self._topology is not None
+        event = build()
+        assert event.type is not None
+        headers: dict[str, Any] = dict(event.headers or {})
+        try:
+            # Its own producer span under the consumer span: the marketplace's handler of
+            # the outcome continues the trace that brought the ticket in.
+            with tracing.publishing(self._settings.amqp_exchange, event.type, headers):
+                event.headers = headers
+                await self._topology.exchange.publish(event, routing_key=event.type, mandatory=True)
+        except aiormq.exceptions.PublishError:
+            metrics.outcome_published(event.type, routed=False)
+            log.warning(
+                "ticket.outcome_unroutable", type=event.type, exchange=self._settings.amqp_exchange
+            )
+            return True
+        except Exception as exc:
+            log.error(
+                "ticket.outcome_failed", type=event.type, error=f"{type(exc).__name__}: {exc}"
+            )
+            return False
+        metrics.outcome_published(event.type, routed=True)
+        return True
+
     async def _dead_letter(self, message: AbstractIncomingMessage, error: MessageError) -> None:
         await self._publish_copy(
             message,
@@ -399,6 +472,15 @@ class Forwarder:
             await self._topology.channel.default_exchange.publish(
                 copy, routing_key=queue, mandatory=True
             )
+
+
+def _learn(facts: MessageFacts, **ids: str | None) -> None:
+    """Note the ids decoding found (``event_id``, ``ticket_id``, ``seller_id``; ``None`` is
+    unknown) for the outcome event, and put them on every log line that follows."""
+    known = {name: value for name, value in ids.items() if value is not None}
+    for name, value in known.items():
+        setattr(facts, name, value)
+    structlog.contextvars.bind_contextvars(**known)
 
 
 async def _ack(message: AbstractIncomingMessage) -> None:

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,6 +70,8 @@ from aio_pika.abc import (
 
 from worker import broker
 from worker.copies import message_copy
+from worker.envelope import read_envelope
+from worker.errors import MessageError
 from worker.settings import Settings
 
 REPLAY_COUNT = "x-replay-count"
@@ -181,7 +183,7 @@ def describe(message: AbstractIncomingMessage) -> Entry:
     replays = headers.get(REPLAY_COUNT)
     return Entry(
         message_id=message.message_id,
-        ticket_id=ticket_id_of(message.body),
+        ticket_id=ticket_id_of(message.body, headers, message.content_type),
         kind=kind,
         reason=reason,
         dead_lettered_at=_dead_lettered_at(headers) or _aware(message.timestamp),
@@ -189,16 +191,17 @@ def describe(message: AbstractIncomingMessage) -> Entry:
     )
 
 
-def ticket_id_of(body: bytes) -> str | None:
-    """``data.ticket_id`` of an event or ``ticketId`` of an API ticket, if the body has one."""
+def ticket_id_of(body: bytes, headers: Mapping[str, Any], content_type: str | None) -> str | None:
+    """``ticket_id`` of an event's data (either CloudEvents mode) or ``ticketId`` of an API
+    ticket, if the message has one."""
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        envelope = read_envelope(body, headers, content_type)
+    except MessageError:
         return None
-    if not isinstance(payload, dict):
-        return None
-    data = payload.get("data")
-    found = data.get("ticket_id") if isinstance(data, dict) else payload.get("ticketId")
+    data = envelope.data
+    found = data.get("ticket_id") if isinstance(data, dict) else None
+    if found is None:
+        found = envelope.body.get("ticketId")
     return found if isinstance(found, str) else None
 
 

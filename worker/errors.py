@@ -45,6 +45,8 @@ class MessageError(ForwarderError):
     """A message that will never succeed; ``detail`` becomes the ``x-error-detail`` header."""
 
     kind: ErrorKind
+    event_id: str | None = None
+    """The message's CloudEvents ``id``, when decoding got that far (set by worker.envelope)."""
 
     def __init__(self, summary: str, detail: dict[str, Any], *, attempts: int = 0) -> None:
         super().__init__(summary)

@@ -1,10 +1,14 @@
-"""Turn a RabbitMQ message body into a validated ``Ticket``.
+"""Turn a RabbitMQ message (body, headers, content type) into a validated ``Ticket``.
 
-Input contract: the body is UTF-8 JSON holding one object, in one of two shapes.
+Input contract: a CloudEvent in either content mode (``worker.envelope`` decides which and
+reads it): in structured mode the body is the whole event, in binary mode the body is its
+``data`` and the attributes are ``ce-*`` / ``cloudEvents:*`` / ``cloudEvents_*`` headers. The
+body is UTF-8 JSON holding one object, in one of two shapes.
 
-1. A marketplace ticket event (CloudEvents-style structured JSON)::
+1. A marketplace ticket event (structured mode shown; ``data`` may also come as
+   ``data_base64``, and in binary mode the body is the ``data`` object alone)::
 
-       {"id"?, "type"?, "time"?,               envelope: optional, not checked
+       {"id"?, "type"?, "time"?, ...,          envelope: optional, not checked
         "data": {
           "seller_id": str,                    ^[A-Za-z0-9_]{1,50}$ (no trailing newline)
           "ticket_id": str,                    1-256 chars
@@ -31,77 +35,101 @@ Input contract: the body is UTF-8 JSON holding one object, in one of two shapes.
 In both shapes unknown keys are ignored, nothing is coerced (``4711`` is not a string, ``"yes"``
 not a boolean), ``createdAt`` is sent exactly as received, and ``null`` for ``name``,
 ``reference`` or ``attachment(s)`` means absent. A marketplace may plug in its own ``Mapper``
-(see ``load_mapper``), which replaces the shape detection.
+(see ``load_mapper``), which replaces the shape detection: it gets the decoded body and, if
+it takes a second argument, the message headers.
 
 Failures raise ``MalformedMessage`` (not a UTF-8 JSON object) with detail ``{"error": "..."}``,
-or ``InvalidTicket`` with detail ``{"shape": "event"|"ticket"|"mapper", "errors": [{"loc": ...,
-"msg": ..., "type": ...}]}``. ``loc`` is the dotted path in the sender's own terms
-(``data.attachments.3.filename`` for an event, ``from.role`` for a ticket, ``""`` for the whole
-value); beyond 20 errors the list is cut and ``"omitted": <count>`` added. Neither the summary
-nor the detail quotes input values; only a mapper's own exception text is passed on (500 chars
-at most).
+or ``InvalidTicket`` with detail ``{"shape": "event"|"ticket"|"mapper"|"batch", "errors":
+[{"loc": ..., "msg": ..., "type": ...}]}``. ``loc`` is the dotted path in the sender's own terms
+(``data.attachments.3.filename`` for an event in either mode, ``from.role`` for a ticket,
+``""`` for the whole value); beyond 20 errors the list is cut and ``"omitted": <count>`` added.
+Neither the summary nor the detail quotes input values; only a mapper's own exception text is
+passed on (500 chars at most). Both carry the CloudEvents ``id`` as ``event_id`` once known.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal, cast
 
-import orjson
 from pydantic import ValidationError
 
-from worker.errors import InvalidTicket, MalformedMessage
+from worker.envelope import MISSING, ContentMode, Envelope, read_envelope
+from worker.errors import InvalidTicket, MessageError
 from worker.models import Ticket, TicketEvent
 
-Mapper = Callable[[dict[str, Any]], Ticket | Mapping[str, Any]]
-"""Receives the decoded JSON object; returns a ``Ticket`` or a camelCase API mapping."""
+MapperResult = Ticket | Mapping[str, Any]
+MessageMapper = Callable[[dict[str, Any], Mapping[str, Any]], MapperResult]
+"""Receives the decoded body and the message headers (read-only); returns a ``Ticket`` or a
+camelCase API mapping."""
+BodyMapper = Callable[[dict[str, Any]], MapperResult]
+"""The one-argument form: the decoded body only."""
+Mapper = MessageMapper | BodyMapper
 
 Shape = Literal["event", "ticket", "mapper"]
 
-_JSON_TYPES = {
-    list: "an array",
-    str: "a string",
-    int: "a number",
-    float: "a number",
-    bool: "a boolean",
-    type(None): "null",
-}
 # A mapper's exception text may quote personal data or be huge; a header needs neither.
 _MAX_MAPPER_MESSAGE = 500
 # The detail becomes a message header: 1000 bad attachments must not make 2000 entries.
 _MAX_ERRORS = 20
 
 
-def decode_ticket(body: bytes, mapper: Mapper | None = None) -> Ticket:
-    """Decode and validate one message body (see the module docstring for the contract).
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    ticket: Ticket
+    event_id: str | None
+    """The CloudEvents ``id``, when the message had one."""
+    mode: ContentMode
 
-    With ``mapper``, the decoded object goes to it instead of the shape detection. A ``Ticket``
-    it returns is used as is; a mapping is validated as an API ticket. Any ``Exception`` it
-    raises becomes ``InvalidTicket`` (shape ``mapper``, type ``mapper_error``).
+
+def decode_message(
+    body: bytes,
+    *,
+    headers: Mapping[str, Any] | None = None,
+    content_type: str | None = None,
+    mapper: MessageMapper | None = None,
+) -> Decoded:
+    """Decode and validate one message (see the module docstring for the contract).
+
+    With ``mapper`` (made by ``message_mapper`` or ``load_mapper``), the decoded body and the
+    headers go to it instead of the shape detection. A ``Ticket`` it returns is used as is; a
+    mapping is validated as an API ticket. Any ``Exception`` it raises becomes
+    ``InvalidTicket`` (shape ``mapper``, type ``mapper_error``).
     """
+    headers = headers or {}
+    envelope = read_envelope(body, headers, content_type)
     try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        # str(exc) is orjson's message with a position; it never repeats the document.
-        raise _malformed(f"body is not valid UTF-8 JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        what = _JSON_TYPES[type(obj)]
-        raise _malformed(f"body is {what}, not a JSON object")
+        ticket = _to_ticket(envelope, headers, mapper)
+    except MessageError as exc:
+        exc.event_id = envelope.id
+        raise
+    return Decoded(ticket, envelope.id, envelope.mode)
+
+
+def _to_ticket(
+    envelope: Envelope, headers: Mapping[str, Any], mapper: MessageMapper | None
+) -> Ticket:
+    obj = envelope.body
     if mapper is not None:
-        return _apply_mapper(mapper, obj)
+        # A view: the mapper cannot change the headers the DLQ copy will carry.
+        return _apply_mapper(mapper, obj, MappingProxyType(dict(headers)))
     shape: Shape = "ticket" if "sellerId" in obj else "event"
     try:
         if shape == "ticket":
             return Ticket.model_validate(obj)
-        return TicketEvent.model_validate(obj).data.to_ticket()
+        event = {} if envelope.data is MISSING else {"data": envelope.data}
+        return TicketEvent.model_validate(event).data.to_ticket()
     except ValidationError as exc:
         raise _invalid(shape, _errors(exc)) from None
 
 
-def _apply_mapper(mapper: Mapper, obj: dict[str, Any]) -> Ticket:
+def _apply_mapper(mapper: MessageMapper, obj: dict[str, Any], headers: Mapping[str, Any]) -> Ticket:
     try:
-        result = mapper(obj)
+        result = mapper(obj, headers)
         if isinstance(result, Ticket):
             return result
         return Ticket.model_validate(result)
@@ -115,8 +143,39 @@ def _apply_mapper(mapper: Mapper, obj: dict[str, Any]) -> Ticket:
         raise _invalid("mapper", [{"loc": "", "msg": text, "type": "mapper_error"}]) from exc
 
 
-def _malformed(error: str) -> MalformedMessage:
-    return MalformedMessage(error, {"error": error})
+def message_mapper(mapper: Mapper) -> MessageMapper:
+    """``mapper`` as a two-argument ``MessageMapper``, its signature read once, here.
+
+    It takes the headers when it has a second positional parameter without a default, one
+    named ``headers``, or ``*args``; otherwise it is called with the body alone (so
+    ``def to_ticket(event, strict=True)`` keeps its default). Idempotent.
+    """
+    if _takes_headers(mapper):
+        return cast(MessageMapper, mapper)
+    body_only = cast(BodyMapper, mapper)
+
+    def with_headers(obj: dict[str, Any], headers: Mapping[str, Any]) -> MapperResult:
+        return body_only(obj)
+
+    return with_headers
+
+
+def _takes_headers(function: Callable[..., object]) -> bool:
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (some builtins): the old form
+        return False
+    positional = [
+        p
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        return True
+    if len(positional) < 2:
+        return False
+    second = positional[1]
+    return second.default is inspect.Parameter.empty or second.name == "headers"
 
 
 def _errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -140,8 +199,10 @@ def _invalid(shape: Shape, errors: list[dict[str, str]]) -> InvalidTicket:
     return InvalidTicket(summary, detail)
 
 
-def load_mapper(spec: str) -> Mapper:
+def load_mapper(spec: str) -> MessageMapper:
     """Import a mapper from ``"package.module:function"`` (the attribute may be dotted).
+
+    Returns it as a ``MessageMapper`` (see ``message_mapper``: its signature is read now).
 
     Raises ``ValueError`` naming the problem: a malformed spec, a module that is missing or fails
     to import, a missing attribute, or an attribute that is not callable.
@@ -161,4 +222,4 @@ def load_mapper(spec: str) -> Mapper:
             raise ValueError(f"mapper spec {spec!r}: {attr_path!r} not found") from None
     if not callable(target):
         raise ValueError(f"mapper spec {spec!r}: {attr_path!r} is not callable")
-    return cast(Mapper, target)
+    return message_mapper(cast(Mapper, target))

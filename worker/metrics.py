@@ -31,6 +31,8 @@ metric                                         type        labels
 ``events_without_id_total``                    counter
 ``events_poll_errors_total``                   counter     ``reason``
 ``events_publish_delay_seconds``               histogram   ``type``
+``build_info``                                 gauge (1)   ``version``
+``outcome_events_total``                       counter     ``type``, ``result``
 =============================================  ==========  ================================
 
 The hot path calls the plain functions below (``forwarded()``, ``dead_lettered(kind)``,
@@ -67,6 +69,7 @@ import httpx
 from aio_pika.abc import AbstractConnection
 from prometheus_client import Counter, Gauge, Histogram
 
+from worker import __version__
 from worker.scx.responses import is_transient_status
 
 PREFIX = "scx_forwarder_"
@@ -205,6 +208,17 @@ EVENTS_PUBLISH_DELAY = Histogram(
     ["type"],
     buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
 )
+OUTCOME_EVENTS = Counter(
+    PREFIX + "outcome_events_total",
+    "Outcome events the broker confirmed (WORKER_OUTCOME_EVENTS), by type and result "
+    "(published, or unroutable: no queue was bound for it).",
+    ["type", "result"],
+)
+# The usual *_info idiom: a constant 1 whose label says which release runs (join it onto
+# other series, or see a rollout progress pod by pod).
+BUILD_INFO = Gauge(
+    PREFIX + "build_info", "Always 1; the version label is the running release.", ["version"]
+)
 
 
 def _show_zeros() -> None:
@@ -215,6 +229,7 @@ def _show_zeros() -> None:
         for status_class in ("2xx", "4xx", "5xx"):
             API_REQUESTS.labels(route, status_class)
     RATE_LIMIT_REMAINING.set(math.nan)
+    BUILD_INFO.labels(__version__).set(1)
     for route in ROUTES:
         API_RATE_LIMITED.labels(route)
     circuit_state("closed")
@@ -255,6 +270,11 @@ def dead_lettered(kind: str, published: datetime | None = None) -> None:
     """A message's copy is in the DLQ (and the original acked)."""
     TICKETS_DEAD_LETTERED.labels(kind).inc()
     _observe_age(published)
+
+
+def outcome_published(event_type: str, *, routed: bool) -> None:
+    """The broker confirmed an outcome event; ``routed`` is False if no queue took it."""
+    OUTCOME_EVENTS.labels(event_type, "published" if routed else "unroutable").inc()
 
 
 def rate_limit_remaining(remaining: int) -> None:

@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     # The SDK and its exporters read the other standard OTEL_* variables themselves.
     otel_traces_exporter: str = "none"
     otel_service_name: str | None = None
+    # Publish ticket.forwarded / ticket.dead_lettered to AMQP_EXCHANGE (worker.outcomes).
+    worker_outcome_events: bool = False
 
     # --- observability ----------------------------------------------------------------
     # One port serves /metrics, /healthz and /readyz (worker.health); 0 turns it off.
@@ -198,6 +200,19 @@ class Settings(BaseSettings):
         return {**data, "amqp_url": text}
 
     @model_validator(mode="after")
+    def _outcomes_not_consumed(self) -> Settings:
+        # The work queue would receive the worker's own outcome events, dead-letter them as
+        # invalid, announce that, receive the announcement...: a loop, refused up front.
+        if self.worker_outcome_events:
+            for key in ("ticket.forwarded", "ticket.dead_lettered"):
+                if topic_matches(self.amqp_binding_key, key):
+                    raise ValueError(
+                        f"WORKER_OUTCOME_EVENTS: AMQP_BINDING_KEY would bind the work queue "
+                        f"to the worker's own {key!r} events"
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _one_token_source(self) -> Settings:
         if self.scx_refresh_token is not None and self.scx_refresh_token_file is not None:
             raise ValueError("set SCX_REFRESH_TOKEN or SCX_REFRESH_TOKEN_FILE, not both")
@@ -281,6 +296,22 @@ def redact_url(url: URL) -> str:
 
 def _vhost(url: URL) -> str:
     return url.path[1:] or "/"  # as aiormq reads it: "" and "/" are the default vhost
+
+
+def topic_matches(pattern: str, key: str) -> bool:
+    """Whether a topic exchange routes ``key`` to a binding with ``pattern`` (``*``, ``#``)."""
+    words, keys = pattern.split("."), key.split(".")
+
+    def match(i: int, j: int) -> bool:
+        if i == len(words):
+            return j == len(keys)
+        if words[i] == "#":
+            return any(match(i + 1, k) for k in range(j, len(keys) + 1))
+        if j == len(keys):
+            return False
+        return words[i] in ("*", keys[j]) and match(i + 1, j + 1)
+
+    return match(0, 0)
 
 
 def load_settings(**overrides: object) -> Settings:

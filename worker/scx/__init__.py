@@ -5,6 +5,15 @@ call may go; ``waits`` makes every wait end on shutdown; ``responses`` reads the
 Everything else in the worker imports the public names from here.
 """
 
+from worker.scx.auth import auth_request
 from worker.scx.client import TICKET_PATH, Answered, Call, Forwarded, ScxClient, classify
 
-__all__ = ["TICKET_PATH", "Answered", "Call", "Forwarded", "ScxClient", "classify"]
+__all__ = [
+    "TICKET_PATH",
+    "Answered",
+    "Call",
+    "Forwarded",
+    "ScxClient",
+    "auth_request",
+    "classify",
+]

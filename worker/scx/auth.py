@@ -32,7 +32,7 @@ import orjson
 import structlog
 from pydantic import SecretStr
 
-from worker import metrics
+from worker import USER_AGENT, metrics
 from worker.errors import CredentialsRejected, TransientError
 from worker.scx.responses import error_list, is_transient_status, retry_after
 
@@ -51,7 +51,7 @@ class TokenAuth(httpx.Auth):
     ) -> None:
         self._refresh_token = refresh_token
         self._auth_url = auth_url
-        self._timeout = timeout.as_dict()
+        self._timeout = timeout
         self._margin = margin
         self._clock = clock
         self._lock = asyncio.Lock()
@@ -112,13 +112,7 @@ class TokenAuth(httpx.Auth):
             )
 
     def _auth_request(self) -> httpx.Request:
-        return httpx.Request(
-            "POST",
-            self._auth_url,
-            data={"refreshToken": self._refresh_token.get_secret_value()},
-            headers={"Accept": "application/json", "Accept-Language": "en"},
-            extensions={"timeout": self._timeout},
-        )
+        return auth_request(self._auth_url, self._refresh_token, self._timeout)
 
     async def _store(self, response: httpx.Response, asked_at: float) -> None:
         self._refresh_attempts += 1
@@ -163,6 +157,21 @@ class TokenAuth(httpx.Auth):
         self.refreshes += 1
         metrics.token_refreshed(lifetime)
         log.info("scx.token_refreshed", expires_in=lifetime, refreshes=self.refreshes)
+
+
+def auth_request(url: str, refresh_token: SecretStr, timeout: httpx.Timeout) -> httpx.Request:
+    """``POST /v1/auth``, built here only: the worker's auth flow and ``check`` send this one.
+
+    It carries its own headers because an auth flow's extra request does not inherit the
+    client's (``User-Agent`` included).
+    """
+    return httpx.Request(
+        "POST",
+        url,
+        data={"refreshToken": refresh_token.get_secret_value()},
+        headers={"Accept": "application/json", "Accept-Language": "en", "User-Agent": USER_AGENT},
+        extensions={"timeout": timeout.as_dict()},
+    )
 
 
 def _lifetime(payload: dict[str, Any]) -> float:

@@ -39,7 +39,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from worker import metrics, tracing
+from worker import USER_AGENT, metrics, tracing
 from worker.errors import CircuitOpen, MessageError, RetryLater, TicketRejected, TransientError
 from worker.scx.auth import TokenAuth
 from worker.scx.breaker import Breaker
@@ -138,6 +138,7 @@ class ScxClient:
                 "Accept": "application/json",
                 "Accept-Language": "en",
                 "Content-Type": "application/json",
+                "User-Agent": USER_AGENT,
             },
             # httpx stays the API (its Auth flow is the token manager); aiohttp carries the
             # bytes. httpcore's pool cost ~2.7 ms of CPU per request in its bookkeeping
