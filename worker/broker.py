@@ -2,8 +2,9 @@
 
 ``AMQP_URL`` names one broker or the nodes of a cluster, separated by commas. ``connect``
 tries the nodes in their order until one accepts (each attempt bounded by
-``CONNECT_TIMEOUT``) and raises the last node's error when none does. With ``robust=True``
-(``run``, the events bridge) the connection also survives losing its node later::
+``CONNECT_TIMEOUT``) and raises the last node's error when none does; a command with a
+reconnect loop of its own (the events bridge) calls it again after a loss. With
+``robust=True`` (``run``) the connection itself survives losing its node::
 
     connected to node i ──lost──> node i+1 at once ──fails──> node i+2 after
         ^                                                     reconnect_interval (5 s)
