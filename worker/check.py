@@ -6,6 +6,8 @@ It checks, in order, and prints one line per check:
   A bad configuration raises ``ConfigError`` before anything is contacted (exit 2, as
   for ``run``);
 - **broker**: a connection with the configured URL and credentials;
+- **nodes** (``AMQP_URL`` listing several): every other node connected to once; one that
+  does not answer is a warning (the worker would skip it, but it is no failover target);
 - **exchange / queue / dlq / retry queues**: each looked up with a *passive* declare, so
   nothing is created or changed; a missing one is a warning (``run`` declares it), and
   the work queue and DLQ report their ready messages and consumers;
@@ -23,11 +25,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import aio_pika
 import aiormq
 import httpx
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from pydantic import SecretStr
+from yarl import URL
 
 from worker import broker
 from worker.scx import auth_request
@@ -83,12 +87,37 @@ async def check_broker(settings: Settings) -> list[Result]:
     where = f" (node {nodes.index(connection.url) + 1} of {len(nodes)})" if len(nodes) > 1 else ""
     results = [Result("broker", "ok", f"connected to {redact_url(connection.url)}{where}")]
     async with connection:
+        if len(nodes) > 1:
+            results.append(await _other_nodes(settings, connection.url))
         results.append(await _exchange(connection, settings.amqp_exchange))
         results.append(await _queue(connection, "queue", settings.amqp_queue))
         results.append(await _queue(connection, "dlq", settings.dead_letter_queue))
         for name in settings.retry_queues:
             results.append(await _queue(connection, "retry queue", name, counts=False))
     return results
+
+
+async def _other_nodes(settings: Settings, connected: URL) -> Result:
+    """Each other node of the list, connected to once: a typo there shows only at failover."""
+    silent = []
+    for node in settings.amqp_nodes:
+        if node == connected:
+            continue
+        try:
+            connection = await aio_pika.connect(
+                node,
+                timeout=broker.CONNECT_TIMEOUT,
+                client_properties={"connection_name": broker.connection_name(settings, "check")},
+            )
+        except broker.CONNECT_ERRORS as exc:
+            silent.append(f"{redact_url(node)} ({_safe_error(exc, settings)})")
+            continue
+        await connection.close()
+    nodes = len(settings.amqp_nodes)
+    if silent:
+        detail = f"{nodes - len(silent)} of {nodes} answer; not: " + ", ".join(silent)
+        return Result("nodes", "warn", detail)
+    return Result("nodes", "ok", f"all {nodes} answer")
 
 
 async def check_token(settings: Settings, refresh_token: SecretStr) -> Result:
