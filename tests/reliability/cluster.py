@@ -62,6 +62,10 @@ class Cluster:
     async def stop_node(self, n: int) -> None:
         await _script("stop-node", str(n))
 
+    async def kill_node(self, n: int) -> None:
+        """SIGKILL node ``n``'s Erlang VM: a crash, no goodbye to its clients or peers."""
+        await _script("kill-node", str(n))
+
     async def start_node(self, n: int) -> None:
         await _script("start-node", str(n))
 

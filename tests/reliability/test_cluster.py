@@ -9,7 +9,8 @@ connected while the other members elect a new one). Node 3 is never stopped and 
 the test's questions.
 
 ``make test`` runs the short form: 1,000 events, the worker's node stopped. ``make cluster``
-and ``make reliability`` (``CLUSTER_FULL=1``) run 3,000 events and both stops.
+and ``make reliability`` (``CLUSTER_FULL=1``) run 3,000 events: the worker's node stopped,
+the leader stopped, and the worker's node killed (SIGKILL: no goodbye to anyone).
 """
 
 from __future__ import annotations
@@ -72,6 +73,15 @@ async def test_leader_of_the_work_queue_stopped_mid_backlog(
     await _lose_a_node("leader", names, emulator, make_fleet, record, on_cluster)
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not FULL, reason="long form only (make cluster, make reliability)")
+async def test_node_of_the_worker_killed_mid_backlog(
+    names: Names, emulator: Emulator, make_fleet: MakeFleet, record: Record, on_cluster: Cluster
+) -> None:
+    """Cluster: the node the worker is connected to killed (SIGKILL) mid-backlog."""
+    await _lose_a_node("connected", names, emulator, make_fleet, record, on_cluster, kill=True)
+
+
 async def _lose_a_node(
     which: Literal["connected", "leader"],
     names: Names,
@@ -79,6 +89,8 @@ async def _lose_a_node(
     make_fleet: MakeFleet,
     record: Record,
     cluster: Cluster,
+    *,
+    kill: bool = False,
 ) -> None:
     # 100 ms per request: every slot busy when the node goes, and the backlog lasts.
     emulator.configure(latency=0.1)
@@ -104,7 +116,8 @@ async def _lose_a_node(
             lambda: len(state.accepted_counts) >= tenth, timeout=120, fleet=fleet, what="a tenth"
         )
         stopped = time.monotonic()
-        stopping = asyncio.create_task(cluster.stop_node(victim))
+        stop = cluster.kill_node if kill else cluster.stop_node
+        stopping = asyncio.create_task(stop(victim))
         if which == "connected":
             # The loss is when the worker sees it (a graceful stop takes a moment).
             await wait_until(
