@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint fmt broker contract-tools schemas alerts clean
+.PHONY: install demo test lint fmt broker redis contract-tools schemas alerts clean
 
 install: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 
 broker:
 	@scripts/ensure-broker.sh
+
+# The progress record's tests (WORKER_STATE_REDIS_URL) need a Redis on 127.0.0.1:6379.
+redis:
+	@scripts/ensure-redis.sh
 
 # promtool and the AsyncAPI parser, which tests/test_alerts.py and tests/test_contract.py run.
 contract-tools:
@@ -32,7 +36,7 @@ alerts: install
 demo: install broker
 	$(BIN)/python scripts/demo.py
 
-test: install broker contract-tools
+test: install broker redis contract-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
@@ -51,7 +55,7 @@ clean:
 RELIABILITY_RESULTS := build/reliability.json
 .PHONY: reliability
 # It includes the long form of the cluster scenarios (CLUSTER_FULL=1, see `make cluster`).
-reliability: install broker
+reliability: install broker redis
 	rm -f $(RELIABILITY_RESULTS)
 	CLUSTER_FULL=1 RELIABILITY_REPORT=$(RELIABILITY_RESULTS) $(BIN)/pytest tests/reliability $(PYTEST_ARGS); \
 	status=$$?; \

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+from bench.attachments import AttachmentsResult
+from bench.attachments import table as attachments_table
 from bench.contenders import Role
 from bench.pacing import PacingResult
 from bench.phases import DrainResult, LatencyResult, RssResult
@@ -22,6 +24,7 @@ class Results:
     rss: list[RssResult] = field(default_factory=list)
     latency: list[LatencyResult] = field(default_factory=list)
     pacing: list[PacingResult] = field(default_factory=list)
+    attachments: list[AttachmentsResult] = field(default_factory=list)
     profile: str | None = None
 
 
@@ -226,6 +229,9 @@ def tables(results: Results) -> list[str]:
     if results.pacing:
         out += ["### Pacing against the emulator's rate limit", "", *pacing_table(results.pacing)]
         out += [""]
+    if results.attachments:
+        out += ["### Attachments: 16 MiB files through the worker", ""]
+        out += [*attachments_table(results.attachments), ""]
     return out
 
 

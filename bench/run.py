@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from bench import report
+from bench.attachments import attachments
+from bench.attachments import table as attachments_table
 from bench.broker import Broker, broker_lost
 from bench.contenders import CONTENDERS, Contender, Role, variant
 from bench.measure import Session
@@ -40,7 +42,7 @@ from bench.profile import profile_worker
 from bench.target import NginxTarget, TargetUnavailable, ensure_nginx, nginx_version
 
 REPO = Path(__file__).resolve().parent.parent
-PHASES = ("drain", "rss", "latency", "pacing")
+PHASES = ("drain", "rss", "latency", "pacing", "attachments")
 # Variables the worker reads: the harness must not hand its own environment's values to a
 # contender that is meant to run with the defaults.
 WORKER_PREFIXES = ("AMQP_", "SCX_", "WORKER_", "LOG_", "METRICS_", "BENCH_")
@@ -215,6 +217,13 @@ async def _phases(
     if "pacing" in phases:
         results.pacing = await _pacing_phase(args, session)
         clock = _lap("pacing", clock)
+    if "attachments" in phases:
+        tickets = 4 if args.quick else 32
+        run_it = partial(attachments, session, tickets=tickets)
+        results.attachments = [await _again_on_broker_loss(session, run_it)]
+        for line in attachments_table(results.attachments):
+            _say(line)
+        clock = _lap("attachments", clock)
     if args.profile is not None:
         backlog = int(args.profile_seconds * 1000)
         results.profile = await profile_worker(
@@ -398,5 +407,11 @@ How it measures (details in the docstrings of `bench/*.py`):
   `SCX_MAX_REQUESTS_PER_MINUTE={per_minute:g}` (the whole limit). Counted from the first
   ticket call, which opens the emulator's first window, for {args.pacing_seconds:g} s, from
   `GET /_emulator/state`: goodput = accepted / what the limit allows in that time;
-  429 share = 429 answers / ticket calls."""
+  429 share = 429 answers / ticket calls.
+- **Attachments**: 32 tickets with 10 URL attachments of 16 MiB each (5 GiB), served by a
+  file server process and uploaded to the emulator (its own process, keeping size and SHA-256
+  of each file), `scx-forwarder run` with its defaults; time from publishing the 32 events to
+  the 320th file stored, the worker's peak RSS (`VmHWM`), every file's SHA-256 checked. Pure
+  transfer: the same bytes over the same two loopback legs (download, upload to a sink), as
+  many streams as `WORKER_ATTACHMENT_CONCURRENCY`, nothing else (`bench/attachments.py`)."""
     return text.splitlines()

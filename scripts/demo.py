@@ -2,14 +2,18 @@
 
 Starts the bundled SCX emulator and the worker (as the operator would: `scx-forwarder ...`
 processes), publishes sample events (some invalid) with `scx-forwarder publish`, and shows
-what the emulator accepted and what landed in the dead-letter queue. It uses its own
-exchange and queues (`marketplace.demo`, `scx.tickets.demo[.dlq]`) and removes them at the
-end, so it can run beside a real installation and again and again.
+what the emulator accepted and what landed in the dead-letter queue. One more ticket carries two
+attachment files, one downloaded from a local file server (standing in for an object store) and
+one inline as base64; the demo fetches both back from the emulator and compares their SHA-256.
+It uses its own exchange and queues (`marketplace.demo`, `scx.tickets.demo[.dlq]`) and removes
+them at the end, so it can run beside a real installation and again and again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
 import signal
 import socket
@@ -20,6 +24,8 @@ from typing import Any
 
 import aio_pika
 import httpx
+import orjson
+from aiohttp import web
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 EXCHANGE, QUEUE = "marketplace.demo", "scx.tickets.demo"
@@ -27,6 +33,49 @@ DLQ = f"{QUEUE}.dlq"
 REFRESH_TOKEN = "demo-refresh-token"
 VALID, INVALID = 6, 6
 LOG_DIR = Path(".demo")
+# The ticket with files: a PNG the worker downloads, a text file inline.
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+)
+NOTE = "Die Tür klemmt seit Dienstag.\n".encode()
+
+
+def event_with_files(files_url: str) -> bytes:
+    return orjson.dumps(
+        {
+            "id": "evt-files",
+            "type": "ticket.created",
+            "data": {
+                "seller_id": "4711",
+                "ticket_id": "CASE-FILES",
+                "topic": "incident",
+                "created_at": "2026-11-27T10:00:00Z",
+                "author": {"role": "buyer", "name": "Dave"},
+                "subject": "The pod bay door",
+                "message": "A photo and my notes are attached.",
+                "attachments": [
+                    {"filename": "Red Dot (1).png", "content_type": "image/png",
+                     "url": f"{files_url}/tickets/red-dot.png"},
+                    {"filename": "Notizen.txt", "content_type": "text/plain",
+                     "content_base64": base64.b64encode(NOTE).decode()},
+                ],
+            },
+        }
+    )  # fmt: skip
+
+
+async def start_file_server(port: int) -> web.AppRunner:
+    """A tiny object store: GET /tickets/red-dot.png."""
+
+    async def red_dot(_: web.Request) -> web.Response:
+        return web.Response(body=PNG, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/tickets/red-dot.png", red_dot)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
 
 
 def free_port() -> int:
@@ -76,6 +125,8 @@ async def main() -> int:
     await reset_broker_objects()
     port = free_port()
     api = f"http://127.0.0.1:{port}"
+    files_url = f"http://127.0.0.1:{free_port()}"
+    file_server = await start_file_server(int(files_url.rsplit(":", 1)[1]))
     env = dict(
         os.environ,
         AMQP_URL=AMQP_URL,
@@ -84,6 +135,7 @@ async def main() -> int:
         SCX_API_URL=api,
         SCX_REFRESH_TOKEN=REFRESH_TOKEN,
         SCX_MAX_REQUESTS_PER_MINUTE="600",  # the demo paces 10x faster than production
+        ATTACHMENT_ALLOWED_URLS=f"{files_url}/tickets/",
         LOG_FORMAT="json",
     )
     emulator = await start("emulator", "emulator", "--port", str(port), env=env)
@@ -116,15 +168,20 @@ async def main() -> int:
                 sys.executable, "-m", "worker", "publish", "-", env=env,
                 stdin=asyncio.subprocess.PIPE,
             )  # fmt: skip
-            await publish.communicate(lines)
-            print(f"● published {VALID} valid and {INVALID} invalid events to {EXCHANGE}\n")
+            await publish.communicate(lines + event_with_files(files_url) + b"\n")
+            print(
+                f"● published {VALID} valid and {INVALID} invalid events to {EXCHANGE}, "
+                "and one ticket with two attachment files\n"
+            )
 
             async def all_accepted() -> dict[str, Any] | None:
                 state: dict[str, Any] = (await http.get("/_emulator/state")).json()
-                return state if len(state["accepted"]) >= VALID else None
+                done = len(state["accepted"]) > VALID and len(state["files"]) >= 2
+                return state if done else None
 
             state = await poll("the valid tickets to arrive", all_accepted)
             dead = await poll("the dead letters", _enough_dead_letters)
+            arrived = await _files_back(http, state)
 
         print(f"Forwarded to POST /v1/channel/ticket ({len(state['accepted'])}):")
         for ticket in state["accepted"]:
@@ -138,15 +195,47 @@ async def main() -> int:
             headers = message.headers
             print(f"  {headers['x-error-kind']:<10} {headers['x-error-reason']}")
             print(f"  {'':<10} body: {message.body[:60]!r}")
-        print(f"\nAPI calls: {state['auth_calls']} token refresh, {state['ticket_calls']} tickets")
+        print("\nAttachments uploaded to CASE-FILES (POST /v1/channel/ticket/attachment):")
+        for line in arrived:
+            print(f"  {line}")
+        uploads = state["channel_calls"].get("upload", 0)
+        print(
+            f"\nAPI calls: {state['auth_calls']} token refresh, {state['ticket_calls']} tickets, "
+            f"{uploads} uploads"
+        )
         return 0
     finally:
+        await file_server.cleanup()
         for process in (worker, emulator):
             if process is not None and process.returncode is None:
                 process.send_signal(signal.SIGTERM)
                 await process.wait()
         await reset_broker_objects()
         print("● stopped the worker and the emulator, removed the demo queues")
+
+
+async def _files_back(http: httpx.AsyncClient, state: dict[str, Any]) -> list[str]:
+    """Each stored file, downloaded back as a seller would, checked against the source."""
+    token = (await http.post("/v1/auth", data={"refreshToken": REFRESH_TOKEN})).json()
+    auth = {"Authorization": f"Bearer {token['authToken']}"}
+    sources = {"image/png": PNG, "text/plain": NOTE}
+    [ticket] = [t for t in state["accepted"] if t["ticketId"] == "CASE-FILES"]
+    lines = []
+    for stored in state["files"]:
+        query = {k: stored[k] for k in ("sellerId", "ticketId", "filename")}
+        data = (await http.get("/v1/channel/ticket/attachment", params=query, headers=auth)).content
+        same = (
+            hashlib.sha256(data).hexdigest()
+            == hashlib.sha256(sources[stored["contentType"]]).hexdigest()
+        )
+        named = any(a["filename"] == stored["filename"] for a in ticket.get("attachment", []))
+        lines.append(
+            f"{stored['filename']:<16} {stored['contentType']:<11} {stored['size']:>4} bytes  "
+            f"sha256 {stored['sha256'][:16]}…  "
+            f"{'identical to the source' if same else 'DIFFERENT from the source'}, "
+            f"{'named in the ticket' if named else 'NOT named in the ticket'}"
+        )
+    return lines
 
 
 async def _enough_dead_letters() -> list[Any] | None:

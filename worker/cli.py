@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
         "--fail-rate", type=float, default=0.0, metavar="FRACTION", help="random 5xx share"
     )
     emu.add_argument("--fail-status", type=int, default=503, metavar="STATUS")
+    emu.add_argument(
+        "--conflict-on-duplicate",
+        action="store_true",
+        help="answer 409 Conflict to a repeated ticketId of the same seller (default: 201)",
+    )
     emu.set_defaults(command=_cmd_emulator)
 
     pub = sub.add_parser("publish", help="publish events from a JSON-lines file ('-' = stdin)")
@@ -175,6 +180,7 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
         rate_interval=args.rate_interval,
         fail_rate=args.fail_rate,
         fail_status=args.fail_status,
+        conflict_on_duplicate=args.conflict_on_duplicate,
     )
 
     def ready(url: str) -> None:

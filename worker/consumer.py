@@ -1,18 +1,22 @@
 """The forwarder: the one stateful loop between the work queue and the SCX API.
 
-For each delivery: decode and validate (``worker.mapping``), send (``worker.scx``), then
+For each delivery: decode and validate (``worker.mapping``), fetch the attachment files
+(``worker.attachments``), create the ticket and upload each file (``worker.scx``), then
 settle in ``_settle``, the only place that acks, dead-letters or returns a message:
 
 =====================  ============================================================
 outcome                what happens to the message
 =====================  ============================================================
-API answered 2xx       ack (after its outcome event, see below)
+API answered 2xx       ack (after its outcome event, see below); ``Forwarded``, or
+                       ``Delivered`` for a ticket with files
 ``MessageError``       copy to ``<queue>.dlq`` (publisher-confirmed), then ack
 ``RetryLater``         copy to ``<queue>.retry.<N>s`` (confirmed), then ack; or, once
                        ``WORKER_RETRY_MAX_AGE`` has passed since its first failure, a
                        ``RetriesExhausted`` dead-letter (kind ``exhausted``)
-``ShuttingDown``       nack + requeue (stopped while waiting to send: nothing sent)
-``FatalError``         nack + requeue; the worker drains and exits non-zero
+``ShuttingDown``       nack + requeue (stopped while waiting to send: nothing sent); with
+                       steps done, a confirmed copy with ``x-scx-progress`` to the work
+                       queue, then ack (``_hand_back``)
+``FatalError``         as ``ShuttingDown``; the worker drains and exits non-zero
 anything else (a bug)  nack + requeue after 5 s; the delivery limit ends a loop
 copy to DLQ/delay failed  nack + requeue after 5 s; tried again later, never lost
 outcome event failed   nack + requeue after 5 s, as a failed copy
@@ -24,6 +28,15 @@ message has none.
 
 Delivery is at-least-once: a crash between the API's 2xx and the ack, or a lost
 connection in that window, makes the broker deliver the message again.
+
+Attachments (``worker.delivery``): every file is fetched before the first SCX call, so a source
+that can never work dead-letters the message as ``invalid`` with no ticket created; then
+the ticket, then each file. What is done (``worker.progress.Steps``) travels with every copy
+of the message that leaves after the ticket exists (delay stage, DLQ, back to the work queue
+on shutdown) in ``x-scx-progress``, and with ``WORKER_STATE_REDIS_URL`` also lives in Redis;
+both are checked before each step, so a retry creates no ticket twice and uploads no file
+twice. At most ``WORKER_ATTACHMENT_CONCURRENCY`` messages hold files (download to upload)
+at once; their temporary files are removed whatever the outcome.
 
 The delay stage keeps long outages out of memory: a message whose in-process retries
 ran out waits in a delay queue (``WORKER_RETRY_DELAYS``, 10 s, 60 s, 600 s by default;
@@ -64,7 +77,10 @@ import structlog
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from worker import broker, metrics, outcomes, tracing
+from worker import headers as h
+from worker.attachments import clear_spool
 from worker.copies import message_copy
+from worker.delivery import Delivered, Delivery
 from worker.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -76,6 +92,7 @@ from worker.errors import (
 )
 from worker.mapping import Mapper, decode_message, message_mapper
 from worker.outcomes import MessageFacts
+from worker.progress import Steps
 from worker.scx import Forwarded, ScxClient
 from worker.settings import Settings
 from worker.topology import Topology, declare_topology
@@ -95,7 +112,7 @@ MAX_DETAIL_BYTES = 8 * 1024
 
 # Headers of ours that must not travel into a copy: the broker's delivery count belongs
 # to the original queue, and a retried message is no longer a dead-letter.
-_NOT_COPIED = ("x-delivery-count",)
+_NOT_COPIED = (h.DELIVERY_COUNT,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,16 +126,16 @@ class Delay:
     attempts: int
 
 
-Outcome = Forwarded | Delay | Exception
+Outcome = Forwarded | Delivered | Delay | Exception
 
 
 def delay_or_give_up(
     headers: dict[str, Any], later: RetryLater, settings: Settings, now: datetime
 ) -> Delay | RetriesExhausted:
     """Where a message goes whose in-process retries ran out: a delay queue, or the DLQ."""
-    retries = headers.get("x-retry-count")
+    retries = headers.get(h.RETRY_COUNT)
     retries = retries if isinstance(retries, int) and retries >= 0 else 0
-    first = _parse_time(headers.get("x-first-failure-at")) or now
+    first = _parse_time(headers.get(h.FIRST_FAILURE_AT)) or now
     age = (now - first).total_seconds()
     delays = settings.worker_retry_delays
     if not delays or age >= settings.worker_retry_max_age:
@@ -138,9 +155,9 @@ def delay_or_give_up(
         queue=settings.retry_queue(seconds),
         seconds=seconds,
         headers={
-            "x-retry-count": retries + 1,
-            "x-first-failure-at": _iso(first),
-            "x-last-error": later.reason[:512],
+            h.RETRY_COUNT: retries + 1,
+            h.FIRST_FAILURE_AT: _iso(first),
+            h.LAST_ERROR: later.reason[:512],
         },
         reason=later.reason,
         attempts=later.attempts,
@@ -157,6 +174,8 @@ class Forwarder:
         self._mapper = message_mapper(mapper) if mapper is not None else None
         self._outcome_source = outcomes.source(settings.amqp_queue)
         self._semaphore = asyncio.Semaphore(settings.worker_concurrency)
+        self._file_slots = asyncio.Semaphore(settings.worker_attachment_concurrency)
+        self._delivery = Delivery(settings, client)
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._topology: Topology | None = None
@@ -177,6 +196,8 @@ class Forwarder:
     async def run(self) -> int:
         """Consume until ``stop()``; returns the process exit code."""
         settings = self._settings
+        if removed := clear_spool():
+            log.info("worker.spool_cleared", removed=removed)  # left by a crashed run
         connection = await broker.connect_robust(settings, "run")
         metrics.watch_connection(connection)
         try:
@@ -200,6 +221,7 @@ class Forwarder:
             await self._drain()
         finally:
             await connection.close()
+            await self._delivery.aclose()
         return self.exit_code
 
     async def _cancel_consumer(self, connection: AbstractConnection) -> None:
@@ -284,13 +306,17 @@ class Forwarder:
                 ):
                     started = time.perf_counter()
                     facts = MessageFacts(message_id=message.message_id)
-                    outcome = await self._process(message, facts)
-                    await self._settle(message, outcome, started, facts)
+                    steps = Steps.from_headers(message.headers)
+                    outcome = await self._process(message, facts, steps)
+                    await self._settle(message, outcome, started, facts, steps)
             finally:
                 self._in_flight.discard(task)
                 metrics.finished()
 
-    async def _process(self, message: AbstractIncomingMessage, facts: MessageFacts) -> Outcome:
+    async def _process(
+        self, message: AbstractIncomingMessage, facts: MessageFacts, steps: Steps
+    ) -> Outcome:
+        """Do what is left for this message; ``steps`` is updated as each step is done."""
         try:
             decoded = decode_message(
                 message.body,
@@ -306,7 +332,12 @@ class Forwarder:
                 seller_id=ticket.seller_id,
             )
             tracing.ticket(ticket.ticket_id, ticket.seller_id)
-            return await self._client.send_ticket(ticket.to_json())
+            if not decoded.files and not steps and not self._delivery.recording:
+                return await self._client.send_ticket(ticket.to_json())
+            if not decoded.files:
+                return await self._delivery.deliver(decoded, steps)
+            async with self._file_slots:  # the files are held from download to upload
+                return await self._delivery.deliver(decoded, steps)
         except MessageError as exc:
             if facts.event_id is None:  # the message did not decode; its id may be known
                 _learn(facts, event_id=exc.event_id)
@@ -320,30 +351,21 @@ class Forwarder:
         outcome: Outcome,
         started: float,
         facts: MessageFacts,
+        steps: Steps | None = None,
     ) -> None:
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        # What is done travels with every copy, so the next attempt (or a replay) resumes.
+        progress = steps.header() if steps is not None else {}
         if isinstance(outcome, RetryLater):
             outcome = delay_or_give_up(
                 message.headers or {}, outcome, self._settings, datetime.now(UTC)
             )
         match outcome:
-            case Forwarded(status=status, attempts=attempts):
-                if not await self._announce(
-                    lambda: outcomes.forwarded(
-                        facts, status=status, attempts=attempts, source=self._outcome_source
-                    )
-                ):
-                    await self._return_later(message, "outcome publish failed")
-                    return
-                await _ack(message)
-                metrics.forwarded(message.timestamp)
-                tracing.settled("forwarded", attempts=attempts)
-                log.info(
-                    "ticket.forwarded", status=status, attempts=attempts, duration_ms=duration_ms
-                )
+            case Forwarded() | Delivered():
+                await self._settle_forwarded(message, outcome, facts, duration_ms)
             case Delay():
                 try:
-                    await self._publish_copy(message, outcome.queue, outcome.headers)
+                    await self._publish_copy(message, outcome.queue, outcome.headers | progress)
                 except Exception as exc:
                     log.error("ticket.delay_failed", error=f"{type(exc).__name__}: {exc}")
                     await self._return_later(message, "delay publish failed")
@@ -354,14 +376,14 @@ class Forwarder:
                 log.warning(
                     "ticket.delayed",
                     delay_s=outcome.seconds,
-                    retry_count=outcome.headers["x-retry-count"],
+                    retry_count=outcome.headers[h.RETRY_COUNT],
                     reason=outcome.reason,
                     attempts=outcome.attempts,
                     duration_ms=duration_ms,
                 )
             case MessageError():
                 try:
-                    await self._dead_letter(message, outcome)
+                    await self._dead_letter(message, outcome, progress)
                 except Exception as exc:
                     log.error(
                         "ticket.dead_letter_failed",
@@ -389,10 +411,10 @@ class Forwarder:
                     duration_ms=duration_ms,
                 )
             case ShuttingDown():
-                await _return(message, "worker stopped before sending it")
+                await self._hand_back(message, "worker stopped before sending it", progress)
             case FatalError():
                 log.critical("worker.fatal", error=str(outcome))
-                await _return(message, "worker stopping on a fatal error")
+                await self._hand_back(message, "worker stopping on a fatal error", progress)
                 self.stop(outcome.exit_code)
             case _:
                 log.error(
@@ -402,12 +424,59 @@ class Forwarder:
                 )
                 await self._return_later(message, "unexpected error")
 
+    async def _settle_forwarded(
+        self,
+        message: AbstractIncomingMessage,
+        outcome: Forwarded | Delivered,
+        facts: MessageFacts,
+        duration_ms: float,
+    ) -> None:
+        """The ticket (and its files) are in SCX: its outcome event, then the ack."""
+        status, attempts = outcome.status, outcome.attempts
+        fields: dict[str, Any] = {}
+        if isinstance(outcome, Delivered):
+            facts.uploaded_files[:] = outcome.files
+            fields = {"files_uploaded": outcome.uploaded, "steps_skipped": outcome.skipped}
+        # None: an earlier delivery created the ticket (x-scx-progress or the progress
+        # record); 201 is the API's answer to a created ticket.
+        announced = 201 if status is None else status
+        if not await self._announce(
+            lambda: outcomes.forwarded(
+                facts, status=announced, attempts=attempts, source=self._outcome_source
+            )
+        ):
+            await self._return_later(message, "outcome publish failed")
+            return
+        await _ack(message)
+        metrics.forwarded(message.timestamp)
+        tracing.settled("forwarded", attempts=attempts)
+        log.info(
+            "ticket.forwarded", status=status, attempts=attempts, **fields, duration_ms=duration_ms
+        )
+
     async def _return_later(self, message: AbstractIncomingMessage, why: str) -> None:
         """Return the message after ``RETURN_DELAY`` seconds, or at once when stopping."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), RETURN_DELAY)
         await _return(message, why)
         tracing.settled("failed", why)
+
+    async def _hand_back(
+        self, message: AbstractIncomingMessage, why: str, progress: dict[str, str]
+    ) -> None:
+        """Return the message; with steps done, as a copy that carries them (confirmed)."""
+        if progress:
+            try:
+                await self._publish_copy(message, self._settings.amqp_queue, progress)
+            except Exception as exc:
+                # The original goes back as it came: at-least-once, the steps done again.
+                log.warning("ticket.progress_copy_failed", error=f"{type(exc).__name__}: {exc}")
+            else:
+                await _ack(message)
+                log.info("ticket.returned", why=why, progress=progress[h.PROGRESS])
+                tracing.settled("returned", why)
+                return
+        await _return(message, why)
 
     async def _announce(self, build: Callable[[], aio_pika.Message]) -> bool:
         """Publish the outcome event ``build`` makes (if enabled); False, logged, if the broker
@@ -441,19 +510,22 @@ class Forwarder:
         metrics.outcome_published(event.type, routed=True)
         return True
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, error: MessageError) -> None:
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, error: MessageError, progress: dict[str, str]
+    ) -> None:
         await self._publish_copy(
             message,
             self._settings.dead_letter_queue,
-            {
-                "x-error-kind": error.kind,
-                "x-error-reason": error.summary[:512],
-                "x-error-detail": _detail_json(error.detail),
-                "x-attempts": error.attempts,
-                "x-original-exchange": message.exchange or "",
-                "x-original-routing-key": message.routing_key or "",
-                "x-original-queue": self._settings.amqp_queue,
-                "x-dead-lettered-at": _iso(datetime.now(UTC)),
+            progress
+            | {
+                h.ERROR_KIND: error.kind,
+                h.ERROR_REASON: error.summary[:512],
+                h.ERROR_DETAIL: _detail_json(error.detail),
+                h.ATTEMPTS: error.attempts,
+                h.ORIGINAL_EXCHANGE: message.exchange or "",
+                h.ORIGINAL_ROUTING_KEY: message.routing_key or "",
+                h.ORIGINAL_QUEUE: self._settings.amqp_queue,
+                h.DEAD_LETTERED_AT: _iso(datetime.now(UTC)),
             },
         )
 
@@ -505,7 +577,7 @@ async def _return(message: AbstractIncomingMessage, why: str) -> None:
 
 def _delivery_count(message: AbstractIncomingMessage) -> int:
     """How often the broker delivered this message before (quorum queues count it)."""
-    count = (message.headers or {}).get("x-delivery-count")
+    count = (message.headers or {}).get(h.DELIVERY_COUNT)
     if isinstance(count, int):
         return count
     return 1 if message.redelivered else 0

@@ -69,38 +69,12 @@ from aio_pika.abc import (
 )
 
 from worker import broker
+from worker import headers as h
 from worker.copies import message_copy
 from worker.envelope import read_envelope
 from worker.errors import MessageError
+from worker.headers import REPLAY_COUNT, STRIPPED_ON_REPLAY
 from worker.settings import Settings
-
-REPLAY_COUNT = "x-replay-count"
-
-# What the dead-lettering (ours, the broker's, the delay stage's) added: a replayed
-# message starts afresh, as if just published, except for how often it was replayed.
-STRIPPED_ON_REPLAY = frozenset(
-    {
-        "x-error-kind",
-        "x-error-reason",
-        "x-error-detail",
-        "x-attempts",
-        "x-original-exchange",
-        "x-original-routing-key",
-        "x-original-queue",
-        "x-dead-lettered-at",
-        "x-death",
-        "x-first-death-reason",
-        "x-first-death-queue",
-        "x-first-death-exchange",
-        "x-last-death-reason",
-        "x-last-death-queue",
-        "x-last-death-exchange",
-        "x-delivery-count",
-        "x-retry-count",
-        "x-first-failure-at",
-        "x-last-error",
-    }
-)
 
 # Header names a publisher might have put a credential under; blanked in list/export.
 _SECRET_NAME = re.compile(r"authorization|password|secret|token|api[-_]?key", re.IGNORECASE)
@@ -206,26 +180,26 @@ def ticket_id_of(body: bytes, headers: Mapping[str, Any], content_type: str | No
 
 
 def _kind_and_reason(headers: dict[str, Any]) -> tuple[str, str]:
-    kind = _text(headers.get("x-error-kind"))
+    kind = _text(headers.get(h.ERROR_KIND))
     if kind:
-        return kind, _text(headers.get("x-error-reason")) or ""
-    broker_reason = _text(headers.get("x-first-death-reason"))
+        return kind, _text(headers.get(h.ERROR_REASON)) or ""
+    broker_reason = _text(headers.get(h.FIRST_DEATH_REASON))
     if not broker_reason:
         return "unknown", "no x-error-kind or x-death header"
-    queue = _text(headers.get("x-first-death-queue")) or "?"
+    queue = _text(headers.get(h.FIRST_DEATH_QUEUE)) or "?"
     if broker_reason == "delivery_limit":
         return "delivery-limit", f"returned to {queue} more often than its delivery limit"
     return f"broker-{broker_reason}", f"dead-lettered by the broker ({broker_reason}) from {queue}"
 
 
 def _dead_lettered_at(headers: dict[str, Any]) -> datetime | None:
-    ours = _text(headers.get("x-dead-lettered-at"))
+    ours = _text(headers.get(h.DEAD_LETTERED_AT))
     if ours:
         try:
             return _aware(datetime.fromisoformat(ours))
         except ValueError:
             pass
-    deaths = headers.get("x-death")
+    deaths = headers.get(h.DEATH)
     if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
         when = deaths[0].get("time")
         if isinstance(when, datetime):

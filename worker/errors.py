@@ -7,6 +7,8 @@
     │   ├── MalformedMessage    kind "malformed": the body is not a UTF-8 JSON object
     │   ├── InvalidTicket       kind "invalid":   a JSON object that is not a valid ticket
     │   ├── TicketRejected      kind "rejected":  the API answered a non-retryable 4xx
+    │   │   └── UploadRejected                    ... to an attachment upload; the ticket
+    │   │                                         exists, the detail says which files made it
     │   └── RetriesExhausted    kind "exhausted": transient failures went on for longer than
     │                                             WORKER_RETRY_MAX_AGE (or no delay stage)
     ├── RetryLater              transient failures outlasted the in-process budget: park the
@@ -74,6 +76,29 @@ class TicketRejected(MessageError):
         )
         self.status = status
         self.error_list = error_list
+
+
+class UploadRejected(TicketRejected):
+    """A non-retryable 4xx to ``POST /v1/channel/ticket/attachment`` for ``filename``.
+
+    The client raises it for one file; the consumer gathers every file's outcome and
+    dead-letters the message with one made by ``settled``, whose ``detail`` says that the
+    ticket exists, which files were uploaded and which were refused (with the API's
+    ``errorList`` each).
+    """
+
+    def __init__(self, status: int, error_list: list[Any], *, filename: str) -> None:
+        super().__init__(status, error_list)
+        self.filename = filename
+        self.summary = f"API rejected the upload of {filename} with HTTP {status}"
+        self.args = (self.summary,)
+
+    def settled(self, summary: str, detail: dict[str, Any], attempts: int) -> UploadRejected:
+        """The same refusal, with the message's whole story as summary and detail."""
+        final = UploadRejected(self.status, self.error_list, filename=self.filename)
+        final.summary, final.args, final.detail = summary, (summary,), detail
+        final.attempts = attempts
+        return final
 
 
 class RetriesExhausted(MessageError):

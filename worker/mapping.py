@@ -21,7 +21,13 @@ body is UTF-8 JSON holding one object, in one of two shapes.
                          "id": str},           (or ORDERID ...); id non-empty
           "reply_requested"?: bool,            default true
           "attachments"?: [{"filename": str,        1-256 chars; at most 10 items;
-                            "content_type": str}]}} 1-128 chars; becomes attachment/contentType
+                            "content_type": str,    1-128 chars; becomes attachment/contentType
+                            "url"?: str,            at most one source per item: a URL to
+                            "content_base64"?: str  download, or the bytes inline
+                           }]}}
+
+   An attachment with a source is renamed, in the ticket and its upload alike, to one name
+   the upload accepts (``worker.attachments.names``); its files come back in ``Decoded.files``.
 
    Enum values match in any (ASCII) case and are sent upper case.
 
@@ -30,13 +36,16 @@ body is UTF-8 JSON holding one object, in one of two shapes.
    ``from: {role, name?}``, ``subject``, ``message``, ``reference?: {type, id}``,
    ``replyRequested?``, ``attachment?: [{filename, contentType}]``) under the same constraints,
    enums in exact upper case. It is sent as is, except that unknown keys are dropped: the API
-   body carries schema fields only.
+   body carries schema fields only. This shape is metadata only: a ``url`` in its
+   ``attachment`` items is an unknown key, ignored.
 
 In both shapes unknown keys are ignored, nothing is coerced (``4711`` is not a string, ``"yes"``
 not a boolean), ``createdAt`` is sent exactly as received, and ``null`` for ``name``,
 ``reference`` or ``attachment(s)`` means absent. A marketplace may plug in its own ``Mapper``
 (see ``load_mapper``), which replaces the shape detection: it gets the decoded body and, if
-it takes a second argument, the message headers.
+it takes a second argument, the message headers. A mapping it returns is the API shape, except
+that its ``attachment[]`` items may carry one source each, ``url`` or ``contentBase64``
+(camelCase like ``contentType``), under the rules above.
 
 Failures raise ``MalformedMessage`` (not a UTF-8 JSON object) with detail ``{"error": "..."}``,
 or ``InvalidTicket`` with detail ``{"shape": "event"|"ticket"|"mapper"|"batch", "errors":
@@ -58,14 +67,18 @@ from typing import Any, Literal, cast
 
 from pydantic import ValidationError
 
+from worker.attachments import AttachmentSource
+from worker.attachments.content_types import ALLOWED_TEXT, allowed_type
+from worker.attachments.names import NameRequest, UnusableName, assign_names
 from worker.envelope import MISSING, ContentMode, Envelope, read_envelope
 from worker.errors import InvalidTicket, MessageError
-from worker.models import Ticket, TicketEvent
+from worker.models import MapperSource, Ticket, TicketAttachment, TicketEvent
 
 MapperResult = Ticket | Mapping[str, Any]
 MessageMapper = Callable[[dict[str, Any], Mapping[str, Any]], MapperResult]
-"""Receives the decoded body and the message headers (read-only); returns a ``Ticket`` or a
-camelCase API mapping."""
+"""Receives the decoded body and the message headers (read-only); returns a ``Ticket``
+(metadata only) or a camelCase API mapping (whose ``attachment[]`` items may carry ``url`` or
+``contentBase64``)."""
 BodyMapper = Callable[[dict[str, Any]], MapperResult]
 """The one-argument form: the decoded body only."""
 Mapper = MessageMapper | BodyMapper
@@ -80,10 +93,18 @@ _MAX_ERRORS = 20
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
+    """A validated message: the ticket to send, where it came from, the files to upload."""
+
     ticket: Ticket
     event_id: str | None
     """The CloudEvents ``id``, when the message had one."""
     mode: ContentMode
+    files: tuple[AttachmentSource, ...] = ()
+    """The files to upload to the ticket, in its order; empty when no attachment has a source."""
+
+
+# The ticket, and the files to upload to it.
+Sourced = tuple[Ticket, tuple[AttachmentSource, ...]]
 
 
 def decode_message(
@@ -96,23 +117,24 @@ def decode_message(
     """Decode and validate one message (see the module docstring for the contract).
 
     With ``mapper`` (made by ``message_mapper`` or ``load_mapper``), the decoded body and the
-    headers go to it instead of the shape detection. A ``Ticket`` it returns is used as is; a
-    mapping is validated as an API ticket. Any ``Exception`` it raises becomes
-    ``InvalidTicket`` (shape ``mapper``, type ``mapper_error``).
+    headers go to it instead of the shape detection. A ``Ticket`` it returns is used as is
+    (metadata only); a mapping is validated as an API ticket whose ``attachment[]`` items may
+    carry ``url`` or ``contentBase64``. Any ``Exception`` it raises becomes ``InvalidTicket``
+    (shape ``mapper``, type ``mapper_error``).
     """
     headers = headers or {}
     envelope = read_envelope(body, headers, content_type)
     try:
-        ticket = _to_ticket(envelope, headers, mapper)
+        ticket, files = _to_ticket(envelope, headers, mapper)
     except MessageError as exc:
         exc.event_id = envelope.id
         raise
-    return Decoded(ticket, envelope.id, envelope.mode)
+    return Decoded(ticket, envelope.id, envelope.mode, files)
 
 
 def _to_ticket(
     envelope: Envelope, headers: Mapping[str, Any], mapper: MessageMapper | None
-) -> Ticket:
+) -> Sourced:
     obj = envelope.body
     if mapper is not None:
         # A view: the mapper cannot change the headers the DLQ copy will carry.
@@ -120,19 +142,24 @@ def _to_ticket(
     shape: Shape = "ticket" if "sellerId" in obj else "event"
     try:
         if shape == "ticket":
-            return Ticket.model_validate(obj)
+            # The API shape is metadata only: a "url" in its attachments is an unknown key.
+            return Ticket.model_validate(obj), ()
         event = {} if envelope.data is MISSING else {"data": envelope.data}
-        return TicketEvent.model_validate(event).data.to_ticket()
+        data = TicketEvent.model_validate(event).data
     except ValidationError as exc:
         raise _invalid(shape, _errors(exc)) from None
+    sources = [(a.url, a.content_base64) for a in data.attachments or ()]
+    return _with_files(data.to_ticket(), sources, "event")
 
 
-def _apply_mapper(mapper: MessageMapper, obj: dict[str, Any], headers: Mapping[str, Any]) -> Ticket:
+def _apply_mapper(
+    mapper: MessageMapper, obj: dict[str, Any], headers: Mapping[str, Any]
+) -> Sourced:
     try:
         result = mapper(obj, headers)
         if isinstance(result, Ticket):
-            return result
-        return Ticket.model_validate(result)
+            return result, ()
+        ticket = Ticket.model_validate(result)
     except ValidationError as exc:
         # Also when the mapper builds a Ticket itself: str(exc) would quote the input values.
         raise _invalid("mapper", _errors(exc)) from None
@@ -141,6 +168,83 @@ def _apply_mapper(mapper: MessageMapper, obj: dict[str, Any], headers: Mapping[s
         if len(text) > _MAX_MAPPER_MESSAGE:
             text = text[: _MAX_MAPPER_MESSAGE - 1] + "…"
         raise _invalid("mapper", [{"loc": "", "msg": text, "type": "mapper_error"}]) from exc
+    return _with_files(ticket, _mapper_sources(result.get("attachment")), "mapper")
+
+
+def _mapper_sources(items: Any) -> list[tuple[str | None, str | None]]:
+    # Ticket validation passed, so ``items`` is None or a sequence of attachment items.
+    sources: list[tuple[str | None, str | None]] = []
+    errors: list[dict[str, str]] = []
+    for index, item in enumerate(items or ()):
+        if not isinstance(item, Mapping):  # a TicketAttachment: metadata only
+            sources.append((None, None))
+            continue
+        try:
+            source = MapperSource.model_validate(item)
+        except ValidationError as exc:
+            errors += [{**e, "loc": _join("attachment", index, e["loc"])} for e in _errors(exc)]
+            continue
+        sources.append((source.url, source.content_base64))
+    if errors:
+        raise _invalid("mapper", errors)
+    return sources
+
+
+def _with_files(
+    ticket: Ticket, sources: list[tuple[str | None, str | None]], shape: Shape
+) -> Sourced:
+    """The ticket with upload names in place of the original ones, and its files.
+
+    An attachment with a source must declare a type the API accepts and have a usable name
+    (``worker.attachments.names``); it is named in the ticket by its upload name.
+    """
+    if not any(url or data for url, data in sources):
+        return ticket, ()
+    attachments = ticket.attachment or ()
+    where = "data.attachments" if shape == "event" else "attachment"
+    type_key = "content_type" if shape == "event" else "contentType"
+    errors = [
+        {"loc": _join(where, i, type_key), "msg": _TYPE_MSG, "type": "content_type"}
+        for i, (a, (url, data)) in enumerate(zip(attachments, sources, strict=True))
+        if (url or data) and not allowed_type(a.content_type)
+    ]
+    requests = [
+        NameRequest(a.filename, a.content_type, uploaded=bool(url or data))
+        for a, (url, data) in zip(attachments, sources, strict=True)
+    ]
+    try:
+        names = assign_names(requests)
+    except UnusableName as exc:
+        loc = _join(where, exc.index or 0, "filename")
+        errors.append({"loc": loc, "msg": exc.reason, "type": "unusable_filename"})
+        names = []
+    if errors:
+        raise _invalid(shape, sorted(errors, key=lambda e: e["loc"]))
+    files = tuple(
+        AttachmentSource(
+            index=i,
+            filename=name,
+            original_filename=a.filename,
+            content_type=a.content_type,
+            kind="url" if url else "base64",
+            url=url,
+            content_base64=data,
+        )
+        for i, (a, name, (url, data)) in enumerate(zip(attachments, names, sources, strict=True))
+        if url or data
+    )
+    renamed = tuple(
+        TicketAttachment.model_construct(filename=name, content_type=a.content_type)
+        for a, name in zip(attachments, names, strict=True)
+    )
+    return ticket.model_copy(update={"attachment": renamed}), files
+
+
+_TYPE_MSG = f"an attachment with a source must have a type the API accepts: {ALLOWED_TEXT}"
+
+
+def _join(where: str, index: int, rest: str) -> str:
+    return ".".join(part for part in (where, str(index), rest) if part)
 
 
 def message_mapper(mapper: Mapper) -> MessageMapper:

@@ -9,6 +9,9 @@ metric                                         type        labels
 ``tickets_forwarded_total``                    counter
 ``tickets_dead_lettered_total``                counter     ``kind``
 ``tickets_delayed_total``                      counter     ``reason``
+``tickets_already_created_total``              counter
+``attachments_uploaded_total``                 counter
+``steps_skipped_total``                        counter     ``step``, ``source``
 ``retries_total``                              counter     ``reason``
 ``api_requests_total``                         counter     ``route``, ``status_class``
 ``api_request_duration_seconds``               histogram   ``route``
@@ -74,7 +77,7 @@ from worker.scx.responses import is_transient_status
 
 PREFIX = "scx_forwarder_"
 KINDS = ("malformed", "invalid", "rejected", "exhausted")
-ROUTES = ("ticket", "auth")
+ROUTES = ("ticket", "upload", "auth")
 CIRCUIT_STATES = ("closed", "open", "half-open")
 QUEUE_ROLES = ("work", "dlq", "retry", "unrouted")
 UNROUTED_REASONS = ("unroutable", "unmappable")
@@ -95,6 +98,19 @@ TICKETS_DELAYED = Counter(
     PREFIX + "tickets_delayed_total",
     "Tickets parked in a delay queue after their in-process retries ran out, by reason.",
     ["reason"],
+)
+TICKETS_ALREADY_CREATED = Counter(
+    PREFIX + "tickets_already_created_total",
+    "Ticket calls answered 409 Conflict, read as: the API holds this ticket already.",
+)
+ATTACHMENTS_UPLOADED = Counter(
+    PREFIX + "attachments_uploaded_total", "Attachment files the API stored (2xx to an upload)."
+)
+STEPS_SKIPPED = Counter(
+    PREFIX + "steps_skipped_total",
+    "Steps not repeated because they were done before, by step (ticket, upload) and by what "
+    "said so (header: x-scx-progress, redis: the progress record).",
+    ["step", "source"],
 )
 RETRIES = Counter(
     PREFIX + "retries_total", "In-process retries of an API call, by reason.", ["reason"]
@@ -280,6 +296,20 @@ def outcome_published(event_type: str, *, routed: bool) -> None:
 def rate_limit_remaining(remaining: int) -> None:
     """The API's ``X-RateLimit-Remaining``, as the client read it for its pacing."""
     RATE_LIMIT_REMAINING.set(remaining)
+
+
+def ticket_already_created() -> None:
+    """A ticket call got 409 Conflict: the API has this ticket from an earlier delivery."""
+    TICKETS_ALREADY_CREATED.inc()
+
+
+def attachment_uploaded() -> None:
+    ATTACHMENTS_UPLOADED.inc()
+
+
+def step_skipped(step: str, source: str) -> None:
+    """A step (``ticket``, ``upload``) was done before, as ``source`` (header, redis) says."""
+    STEPS_SKIPPED.labels(step, source).inc()
 
 
 def delayed(reason: str) -> None:
@@ -477,6 +507,8 @@ def _route(request: httpx.Request) -> str:
     path = request.url.path
     if path.endswith("/v1/auth"):
         return "auth"
+    if path.endswith("/v1/channel/ticket/attachment") and request.method == "POST":
+        return "upload"
     if path.startswith("/v1/channel/ticket"):
         return "ticket"
     return "other"

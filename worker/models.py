@@ -18,7 +18,15 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    model_validator,
+)
 from pydantic import StringConstraints as Str
 from pydantic_core import PydanticCustomError
 
@@ -144,9 +152,38 @@ class EventReference(_Model):
     id: ReferenceId
 
 
-class EventAttachment(_Model):
+# Where an attachment's bytes come from (worker.attachments). Only the shape is checked here;
+# the allow-list, the base64 alphabet and the content-type rules are checked before any
+# download or SCX call, in worker.mapping and worker.attachments.fetch.
+SourceUrl = Annotated[str, Str(strict=True, min_length=1, max_length=8192)]
+Base64Text = Annotated[str, Str(strict=True, min_length=1)]
+
+
+class _Source(_Model):
+    """At most one source: ``url`` or ``content_base64``; neither means metadata only."""
+
+    # repr=False: a pre-signed URL's query is a credential, base64 may be megabytes.
+    url: SourceUrl | None = Field(default=None, repr=False)
+    content_base64: Base64Text | None = Field(default=None, repr=False)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> _Source:
+        if self.url is not None and self.content_base64 is not None:
+            raise PydanticCustomError(
+                "one_source", "give at most one source: url or content_base64, not both"
+            )
+        return self
+
+
+class EventAttachment(_Source):
     filename: Filename
     content_type: ContentType
+
+
+class MapperSource(_Source):
+    """The sources a mapper's camelCase ``attachment[]`` item may carry (``worker.mapping``)."""
+
+    content_base64: Base64Text | None = Field(default=None, alias="contentBase64", repr=False)
 
 
 class TicketEventData(_Model):
@@ -154,7 +191,8 @@ class TicketEventData(_Model):
 
     ``topic`` and ``author.role`` match the API's enums case-insensitively; ``reference.type``
     also accepts ``order_id``, ``order_item_id``, ``offer``, ``channel_offer`` in any case;
-    ``reply_requested`` defaults to true; ``attachments[].content_type`` is ``contentType``.
+    ``reply_requested`` defaults to true; ``attachments[].content_type`` is ``contentType``;
+    ``attachments[].url`` / ``content_base64`` are sources, not part of the API ticket.
     """
 
     seller_id: SellerId

@@ -59,9 +59,9 @@ class MessageFacts:
     ticket_id: str | None = None
     seller_id: str | None = None
     uploaded_files: list[str] = field(default_factory=list)
-    """Attachments hook: the file names uploaded for this ticket, in order. The attachment
-    flow appends each one once the API accepted it; ``ticket.forwarded`` reports them as
-    ``files``."""
+    """The upload names of the ticket's files in SCX, in order (those of earlier deliveries,
+    known from ``x-scx-progress`` or the progress record, included); ``ticket.forwarded``
+    reports them as ``files``."""
 
 
 class _Data(BaseModel):

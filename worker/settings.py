@@ -28,6 +28,9 @@ SANDBOX_URL = "https://scx-sbx.api.jtl-software.com"
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 
+# What POST /v1/channel/ticket/attachment takes at most: 16 MiB.
+MAX_ATTACHMENT_BYTES = 16 * 1024 * 1024
+
 
 class ConfigError(Exception):
     """The environment does not describe a runnable worker; the message lists every problem."""
@@ -67,6 +70,9 @@ class Settings(BaseSettings):
     # it is tried again, until WORKER_RETRY_MAX_AGE after its first failure. Empty: none.
     worker_retry_delays: Annotated[tuple[PositiveFloat, ...], NoDecode] = (10.0, 60.0, 600.0)
     worker_retry_max_age: PositiveFloat = 24 * 3600.0
+    # Messages downloading attachments or uploading them at once (each holds its files on
+    # disk, at most ATTACHMENT_MAX_BYTES each); tickets without files do not count.
+    worker_attachment_concurrency: int = Field(4, ge=1, le=1000)
 
     # --- SCX API ----------------------------------------------------------------------
     scx_api_url: str = SANDBOX_URL
@@ -88,8 +94,26 @@ class Settings(BaseSettings):
     scx_breaker_max_cooldown: PositiveFloat = 60.0
 
     # --- attachments (worker/attachments/) ---------------------------------------------
+    # URL sources are downloaded only from under these prefixes (comma-separated, compared
+    # in normal form, see worker/attachments/sources.py). Empty: every URL source is refused.
+    attachment_allowed_urls: Annotated[tuple[str, ...], NoDecode] = ()
+    # The API takes at most 16 MiB per file; a lower limit is allowed, a higher one is not.
+    attachment_max_bytes: int = Field(MAX_ATTACHMENT_BYTES, ge=1, le=MAX_ATTACHMENT_BYTES)
+    attachment_connect_timeout: PositiveFloat = 5.0
+    # Longest silence while reading a download (per read, not for the whole file).
+    attachment_read_timeout: PositiveFloat = 30.0
+    # One download from its request to its last byte, redirects included.
+    attachment_download_timeout: PositiveFloat = 300.0
 
     # --- state record (Redis) ---------------------------------------------------------
+    # Optional: record each step done (ticket created, file uploaded) so a redelivered
+    # message skips it (worker/progress.py). A URL such as redis://:password@host:6379/0.
+    worker_state_redis_url: SecretStr | None = None
+    # How long a record is kept (seconds): longer than a message can live in the delay
+    # stage (WORKER_RETRY_MAX_AGE) and the DLQ before a replay.
+    worker_state_ttl: int = Field(7 * 24 * 3600, ge=60)
+    # Keys are <prefix>:<sellerId>:<ticketId>; several deployments can share one Redis.
+    worker_state_key_prefix: str = Field("scx-forwarder", min_length=1, max_length=100)
 
     # --- events bridge (scx-forwarder events) -------------------------------------------
 
@@ -134,6 +158,27 @@ class Settings(BaseSettings):
             raise ValueError("each delay must be at least 0.001 s (1 ms, the TTL's unit)")
         return value
 
+    @field_validator("attachment_allowed_urls", mode="before")
+    @classmethod
+    def _prefixes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("attachment_allowed_urls")
+    @classmethod
+    def _valid_prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Imported here: worker.attachments imports this module.
+        from worker.attachments.sources import prefix_url
+
+        for number, prefix in enumerate(value, 1):
+            try:
+                prefix_url(prefix)
+            except ValueError as exc:
+                # The number, not the value: a prefix is not a secret, but keep to the rule.
+                raise ValueError(f"entry {number}: {exc}") from None
+        return value
+
     @field_validator("otel_service_name", mode="before")
     @classmethod
     def _unset_if_empty(cls, value: object) -> object:
@@ -166,6 +211,16 @@ class Settings(BaseSettings):
             # The nodes of one cluster share their virtual hosts: different ones mean a
             # list that mixes brokers, and a failover would land in another vhost's queues.
             raise ValueError("every URL must name the same virtual host")
+        return value
+
+    @field_validator("worker_state_redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        url = URL(value.get_secret_value())
+        if url.scheme not in ("redis", "rediss", "unix") or not (url.host or url.path):
+            raise ValueError("must look like redis://:password@host:6379/0")
         return value
 
     @field_validator("scx_api_url")
@@ -248,6 +303,14 @@ class Settings(BaseSettings):
     def scrub(self, text: str) -> str:
         """``text`` with every broker password in it replaced by ``***`` (for error texts)."""
         return scrub_passwords(text, self.amqp_nodes)
+
+    @property
+    def state_redis_url_redacted(self) -> str | None:
+        """The state record's Redis URL fit for a log line (password as ``***``)."""
+        if self.worker_state_redis_url is None:
+            return None
+        url = URL(self.worker_state_redis_url.get_secret_value())
+        return str(url.with_password("***")) if url.password else str(url)
 
     def refresh_token(self) -> SecretStr:
         """The refresh token from the variable or the file; ``ConfigError`` if neither works.

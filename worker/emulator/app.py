@@ -28,12 +28,16 @@ bodies out of the snapshot, for runs of tens of thousands of tickets.
 Every ``/v1/channel*`` route passes one gate (``_gate``): latency, outage, its own fault queue
 (``inject(route, ...)``: ``ticket``, ``upload``, ``download``, ``events``; ``auth`` for
 ``/v1/auth``), the rate limit they share, the bearer token; then the route's own answer.
-``GET /v1/channel/ticket/attachment`` serves the files in ``Emulator.files``
-(``worker.emulator.files``).
+``POST /v1/channel/ticket/attachment`` (``worker.emulator.uploads``) stores a file for a
+ticket accepted before into ``Emulator.files`` (``worker.emulator.files``), and
+``GET /v1/channel/ticket/attachment`` serves them.
+
+A repeated ``ticketId`` of the same seller gets 201 again and is counted as a duplicate, or,
+with ``conflict_on_duplicate``, ``409 Conflict`` (counted in ``state.conflicts``): what the
+real API does is unconfirmed, so the worker is tested against both.
 
 Not emulated: JWT contents (tokens are opaque), rate limits on ``/v1/auth`` (inject a 429
-instead), any duplicate-``ticketId`` behaviour (every valid POST gets 201 and is counted),
-sandbox quirks.
+instead), sandbox quirks.
 
 Tests drive it through :class:`Emulator`; the demo and out-of-process tests use the control
 routes under ``/_emulator/`` (``GET state``; ``POST config``, ``inject``, ``revoke``, ``reset``).
@@ -60,7 +64,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from jsonschema import Draft202012Validator, ValidationError
 
+from worker.emulator.answers import english as _english
+from worker.emulator.answers import entry as _entry
+from worker.emulator.answers import fail as _fail
+from worker.emulator.answers import json_response as _json
 from worker.emulator.files import FileStore
+from worker.emulator.uploads import TicketKey, UploadRoute
 
 log = structlog.get_logger(__name__)
 
@@ -68,7 +77,6 @@ log = structlog.get_logger(__name__)
 # rate limit and pass the same gate (latency, outage, faults, rate limit, bearer token).
 Route = Literal["auth", "ticket", "upload", "download", "events"]
 ROUTES: tuple[Route, ...] = ("auth", "ticket", "upload", "download", "events")
-_Text = tuple[str, str]  # (German, English)
 # What a 429 injection reports as X-RateLimit-Limit: JTL's production limits.
 _CHANNEL_LIMIT = 60
 _AUTH_LIMIT = 10
@@ -91,13 +99,17 @@ class EmulatorConfig:
     rate_interval: float = 60.0
     # Retry-After of rate-limit and outage answers; None: until the window ends / no header.
     retry_after: float | None = None
-    # Random outages: this fraction of ticket calls is answered with fail_status.
+    # Random outages: this fraction of /v1/channel* calls (tickets, uploads, ...) is answered
+    # with fail_status.
     fail_rate: float = 0.0
     fail_status: int = 503
     # The API is down: every call is answered with outage_status, or dropped ("drop").
     outage: bool = False
     outage_status: int = 503
     outage_mode: Literal["status", "drop"] = "status"
+    # What a second POST of a ticketId the seller already has gets: False, 201 again (and
+    # counted as a duplicate); True, 409 Conflict. The real API's answer is unconfirmed.
+    conflict_on_duplicate: bool = False
 
 
 def _is_status(value: object) -> bool:
@@ -119,6 +131,7 @@ _CONFIG_RULES: dict[str, tuple[tuple[type, ...], Callable[[Any], bool]]] = {
     "outage": ((bool,), lambda v: True),
     "outage_status": ((int,), _is_status),
     "outage_mode": ((str,), lambda v: v in ("status", "drop")),
+    "conflict_on_duplicate": ((bool,), lambda v: True),
 }
 
 
@@ -169,6 +182,7 @@ class EmulatorState:
     accepted_counts: Counter[str] = field(default_factory=Counter)
     accepted_total: int = 0
     duplicates: int = 0
+    conflicts: int = 0  # repeated tickets answered 409 (conflict_on_duplicate)
     first_accepted_at: float | None = None  # seconds since the emulator was created
     last_accepted_at: float | None = None
     max_concurrent_ticket_calls: int = 0
@@ -204,6 +218,10 @@ class _Fault:
     retry_after: float | None
 
 
+# A place in a fault queue for a request that passes as usual (``inject(..., after=n)``).
+_PASS = _Fault(0, None)
+
+
 class Emulator:
     def __init__(self, config: EmulatorConfig | None = None) -> None:
         self.config = config or EmulatorConfig()
@@ -218,6 +236,9 @@ class Emulator:
         self._in_flight = 0
         self.files = FileStore()
         """Attachment files by (seller, ticket, filename): uploads land here, downloads read."""
+        self.tickets: dict[TicketKey, frozenset[str]] = {}
+        """Accepted tickets by (seller, ticket id): the attachment filenames each names."""
+        self._uploads = UploadRoute(self.files, self.tickets.get)
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
         if self.config.outage:
@@ -239,9 +260,17 @@ class Emulator:
         return self.state.outages[-1] if self.state.outages else None
 
     def inject(
-        self, route: Route, status: int, count: int = 1, retry_after: float | None = None
+        self,
+        route: Route,
+        status: int,
+        count: int = 1,
+        retry_after: float | None = None,
+        after: int = 0,
     ) -> None:
-        """Answer the next ``count`` requests on ``route`` with ``status``, unvalidated."""
+        """Answer the next ``count`` requests on ``route`` with ``status``, unvalidated.
+
+        With ``after``, that many requests pass as usual first (e.g. the second upload fails).
+        """
         # Checked here rather than trusted to the types: the control route passes raw JSON.
         if route not in self._faults:
             raise ValueError(f"route must be one of {', '.join(ROUTES)}, not {route!r}")
@@ -251,7 +280,9 @@ class Emulator:
             raise ValueError(f"count must be a positive integer, not {count!r}")
         if retry_after is not None and (not isinstance(retry_after, _NUMBER) or retry_after < 0):
             raise ValueError(f"retry_after must be a non-negative number, not {retry_after!r}")
-        self._faults[route].extend([_Fault(status, retry_after)] * count)
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ValueError(f"after must be a non-negative integer, not {after!r}")
+        self._faults[route].extend([_PASS] * after + [_Fault(status, retry_after)] * count)
 
     def revoke_tokens(self) -> None:
         self._tokens.clear()
@@ -263,6 +294,7 @@ class Emulator:
         """
         self.state = EmulatorState()
         self.files.clear()
+        self.tickets.clear()
         for queue in self._faults.values():
             queue.clear()
         self._window = None
@@ -331,6 +363,9 @@ class Emulator:
         app = web.Application(middlewares=[_error_list_middleware])
         app.router.add_post("/v1/auth", self._auth)
         app.router.add_post("/v1/channel/ticket", self._channel("ticket", self._answer_ticket))
+        app.router.add_post(
+            "/v1/channel/ticket/attachment", self._channel("upload", self._uploads.answer)
+        )
         app.router.add_get(
             "/v1/channel/ticket/attachment", self._channel("download", self._answer_download)
         )
@@ -470,6 +505,13 @@ class Emulator:
             return _fail(request, 400, "VAL100", text, headers)
         if violations := _schema_violations(body, english=_english(request)):
             return _json({"errorList": violations}, 400, headers)
+        key = (body["sellerId"], body["ticketId"])
+        if self.config.conflict_on_duplicate and key in self.tickets:
+            self.state.conflicts += 1
+            text = "Ticket existiert bereits", "ticket already exists"
+            return _fail(request, 409, "CONFLICT409", text, headers)
+        names = frozenset(item["filename"] for item in body.get("attachment") or ())
+        self.tickets[key] = self.tickets.get(key, frozenset()) | names
         self._record_accepted(body)
         return web.Response(status=201, headers=headers)
 
@@ -544,7 +586,8 @@ class Emulator:
     def _pop_fault(self, route: Route) -> _Fault | None:
         queue = self._faults[route]
         if queue:
-            return queue.popleft()
+            fault = queue.popleft()
+            return None if fault is _PASS else fault
         if route != "auth" and self._random.random() < self.config.fail_rate:
             return _Fault(self.config.fail_status, None)
         return None
@@ -650,33 +693,6 @@ def _path(error: ValidationError, child: str | None = None) -> str:
     if child is not None:
         path = f"{path}.{child}" if path else child
     return path or "(body)"
-
-
-def _english(request: web.Request) -> bool:
-    first = request.headers.get("Accept-Language", "").split(",")[0]
-    tag = first.split(";")[0].strip().lower()
-    return tag == "en" or tag.startswith("en-")
-
-
-def _entry(code: str, message: str, hint: str | None = None) -> dict[str, Any]:
-    return {"code": code, "message": message, "severity": "error", "hint": hint}
-
-
-def _fail(
-    request: web.Request,
-    status: int,
-    code: str,
-    text: _Text,
-    headers: dict[str, str] | None = None,
-) -> web.Response:
-    message = text[1] if _english(request) else text[0]
-    return _json({"errorList": [_entry(code, message)]}, status, headers)
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
-    )
 
 
 def _rate_headers(limit: int, remaining: int, interval: float) -> dict[str, str]:

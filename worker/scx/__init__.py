@@ -6,14 +6,25 @@ Everything else in the worker imports the public names from here.
 """
 
 from worker.scx.auth import auth_request
-from worker.scx.client import TICKET_PATH, Answered, Call, Forwarded, ScxClient, classify
+from worker.scx.client import (
+    ATTACHMENT_PATH,
+    TICKET_PATH,
+    Answered,
+    Call,
+    Forwarded,
+    ScxClient,
+    Uploaded,
+    classify,
+)
 
 __all__ = [
+    "ATTACHMENT_PATH",
     "TICKET_PATH",
     "Answered",
     "Call",
     "Forwarded",
     "ScxClient",
+    "Uploaded",
     "auth_request",
     "classify",
 ]

@@ -12,20 +12,31 @@ token, retry budget and error mapping for each. ``send_ticket`` either returns
   with full jitter and never undercut the server's own ``Retry-After`` / rate-limit hint;
 - ``CredentialsRejected``: the refresh token was refused; the worker stops.
 
-Classification of ticket answers lives in ``classify`` alone. Every call first takes its
+``409 Conflict`` to a ticket is read as "this ticket exists already" (a redelivered message
+whose first POST the API took): ``send_ticket`` returns it as ``Forwarded(409)``, logs
+``scx.ticket_already_created`` and counts it, so the consumer goes on with the uploads. What
+the API really answers to a repeated ``ticketId`` is unconfirmed (README, "Attachments").
+
+``upload_attachment`` sends one file as ``multipart/form-data`` through the same path; a
+non-retryable 4xx raises ``UploadRejected`` with the status and ``errorList``. The file is
+streamed from its spooled copy on every attempt (``_FileBody``), never read whole.
+
+Classification of answers lives in ``classify`` alone. Every call first takes its
 turn from the ``Pacer`` (the rate limit) and the ``Breaker`` (outages); both are per process
 and shared by all messages, so a 429 or an outage slows the whole process down at once.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import IO, Any, Generic, TypeVar, cast
 
 import httpx
+import orjson
 import structlog
 from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
@@ -40,7 +51,14 @@ from tenacity import (
 )
 
 from worker import USER_AGENT, metrics, tracing
-from worker.errors import CircuitOpen, MessageError, RetryLater, TicketRejected, TransientError
+from worker.errors import (
+    CircuitOpen,
+    MessageError,
+    RetryLater,
+    TicketRejected,
+    TransientError,
+    UploadRejected,
+)
 from worker.scx.auth import TokenAuth
 from worker.scx.breaker import Breaker
 from worker.scx.pacing import Pacer
@@ -51,6 +69,7 @@ from worker.settings import Settings
 log = structlog.get_logger(__name__)
 
 TICKET_PATH = "/v1/channel/ticket"
+ATTACHMENT_PATH = "/v1/channel/ticket/attachment"
 
 
 T = TypeVar("T")
@@ -58,6 +77,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Forwarded:
+    status: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded:
     status: int
     attempts: int
 
@@ -83,10 +108,18 @@ class Answered(Generic[T]):
     """Calls made, the answered one included."""
 
 
-def classify(response: httpx.Response) -> int:
-    """Return the status of an accepted ticket; raise for everything else."""
+def classify(
+    response: httpx.Response,
+    rejected: Callable[[int, list[Any]], MessageError] = TicketRejected,
+) -> int:
+    """Return the status of an accepted call; raise for everything else.
+
+    Transient answers raise ``TransientError``; every other status raises ``rejected``
+    (``TicketRejected`` unless the route says otherwise) with the API's ``errorList``.
+    A ticket's ``409 Conflict`` is returned, not raised: the ticket exists already.
+    """
     status = response.status_code
-    if status < 300:
+    if status < 300 or (status == httpx.codes.CONFLICT and rejected is TicketRejected):
         return status
     if is_transient_status(status) or status == httpx.codes.UNAUTHORIZED:
         # A 401 here already survived one refresh and resend in TokenAuth: a token the API
@@ -98,7 +131,7 @@ def classify(response: httpx.Response) -> int:
             retry_after=retry_after(response),
             error_list=error_list(response),
         )
-    raise TicketRejected(status, error_list(response))
+    raise rejected(status, error_list(response))
 
 
 class ScxClient:
@@ -151,6 +184,7 @@ class ScxClient:
         # An absolute URL object: httpx skips joining it with base_url on every call (half
         # of build_request's cost, measured).
         self._ticket_url = httpx.URL(settings.scx_api_url + TICKET_PATH)
+        self._attachment_url = httpx.URL(settings.scx_api_url + ATTACHMENT_PATH)
         # The API sets no cookies, yet httpx builds urllib request/response stand-ins for
         # its cookie jar on every response: 7 % of the worker's CPU in the bench profile.
         self._http._cookies = _NoCookies()
@@ -178,7 +212,47 @@ class ScxClient:
         answered = await self.call(
             Call(lambda: self._http.build_request("POST", self._ticket_url, content=body), _status)
         )
+        if answered.value == httpx.codes.CONFLICT:
+            metrics.ticket_already_created()
+            log.info("scx.ticket_already_created", status=answered.value)
         return Forwarded(answered.value, answered.attempts)
+
+    async def upload_attachment(
+        self, seller_id: str, ticket_id: str, filename: str, content_type: str, file: IO[bytes]
+    ) -> Uploaded:
+        """POST one file of an existing ticket until it is stored or cannot be now.
+
+        ``file`` is read from its start on every attempt (and on the token flow's resend
+        after a 401), 64 KiB at a time; the caller keeps it open until this returns.
+        Raises ``UploadRejected`` for a non-retryable 4xx, else as ``send_ticket``.
+        """
+        metadata = orjson.dumps(
+            {"sellerId": seller_id, "ticketId": ticket_id, "filename": filename}
+        )
+
+        def build() -> httpx.Request:
+            # The client-wide Content-Type (JSON) would win over the multipart one, so the
+            # request names its own, with a boundary httpx then uses for the body.
+            boundary = os.urandom(16).hex()
+            return self._http.build_request(
+                "POST",
+                self._attachment_url,
+                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+                files={
+                    "attachmentData": (None, metadata, "application/json"),
+                    "attachment": (filename, cast(IO[bytes], _FileBody(file)), content_type),
+                },
+            )
+
+        async def read(response: httpx.Response) -> int:
+            return classify(
+                response,
+                lambda status, errors: UploadRejected(status, errors, filename=filename),
+            )
+
+        answered = await self.call(Call(build, read))
+        metrics.attachment_uploaded()
+        return Uploaded(answered.value, answered.attempts)
 
     async def call(self, call: Call[T]) -> Answered[T]:
         """Make ``call`` until it is answered for good, or raise why it cannot be now.
@@ -302,6 +376,27 @@ def _transport_errors() -> Iterator[None]:
 
 def _retry_later(exc: TransientError, *, calls: int) -> RetryLater:
     return RetryLater(calls, exc.reason, {"status": exc.status, "errorList": exc.error_list or []})
+
+
+class _FileBody:
+    """A spooled file as httpx's multipart encoder reads it: from the start, in chunks.
+
+    Only ``read``, ``seek`` and ``tell``: httpx measures a body by ``fileno()`` when it has
+    one, and ``SpooledTemporaryFile.fileno()`` would move a small in-memory file to disk.
+    ``seek``/``tell`` give the length instead, and httpx rewinds before each send.
+    """
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+
+    def read(self, size: int = -1) -> bytes:
+        return self._file.read(size)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
 
 
 class _NoCookies(httpx.Cookies):
