@@ -54,15 +54,16 @@ clean:
 # The fault-injection suite with its figures recorded, rendered into docs/RELIABILITY.md.
 RELIABILITY_RESULTS := build/reliability.json
 .PHONY: reliability
+# It includes the long form of the cluster scenarios (CLUSTER_FULL=1, see `make cluster`).
 reliability: install broker redis
 	rm -f $(RELIABILITY_RESULTS)
-	RELIABILITY_REPORT=$(RELIABILITY_RESULTS) RELIABILITY_EVENTS=2000 $(BIN)/pytest tests/reliability $(PYTEST_ARGS); \
+	CLUSTER_FULL=1 RELIABILITY_EVENTS=2000 RELIABILITY_REPORT=$(RELIABILITY_RESULTS) $(BIN)/pytest tests/reliability $(PYTEST_ARGS); \
 	status=$$?; \
 	$(BIN)/python -m tests.reliability.report $(RELIABILITY_RESULTS) docs/RELIABILITY.md; \
 	exit $$status
 
 # The worker against its peers and a raw ceiling, written to docs/BENCHMARKS.md and
-# docs/benchmarks.png (bench/run.py, about 15 minutes; it starts its own nginx and
+# docs/benchmarks.png (bench/run.py, about 30 minutes; it starts its own nginx and
 # installs it with apt-get when missing). `make bench BENCH_ARGS=--quick`: a 2-minute smoke run.
 BENCH_STAMP := $(VENV)/.bench-installed
 .PHONY: bench
@@ -72,3 +73,14 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: install broker $(BENCH_STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# A node of a local 3-node RabbitMQ cluster (scripts/cluster.sh, ports 5681-5683) stopped
+# under a 3,000-ticket backlog: the worker's node, then the work queue's leader. The long
+# form of what `make test` runs short; `make reliability` records it in docs/RELIABILITY.md.
+.PHONY: cluster cluster-stop
+cluster: install broker
+	scripts/cluster.sh start
+	CLUSTER_FULL=1 $(BIN)/pytest tests/reliability/test_cluster.py $(PYTEST_ARGS)
+
+cluster-stop:
+	scripts/cluster.sh stop

@@ -6,7 +6,7 @@ contender as its own OS process, prints the tables and writes ``docs/BENCHMARKS.
 ``docs/benchmarks.png``. Everything it starts or declares is removed at the end, also on
 Ctrl-C or SIGTERM.
 
-    .venv/bin/python -m bench            # the full run, about 15 minutes
+    .venv/bin/python -m bench            # the full run, about 30 minutes
     .venv/bin/python -m bench --quick    # a smoke run of about 2 minutes; writes no docs
 
 Needs RabbitMQ on ``AMQP_URL`` (default ``amqp://guest:guest@127.0.0.1:5672/``), the
@@ -36,7 +36,7 @@ from bench.broker import Broker, broker_lost
 from bench.contenders import CONTENDERS, Contender, Role, variant
 from bench.events import EventsResult, events_drain
 from bench.measure import Session
-from bench.pacing import Emulator, PacingResult, pacing
+from bench.pacing import ALGORITHMS, Emulator, PacingResult, pacing
 from bench.phases import DrainResult, LatencyResult, RssResult, drain, latency, rss
 from bench.procs import Children, find_pid
 from bench.profile import profile_worker
@@ -56,9 +56,8 @@ FULL = {
     "rss_seconds": 15.0,
     "steady_seconds": 20.0,
     "steady_warmup": 2.0,
-    "pacing_limit": 20,
-    "pacing_interval": 10.0,
-    "pacing_seconds": 60.0,
+    # The documented 60 per 60 s scaled in time, each over a whole number of intervals.
+    "pacing_limits": "20/10:60,60/30:120",
     "events_count": 10_000,
 }
 QUICK = {
@@ -69,9 +68,7 @@ QUICK = {
     "rss_seconds": 3.0,
     "steady_seconds": 2.0,
     "steady_warmup": 1.0,
-    "pacing_limit": 10,
-    "pacing_interval": 5.0,
-    "pacing_seconds": 10.0,
+    "pacing_limits": "10/5:10",
     "events_count": 1_000,
 }
 
@@ -99,14 +96,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steady-rate", type=float, default=200.0, help="msg/s for latency")
     p.add_argument("--steady-seconds", type=float)
     p.add_argument("--steady-warmup", type=float)
-    p.add_argument("--pacing-limit", type=int, help="emulator --rate-limit")
-    p.add_argument("--pacing-interval", type=float, help="emulator --rate-interval (s)")
-    p.add_argument("--pacing-seconds", type=float, help="measured time (whole windows)")
+    p.add_argument(
+        "--pacing-limits", metavar="L/I:S[,L/I:S]",
+        help="emulator limits (L calls per I s), each measured for S s (whole intervals)",
+    )  # fmt: skip
     p.add_argument("--pacing-workers", default="1,3")
+    p.add_argument(
+        "--pacing-algorithms", default=",".join(ALGORITHMS), help="how the emulator counts"
+    )
+    p.add_argument(
+        "--pacing-bridge", default="without,with", help="without and/or with the events bridge"
+    )
     p.add_argument(
         "--events-count",
         type=int,
-        help="seller events the events bridge drains (at the pacing phase's limit)",
+        help="seller events the events bridge drains (at the first of --pacing-limits)",
     )
     p.add_argument(
         "--profile", type=Path, metavar="FILE", help="also py-spy the worker at 0 ms, to FILE"
@@ -303,30 +307,60 @@ async def _latency_phase(
 
 
 async def _pacing_phase(args: argparse.Namespace, session: Session) -> list[PacingResult]:
+    """The grid: how the API counts x worker processes x without/with the events bridge."""
     results = []
-    emulator = Emulator(session, args.pacing_limit, args.pacing_interval)
-    await emulator.start()
-    try:
-        for workers in (int(x) for x in _floats(args.pacing_workers)):
-            r = await _again_on_broker_loss(
-                session, partial(pacing, session, emulator, workers=workers,
-                                 seconds=args.pacing_seconds),
-            )  # fmt: skip
-            results.append(r)
-            _say(f"pacing    {workers} worker(s)  goodput {100 * r.goodput_share:.0f} % of "
-                 f"the limit, 429 share {100 * r.share_429:.0f} %, statuses {r.statuses}, "
-                 f"DLQ {r.dead_lettered}{'  ' + r.error if r.error else ''}")  # fmt: skip
-    finally:
-        await emulator.stop()
+    algorithms = [a.strip() for a in args.pacing_algorithms.split(",") if a.strip()]
+    if unknown := set(algorithms) - set(ALGORITHMS):
+        raise SystemExit(f"bench: unknown --pacing-algorithms {', '.join(sorted(unknown))}")
+    bridges = [b.strip() == "with" for b in args.pacing_bridge.split(",") if b.strip()]
+    for limit, interval, seconds in _pacing_limits(args.pacing_limits):
+        emulator = Emulator(session, limit, interval)
+        await emulator.start()
+        try:
+            for algorithm in algorithms:
+                for workers in (int(x) for x in _floats(args.pacing_workers)):
+                    for bridge in bridges:
+                        r = await _again_on_broker_loss(
+                            session, partial(pacing, session, emulator, algorithm=algorithm,
+                                             workers=workers, bridge=bridge, seconds=seconds),
+                        )  # fmt: skip
+                        results.append(r)
+                        _say_pacing(r)
+        finally:
+            await emulator.stop()
     return results
 
 
+def _pacing_limits(text: str) -> list[tuple[int, float, float]]:
+    """``20/10:60,60/30:120`` -> [(20, 10.0, 60.0), (60, 30.0, 120.0)]."""
+    limits = []
+    for spec in (x.strip() for x in text.split(",") if x.strip()):
+        try:
+            rate, seconds = spec.split(":")
+            limit, interval = rate.split("/")
+            limits.append((int(limit), float(interval), float(seconds)))
+        except ValueError:
+            raise SystemExit(f"bench: --pacing-limits wants L/I:S, not {spec!r}") from None
+    return limits
+
+
+def _say_pacing(r: PacingResult) -> None:
+    cell = (f"{r.limit}/{r.interval:g}s {r.algorithm:<7} {r.workers} worker(s)"
+            f"{' + bridge' if r.bridge else '':<9}")  # fmt: skip
+    if not r.ran:
+        _say(f"pacing    {cell}  {r.error}")
+        return
+    _say(f"pacing    {cell}  goodput {100 * r.goodput_share:.1f} % of the limit, 429 share "
+         f"{100 * r.share_429:.1f} %, {r.statuses}, DLQ {r.dead_lettered}"
+         f"{'  ' + r.error if r.error else ''}")  # fmt: skip
+
+
 async def _events_phase(args: argparse.Namespace, session: Session) -> list[EventsResult]:
+    limit, interval, _ = _pacing_limits(args.pacing_limits)[0]
     r = await _again_on_broker_loss(
         session,
-        partial(events_drain, session, events=args.events_count, limit=args.pacing_limit,
-                interval=args.pacing_interval),
-    )  # fmt: skip
+        partial(events_drain, session, events=args.events_count, limit=limit, interval=interval),
+    )
     _say(f"events    {r.events:,} events  {r.calls} calls ({r.needed} needed)  "
          f"{r.seconds:.1f} s, the limit allows {r.allowed_s:.1f} s: {r.ratio:.3f} x  "
          f"429s {r.statuses_429}{'  ' + r.error if r.error else ''}")  # fmt: skip
@@ -372,8 +406,9 @@ def _write(args: argparse.Namespace, results: report.Results, host: report.Machi
 
 
 def _method(args: argparse.Namespace) -> list[str]:
-    per_minute = args.pacing_limit * 60 / args.pacing_interval
-    interval = f"{args.pacing_interval:g}"
+    limits = _pacing_limits(args.pacing_limits)
+    scaled = ", ".join(f"{lim} per {ivl:g} s (measured {sec:g} s)" for lim, ivl, sec in limits)
+    per_minute = ", ".join(f"{lim * 60 / ivl:g}" for lim, ivl, _ in limits)
     text = f"""\
 **Timings from a shared or busy machine are noisy** (on a VM, CPU time too: stolen time is
 counted): compare figures from one run only, and re-take them on a quiet machine before
@@ -423,14 +458,19 @@ How it measures (details in the docstrings of `bench/*.py`):
   figure from the same run (for msg/s higher is better, for everything else lower). A peer
   that lost messages to the DLQ or failed is no candidate for best peer.
 - **Pacing**: the project's emulator,
-  `scx-forwarder emulator --rate-limit {args.pacing_limit} --rate-interval {interval}`
-  (the rate of a {per_minute:g}-a-minute limit in windows of {interval} s rather than
-  60 s, so that a run takes {args.pacing_seconds:g} s), a backlog that outlasts the run, and
-  1 or 3 `scx-forwarder run` processes on one queue and one refresh token, each with
-  `SCX_MAX_REQUESTS_PER_MINUTE={per_minute:g}` (the whole limit). Counted from the first
-  ticket call, which opens the emulator's first window, for {args.pacing_seconds:g} s, from
-  `GET /_emulator/state`: goodput = accepted / what the limit allows in that time;
-  429 share = 429 answers / ticket calls.
+  `scx-forwarder emulator --rate-limit L --rate-interval I` at {scaled}: the
+  documented 60 per 60 s scaled in time, so that a run takes a minute or two. It counts the limit
+  in each of three ways (`--rate-algorithm`: fixed windows that reset at once, a sliding window
+  in which a call counts for I s, a token bucket of L refilled at L per I s). A backlog that
+  outlasts the run, and 1 or 3 `scx-forwarder run` processes on one queue and one refresh token,
+  each with `SCX_MAX_REQUESTS_PER_MINUTE` at the whole limit ({per_minute}); "+ bridge": one
+  `scx-forwarder events` process polls seller events on the same credential beside them.
+  Counted from the first `/v1/channel*` call, which opens the emulator's first interval, for a
+  whole number of intervals, from `GET /_emulator/state`: goodput = calls answered with a 2xx
+  (accepted tickets, and the bridge's polls and acknowledgements) / what the limit sustains in
+  that time (L per I s; a token bucket also lets one full bucket through at the start, so its
+  goodput can pass 100 %); 429 share = 429 answers / all `/v1/channel*` calls. A cell that did
+  not run says why.
 - **Attachments**: 32 tickets with 10 URL attachments of 16 MiB each (5 GiB), served by a
   file server process and uploaded to the emulator (its own process, keeping size and SHA-256
   of each file), `scx-forwarder run` with its defaults; time from publishing the 32 events to
@@ -438,9 +478,10 @@ How it measures (details in the docstrings of `bench/*.py`):
   transfer: the same bytes over the same two loopback legs (download, upload to a sink), as
   many streams as `WORKER_ATTACHMENT_CONCURRENCY`, nothing else (`bench/attachments.py`).
 - **Events bridge** (`bench/events.py`): {args.events_count:,} seller events queued in the
-  same emulator (same limit), drained by one `scx-forwarder events` process
-  (`EVENTS_BATCH_SIZE=100`, `SCX_MAX_REQUESTS_PER_MINUTE={per_minute:g}`) into a queue bound
-  to its exchange; from the first `/v1/channel/event` call to the last acknowledgement, from
-  `GET /_emulator/state`. The calls needed are one poll per 100 events and one
-  acknowledgement per 100 ids; "the limit allows" is calls x interval / limit."""
+  emulator at the first pacing limit ({limits[0][0]} per {limits[0][1]:g} s), drained by one
+  `scx-forwarder events` process (`EVENTS_BATCH_SIZE=100`, `SCX_MAX_REQUESTS_PER_MINUTE` = that
+  limit per minute) into a queue bound to its exchange; from the first `/v1/channel/event` call
+  to the last acknowledgement, from `GET /_emulator/state`. The calls needed are one poll per
+  100 events and one acknowledgement per 100 ids; "the limit allows" is calls x interval /
+  limit."""
     return text.splitlines()

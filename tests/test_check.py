@@ -139,3 +139,16 @@ async def test_events_checks_report_the_unrouted_queue_and_who_holds_the_lock(
     finally:
         await kept.delete()
         await holder.close()
+
+
+async def test_a_node_of_the_list_that_does_not_answer_is_a_warning(
+    declared: None, names: Names, emulator: Emulator
+) -> None:
+    dead = "amqp://someone:hunter2@127.0.0.1:1/"
+    result = await check(names, emulator, AMQP_URL=f"{AMQP_URL},{dead}")
+    assert result.code == 0, result.out + result.err
+    report = lines(result)
+    assert report["broker"] == "ok"
+    assert report["nodes"] == "warn"
+    assert "1 of 2 answer; not: amqp://someone:***@127.0.0.1:1/" in result.out
+    assert "hunter2" not in result.out + result.err

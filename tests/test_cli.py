@@ -314,13 +314,18 @@ async def test_publish_to_a_routing_key_no_queue_is_bound_to_fails_loudly(
 
 async def test_emulator_command_serves_the_api_until_sigterm(unused_tcp_port: int) -> None:
     emulator = await spawn(
-        "emulator", "--port", str(unused_tcp_port), "--refresh-token", "r", env=dict(os.environ)
-    )
+        "emulator", "--port", str(unused_tcp_port), "--refresh-token", "r",
+        "--rate-limit", "5", "--rate-interval", "30", "--rate-algorithm", "sliding",
+        env=dict(os.environ),
+    )  # fmt: skip
     await wait_for(lambda: emulator.has_event("emulator.listening"), what="the emulator")
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{unused_tcp_port}") as client:
         auth = await client.post("/v1/auth", data={"refreshToken": "r"})
         assert auth.status_code == 200
         assert auth.json()["scope"] == "CHANNEL"
+        config = (await client.post("/_emulator/config", json={})).json()
+        assert (config["rate_limit"], config["rate_interval"]) == (5, 30)
+        assert config["rate_algorithm"] == "sliding"
     emulator.process.send_signal(signal.SIGTERM)
     assert await emulator.wait() == 0
 

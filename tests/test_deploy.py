@@ -221,6 +221,23 @@ def test_env_example_uses_only_real_settings_with_valid_values() -> None:
     load_settings(**{key.lower(): value for key, value in pairs.items()})
 
 
+def test_every_amqp_url_shown_in_deploy_is_valid_with_its_password_redacted() -> None:
+    """The list form in comments too: a reader copies those."""
+    shown = [
+        match.group(1)
+        for path in DEPLOY.rglob("*")
+        if path.is_file() and path.suffix in (".yaml", ".example")
+        for match in re.finditer(r"(amqps?://\S+)", path.read_text())
+    ]
+    lists = [url for url in shown if "," in url]
+    assert lists, "deploy/ shows no AMQP_URL listing the nodes of a cluster"
+    for url in shown:
+        settings = load_settings(amqp_url=url)
+        for node in settings.amqp_nodes:
+            assert node.password
+            assert f":{node.password}@" not in settings.amqp_url_redacted
+
+
 def test_readme_documents_every_setting_in_its_table() -> None:
     documented = set(re.findall(r"^\| `([A-Z_]+)` \|", README.read_text(), re.MULTILINE))
     assert documented == SETTINGS

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import wait_for
 from tests.examples import SEED_TICKET
 from worker.emulator import DROPPED, Emulator, EmulatorConfig, serve
 
@@ -675,6 +676,61 @@ async def test_rate_windows_are_recorded_and_a_new_limit_starts_a_new_window(
     assert first.started_at <= second.started_at <= emulator.clock()
 
 
+async def test_a_sliding_window_is_chosen_over_the_control_route_and_never_resets(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    config = await client.post(
+        "/_emulator/config",
+        json={"rate_limit": 2, "rate_interval": 2, "rate_algorithm": "sliding"},
+    )
+    assert config.json()["rate_algorithm"] == "sliding"
+    first = await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert first.headers["X-RateLimit-Remaining"] == "1"
+    first_at = emulator.state.rate_windows[0].started_at
+    await wait_for(lambda: emulator.clock() >= first_at + 1.0, what="half the interval")
+    second = await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert second.headers["X-RateLimit-Remaining"] == "0"
+    limited = await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert limited.status_code == 429
+    assert limited.headers["Retry-After"] == "1"  # the first call leaves within a second
+
+    async def one_back() -> bool:
+        response = await client.post(TICKET_URL, json=VALID, headers=auth)
+        return response.status_code == 201
+
+    # The first call leaves the count, the second is still in it: one call, not a reset.
+    await poll_until(one_back)
+    after = await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert after.status_code == 429 or after.headers["X-RateLimit-Remaining"] == "0"
+    windows = emulator.state.rate_windows
+    assert {w.algorithm for w in windows} == {"sliding"}
+    assert sum(w.accepted for w in windows) == 3 + (after.status_code == 201)
+
+
+async def test_a_token_bucket_reports_whole_tokens_on_every_channel_route(
+    emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    emulator.configure(rate_limit=3, rate_interval=60, rate_algorithm="bucket")
+    remaining = [
+        (await client.post(TICKET_URL, json=VALID, headers=auth)).headers["X-RateLimit-Remaining"]
+        for _ in range(2)
+    ]
+    query = {"sellerId": "4711", "ticketId": "CASE-1", "filename": "scan.pdf"}
+    download = await client.get(DOWNLOAD_URL, params=query, headers=auth)
+    assert download.status_code == 404  # no such file, but the call took a token
+    assert [*remaining, download.headers["X-RateLimit-Remaining"]] == ["2", "1", "0"]
+    limited = await client.post(TICKET_URL, json=VALID, headers=auth)
+    assert limited.status_code == 429
+    assert limited.headers["Retry-After"] == "20"  # a token every 20 s, the last just spent
+    [window] = emulator.state.rate_windows
+    assert (window.algorithm, window.requests, window.accepted, window.limited) == (
+        "bucket",
+        4,
+        2,
+        1,
+    )
+
+
 async def test_rate_interval_changed_at_run_time_takes_effect(
     emulator: Emulator, client: httpx.AsyncClient, auth: dict[str, str]
 ) -> None:
@@ -760,6 +816,7 @@ async def test_outage_and_new_limits_are_switched_over_the_control_route(
         {"token_lifetime": 0},
         {"latency": -1},
         {"rate_limit": 0},
+        {"rate_algorithm": "leaky"},
         {"rate_interval": 0},
         {"retry_after": -2},
         {"refresh_token": ""},

@@ -1,18 +1,28 @@
-"""Pacer: even spacing, pauses that hold every sender, and budgets read from headers."""
+"""Pacer: even spacing, pauses, budgets read from headers, and how the API counts."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 
+import orjson
 import pytest
+from pydantic import SecretStr
+from structlog.testing import capture_logs
 
-from tests.conftest import wait_for
-from worker.errors import ShuttingDown
-from worker.scx.pacing import MAX_RESERVE, Pacer, WindowBudget
+from tests.conftest import REFRESH_TOKEN, wait_for
+from tests.examples import SEED_TICKET
+from tests.pacing_sim import simulate
+from worker.emulator import Emulator
+from worker.emulator.limits import Algorithm
+from worker.errors import RetryLater, ShuttingDown
+from worker.scx import ScxClient
+from worker.scx.pacing import MAX_RESERVE, Pacer, Schedule, WindowBudget
 from worker.scx.responses import RateLimit
 from worker.scx.waits import Waits
+from worker.settings import Settings
 
 
 async def stamps(pacer: Pacer, n: int) -> list[float]:
@@ -159,3 +169,152 @@ async def test_the_pacer_waits_for_the_next_window_when_the_headers_say_none_are
     started = time.monotonic()
     await pacer.acquire()
     assert time.monotonic() - started >= 0.25
+
+
+# Schedule is pure too: how the answers tell the pacer the way the API counts.
+def answer(schedule: Schedule, remaining: int, *, at: float, limit: int = 10) -> None:
+    """Send one call at ``at`` and take in its answer a millisecond later."""
+    seq = schedule.sent(at)
+    schedule.observe(seq, RateLimit(limit, remaining, 10.0), sent_at=at, now=at + 0.001)
+
+
+def allowed_at(schedule: Schedule, now: float) -> float:
+    """The time the pacer's loop lets the next call go (it looks again when told to)."""
+    while (slot := schedule.next_slot(now)) > now:
+        now = slot
+    return now
+
+
+def test_windows_are_assumed_until_the_answers_show_otherwise() -> None:
+    schedule = Schedule(per_minute=6000)
+    for k in range(10):
+        answer(schedule, 9 - k, at=float(k))
+    assert schedule.counting == "fixed"
+    answer(schedule, 9, at=10.5)  # a reset to the whole limit an interval later: windows
+    assert schedule.counting == "fixed"
+
+
+def test_remaining_that_comes_back_without_a_reset_is_a_sliding_window() -> None:
+    schedule = Schedule(per_minute=6000)
+    for k in range(10):
+        answer(schedule, 9 - k, at=float(k))
+    answer(schedule, 0, at=10.2)  # our call of 0.0 left the count and this one took its place
+    assert schedule.counting == "sliding"
+    # An interval after the answer to our call of 1.0 (a millisecond later), not at a window end.
+    assert allowed_at(schedule, 10.3) == pytest.approx(1.001 + 10.0, abs=0.002)
+
+
+def test_tokens_that_come_back_within_an_interval_are_a_bucket() -> None:
+    schedule = Schedule(per_minute=6000)
+    for k in range(5):
+        answer(schedule, 9, at=float(k))  # each call's token is back before the next one
+    assert schedule.counting == "bucket"
+
+
+def test_a_429_on_a_slot_we_held_means_saved_up_tokens_ran_out() -> None:
+    schedule = Schedule(per_minute=6000)
+    for k in range(10):
+        answer(schedule, 9 - k, at=float(k))
+    answer(schedule, 0, at=10.2)
+    seq = schedule.sent(11.1)
+    schedule.observe(seq, RateLimit(10, 0, 10.0), sent_at=11.1, now=11.101, refused=True)
+    assert schedule.counting == "bucket"
+
+
+def test_under_a_sliding_window_we_keep_to_our_calls_and_leave_the_others_theirs() -> None:
+    schedule = Schedule(per_minute=6000)
+    # Every answer of the first interval: the others hold as many calls as we do.
+    for k in range(5):
+        answer(schedule, 10 - 2 * (k + 1), at=2.0 * k)
+    answer(schedule, 0, at=10.05)  # ours of 0.0 left; the count stayed full
+    assert schedule.counting == "sliding"
+    # We held 5 of the 10: the next slot is when our call of 2.0 leaves, not before.
+    assert allowed_at(schedule, 10.1) == pytest.approx(2.001 + 10.0, abs=0.002)
+
+
+# The simulation: many replicas, each limit algorithm, no coordinator (tests/pacing_sim.py).
+@pytest.mark.parametrize("algorithm", ["fixed", "sliding", "bucket"])
+@pytest.mark.parametrize(("limit", "interval"), [(20, 10.0), (60, 30.0)])
+@pytest.mark.parametrize("replicas", [1, 3, 4])
+def test_replicas_reach_the_limit_under_every_algorithm(
+    algorithm: Algorithm, limit: int, interval: float, replicas: int
+) -> None:
+    for seed in range(3):
+        outcome = simulate(algorithm, limit, interval, replicas, seconds=6 * interval, seed=seed)
+        assert outcome.goodput >= 0.97, (seed, outcome)
+        if algorithm == "bucket" and replicas > 1:
+            # Saved-up tokens look like a sliding window for the first interval; a replica
+            # learns otherwise from its first 429 (see worker/scx/pacing.py).
+            assert outcome.limited <= replicas, (seed, outcome)
+        else:
+            assert outcome.share_429 <= 0.01, (seed, outcome)
+
+
+def test_eight_replicas_share_a_sliding_window_of_sixty() -> None:
+    outcome = simulate("sliding", 60, 30.0, 8, seconds=180.0)
+    assert outcome.goodput >= 0.97
+    assert outcome.share_429 <= 0.01
+
+
+# In-process, over real HTTP: separate clients (each with its own pacer, as separate
+# processes have) sharing one credential on the emulator, a few intervals of 20 per 2 s.
+@pytest.mark.parametrize("algorithm", ["fixed", "sliding", "bucket"])
+@pytest.mark.parametrize("clients", [1, 3])
+async def test_clients_sharing_a_credential_use_the_limit_without_429s(
+    emulator: Emulator, algorithm: Algorithm, clients: int
+) -> None:
+    limit, interval, intervals = 20, 2.0, 4
+    emulator.configure(rate_limit=limit, rate_interval=interval, rate_algorithm=algorithm)
+    settings = Settings(
+        scx_api_url=emulator.base_url,
+        scx_refresh_token=REFRESH_TOKEN,
+        scx_max_requests_per_minute=limit * 60 / interval,
+        scx_retry_attempts=1,
+    )
+    body = orjson.dumps(SEED_TICKET)
+    scx = [ScxClient(settings, SecretStr(REFRESH_TOKEN)) for _ in range(clients)]
+
+    async def forward(client: ScxClient) -> None:
+        while True:
+            with contextlib.suppress(RetryLater):
+                await client.send_ticket(body)
+
+    senders = [asyncio.create_task(forward(client)) for client in scx for _ in range(4)]
+    try:
+        await wait_for(lambda: emulator.state.ticket_calls > 0, what="a first ticket call")
+        started = emulator.clock()
+        await wait_for(
+            lambda: emulator.clock() - started >= intervals * interval,
+            timeout=60,
+            what="the measured intervals",
+        )
+        state = emulator.state
+        accepted, limited = state.statuses[201], state.statuses[429]
+    finally:
+        for task in senders:
+            task.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        for client in scx:
+            await client.aclose()
+    # Generous bounds for a loaded machine: `make bench` measures the real figures.
+    assert accepted >= 0.85 * limit * intervals
+    assert limited <= clients - 1 if algorithm == "bucket" else limited == 0
+
+
+def test_the_pacer_logs_once_when_it_learns_how_the_api_counts() -> None:
+    now = [0.0]
+    pacer = Pacer(per_minute=6000, clock=lambda: now[0])
+    with capture_logs() as logs:
+        for k in range(12):
+            now[0] = float(k)
+            pacer.observe(k + 1, RateLimit(10, max(0, 9 - k), 10.0), sent_at=now[0] - 0.001)
+    assert pacer.counting == "sliding"
+    learned = [e for e in logs if e["event"] == "scx.rate_limit_counting"]
+    assert learned == [
+        {
+            "event": "scx.rate_limit_counting",
+            "counting": "sliding",
+            "was": "fixed",
+            "log_level": "info",
+        }
+    ]

@@ -82,3 +82,38 @@ def test_secrets_are_hidden_in_repr_and_the_redacted_url() -> None:
     assert "pa55word" not in repr(settings)
     assert "refresh-me" not in repr(settings)
     assert settings.amqp_url_redacted == "amqp://svc:***@rabbit:5672/prod"
+
+
+def test_a_list_of_nodes_keeps_its_order_and_every_password_secret() -> None:
+    settings = load_settings(
+        amqp_url=(
+            "amqp://svc:first-pw@rabbit-1:5672/prod, amqp://svc:second-pw@rabbit-2:5672/prod,"
+            "amqps://svc:thi%2Crd@rabbit-3:5671/prod"
+        )
+    )
+    assert [url.host for url in settings.amqp_nodes] == ["rabbit-1", "rabbit-2", "rabbit-3"]
+    assert settings.amqp_nodes[2].password == "thi,rd"
+    assert settings.amqp_url_redacted == (
+        "amqp://svc:***@rabbit-1:5672/prod,amqp://svc:***@rabbit-2:5672/prod,"
+        "amqps://svc:***@rabbit-3:5671/prod"
+    )
+    for secret in ("first-pw", "second-pw", "thi,rd", "thi%2Crd"):
+        assert secret not in repr(settings)
+        assert secret not in settings.scrub(f"failed: {secret} refused")
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ("amqp://u:ok@a:5672/,http://u:secret-pw@b/", "URL 2 of 2 must look like"),
+        ("amqp://u:secret-pw@a/prod,amqp://u:secret-pw@b/test", "same virtual host"),
+        (" , ", "must look like"),
+    ],
+)
+def test_a_bad_node_in_the_list_is_named_by_position_never_by_value(
+    value: str, complaint: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(amqp_url=value)
+    assert complaint in str(raised.value)
+    assert "secret-pw" not in str(raised.value)

@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,9 +53,8 @@ import aio_pika
 import aiormq
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
-from yarl import URL
 
-from worker import metrics, tracing
+from worker import broker, metrics, tracing
 from worker.bridge_mapping import (
     FileOutcome,
     NoId,
@@ -70,7 +67,7 @@ from worker.bridge_mapping import (
     reply_messages,
     unmappable_message,
 )
-from worker.bridge_publish import BROKER_ERRORS, BROKER_GONE, Publisher, Result
+from worker.bridge_publish import BROKER_GONE, Publisher, Result
 from worker.errors import EXIT_OK, RequestRejected, RetryLater
 from worker.scx import ScxClient, Unavailable
 from worker.scx.client import MAX_ACK_IDS
@@ -84,7 +81,6 @@ log = structlog.get_logger(__name__)
 HEARTBEAT = 3
 LOCK_RETRY = 1.0
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
-CONNECT_TIMEOUT = 10.0
 # After a failed poll or acknowledgement: the first wait, and the longest (it doubles).
 FAILURE_WAITS = (1.0, 30.0)
 
@@ -161,7 +157,7 @@ class Bridge:
             while not self._stopping.is_set() or self._in_hand or self._items:
                 try:
                     connection = await self._connect()
-                except BROKER_ERRORS as exc:
+                except broker.CONNECT_ERRORS as exc:
                     if not connected_once:
                         raise
                     delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
@@ -190,13 +186,10 @@ class Bridge:
         return self.exit_code
 
     async def _connect(self) -> AbstractConnection:
-        url = URL(self._settings.amqp_url.get_secret_value())
-        if "heartbeat" not in url.query:
-            url = url.update_query(heartbeat=HEARTBEAT)
-        connection = await aio_pika.connect(
-            url,
-            timeout=CONNECT_TIMEOUT,
-            client_properties={"connection_name": _connection_name(self._settings)},
+        # A plain connection to the first node of AMQP_URL that answers (worker.broker): the
+        # loss must reach this loop, which knows the lock went with it.
+        connection = await broker.connect(
+            self._settings, "events", heartbeat=HEARTBEAT, subject=self._settings.amqp_exchange
         )
         self._lost = asyncio.Event()
         lost = self._lost
@@ -487,10 +480,6 @@ class Lock:
             self._channel = None
             return False
         return True
-
-
-def _connection_name(settings: Settings) -> str:
-    return f"scx-forwarder events {settings.amqp_exchange} {socket.gethostname()}:{os.getpid()}"
 
 
 def _text(exc: BaseException) -> str:

@@ -6,6 +6,8 @@ It checks, in order, and prints one line per check:
   A bad configuration raises ``ConfigError`` before anything is contacted (exit 2, as
   for ``run``);
 - **broker**: a connection with the configured URL and credentials;
+- **nodes** (``AMQP_URL`` listing several): every other node connected to once; one that
+  does not answer is a warning (the worker would skip it, but it is no failover target);
 - **exchange / queue / dlq / retry queues**: each looked up with a *passive* declare, so
   nothing is created or changed; a missing one is a warning (``run`` declares it), and
   the work queue and DLQ report their ready messages and consumers;
@@ -24,8 +26,6 @@ an existing queue's arguments match what the worker would declare (``run`` exits
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -38,11 +38,10 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from pydantic import SecretStr
 from yarl import URL
 
+from worker import broker
 from worker.scx import auth_request
 from worker.scx.responses import is_transient_status
-from worker.settings import ConfigError, Settings
-
-BROKER_TIMEOUT = 10.0
+from worker.settings import ConfigError, Settings, redact_url
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -82,14 +81,8 @@ async def run_checks(
 
 async def check_broker(settings: Settings, *, events: bool = False) -> list[Result]:
     try:
-        connection = await aio_pika.connect(
-            settings.amqp_url.get_secret_value(),
-            timeout=BROKER_TIMEOUT,
-            client_properties={
-                "connection_name": f"scx-forwarder check {socket.gethostname()}:{os.getpid()}"
-            },
-        )
-    except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
+        connection = await broker.connect(settings, "check")
+    except broker.CONNECT_ERRORS as exc:
         return [
             Result(
                 "broker",
@@ -97,8 +90,12 @@ async def check_broker(settings: Settings, *, events: bool = False) -> list[Resu
                 f"cannot connect to {settings.amqp_url_redacted}: {_safe_error(exc, settings)}",
             )
         ]
-    results = [Result("broker", "ok", f"connected to {settings.amqp_url_redacted}")]
+    nodes = settings.amqp_nodes
+    where = f" (node {nodes.index(connection.url) + 1} of {len(nodes)})" if len(nodes) > 1 else ""
+    results = [Result("broker", "ok", f"connected to {redact_url(connection.url)}{where}")]
     async with connection:
+        if len(nodes) > 1:
+            results.append(await _other_nodes(settings, connection.url))
         results.append(await _exchange(connection, settings.amqp_exchange))
         results.append(await _queue(connection, "queue", settings.amqp_queue))
         results.append(await _queue(connection, "dlq", settings.dead_letter_queue))
@@ -126,6 +123,29 @@ async def _events_lock(connection: AbstractConnection, name: str) -> Result:
             await channel.close()
     # Declared passively by us: a queue of that name that is not exclusive to a bridge.
     return Result("events lock", "fail", f"{name!r} exists but is not a bridge's lock")
+
+
+async def _other_nodes(settings: Settings, connected: URL) -> Result:
+    """Each other node of the list, connected to once: a typo there shows only at failover."""
+    silent = []
+    for node in settings.amqp_nodes:
+        if node == connected:
+            continue
+        try:
+            connection = await aio_pika.connect(
+                node,
+                timeout=broker.CONNECT_TIMEOUT,
+                client_properties={"connection_name": broker.connection_name(settings, "check")},
+            )
+        except broker.CONNECT_ERRORS as exc:
+            silent.append(f"{redact_url(node)} ({_safe_error(exc, settings)})")
+            continue
+        await connection.close()
+    nodes = len(settings.amqp_nodes)
+    if silent:
+        detail = f"{nodes - len(silent)} of {nodes} answer; not: " + ", ".join(silent)
+        return Result("nodes", "warn", detail)
+    return Result("nodes", "ok", f"all {nodes} answer")
 
 
 async def check_token(settings: Settings, refresh_token: SecretStr) -> Result:
@@ -221,8 +241,7 @@ def _lifetime(content: bytes) -> str:
 def _safe_error(exc: BaseException, settings: Settings) -> str:
     """The error's type and text, with the broker password blanked should it appear."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    password = URL(settings.amqp_url.get_secret_value()).password
-    return text.replace(password, "***") if password else text
+    return settings.scrub(text)
 
 
 async def check(settings: Settings, *, events: bool = False) -> tuple[bool, str]:

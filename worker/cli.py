@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     emu.add_argument("--rate-limit", type=int, default=None, metavar="N")
     emu.add_argument("--rate-interval", type=float, default=60.0, metavar="SECONDS")
     emu.add_argument(
+        "--rate-algorithm",
+        choices=("fixed", "sliding", "bucket"),
+        default="fixed",
+        help="how the limit counts: fixed windows, a sliding window or a token bucket",
+    )
+    emu.add_argument(
         "--fail-rate", type=float, default=0.0, metavar="FRACTION", help="random 5xx share"
     )
     emu.add_argument("--fail-status", type=int, default=503, metavar="STATUS")
@@ -206,6 +212,7 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
         latency=args.latency,
         rate_limit=args.rate_limit,
         rate_interval=args.rate_interval,
+        rate_algorithm=args.rate_algorithm,
         fail_rate=args.fail_rate,
         fail_status=args.fail_status,
         event_visibility=args.event_visibility,

@@ -64,8 +64,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,10 +74,10 @@ import aio_pika
 import aiormq
 import orjson
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
+from worker import broker, metrics, outcomes, tracing
 from worker import headers as h
-from worker import metrics, outcomes, tracing
 from worker.attachments import clear_spool
 from worker.copies import message_copy
 from worker.delivery import Delivered, Delivery
@@ -104,6 +102,9 @@ log = structlog.get_logger(__name__)
 # A message handed back after a failure of ours (the DLQ refused the copy, a bug) would be
 # delivered straight back; holding it this long first keeps that from becoming a hot loop.
 RETURN_DELAY = 5.0
+
+# Seconds a consumer cancel may take on SIGTERM before the drain goes ahead without it.
+CANCEL_TIMEOUT = 5.0
 
 # Headers must fit an AMQP frame together with everything else; a ticket with hundreds
 # of validation errors keeps its first ones and says so.
@@ -197,10 +198,7 @@ class Forwarder:
         settings = self._settings
         if removed := clear_spool():
             log.info("worker.spool_cleared", removed=removed)  # left by a crashed run
-        connection = await aio_pika.connect_robust(
-            settings.amqp_url.get_secret_value(),
-            client_properties={"connection_name": _connection_name(settings)},
-        )
+        connection = await broker.connect_robust(settings, "run")
         metrics.watch_connection(connection)
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -218,23 +216,36 @@ class Forwarder:
             )
             await self._stopping.wait()
             self.consuming.clear()
-            async with self._consumer_lock:
-                try:
-                    if self._consumer_tag is not None:
-                        await queue.cancel(self._consumer_tag)
-                except (
-                    aiormq.exceptions.AMQPError,
-                    aiormq.exceptions.ChannelInvalidStateError,
-                ) as exc:
-                    # Stopped while the connection was down or being re-established: no
-                    # consumer to cancel, and the broker holds every unacked message already.
-                    log.warning("worker.cancel_failed", error=f"{type(exc).__name__}: {exc}")
+            await self._cancel_consumer(connection)
             self._client.interrupt_waits()
             await self._drain()
         finally:
             await connection.close()
             await self._delivery.aclose()
         return self.exit_code
+
+    async def _cancel_consumer(self, connection: AbstractConnection) -> None:
+        """Stop deliveries; skipped while the connection is down, bounded while it is up.
+
+        Stopped while the connection is down or being re-established: there is no consumer
+        to cancel, the broker holds every unacked message already, and a cancel would wait
+        for a reconnect that may never come (every node gone).
+        """
+        assert self._topology is not None
+        if not connection.connected.is_set():
+            log.warning("worker.cancel_skipped", why="the broker connection is down")
+            return
+        try:
+            async with asyncio.timeout(CANCEL_TIMEOUT), self._consumer_lock:
+                if self._consumer_tag is not None:
+                    await self._topology.queue.cancel(self._consumer_tag)
+        except (
+            TimeoutError,
+            aiormq.exceptions.AMQPError,
+            aiormq.exceptions.ChannelInvalidStateError,
+        ) as exc:
+            # Lost meanwhile: as above, the broker takes the consumer and its messages back.
+            log.warning("worker.cancel_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _drain(self) -> None:
         grace = self._settings.worker_shutdown_grace
@@ -533,11 +544,6 @@ class Forwarder:
             await self._topology.channel.default_exchange.publish(
                 copy, routing_key=queue, mandatory=True
             )
-
-
-def _connection_name(settings: Settings) -> str:
-    """How the broker's management UI and ``rabbitmqctl`` show this worker's connection."""
-    return f"scx-forwarder {settings.amqp_queue} {socket.gethostname()}:{os.getpid()}"
 
 
 def _learn(facts: MessageFacts, **ids: str | None) -> None:

@@ -50,9 +50,7 @@ scanned often.
 from __future__ import annotations
 
 import base64
-import os
 import re
-import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
@@ -70,6 +68,7 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
+from worker import broker
 from worker import headers as h
 from worker.copies import message_copy
 from worker.envelope import read_envelope
@@ -275,14 +274,7 @@ class Scan:
 @asynccontextmanager
 async def scanning(settings: Settings) -> AsyncIterator[Scan]:
     """A scan of ``<AMQP_QUEUE>.dlq``; the messages not acted upon go back at the end."""
-    connection = await aio_pika.connect(
-        settings.amqp_url.get_secret_value(),
-        client_properties={
-            "connection_name": (
-                f"scx-forwarder dlq {settings.amqp_queue} {socket.gethostname()}:{os.getpid()}"
-            )
-        },
-    )
+    connection = await broker.connect(settings, "dlq")
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         try:

@@ -27,6 +27,7 @@ import aio_pika
 import aiormq
 import orjson
 
+from worker import broker
 from worker.envelope import STRUCTURED_CONTENT_TYPE
 from worker.settings import Settings
 from worker.topology import declare_topology
@@ -96,7 +97,7 @@ async def publish_lines(
 ) -> int:
     """Publish every non-blank line; returns how many the broker confirmed."""
     key = routing_key or settings.amqp_binding_key
-    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
+    connection = await broker.connect(settings, "publish")
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         exchange = (await declare_topology(channel, settings)).exchange

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 from pydantic import (
     Field,
@@ -40,6 +42,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, frozen=True, extra="ignore")
 
     # --- broker -----------------------------------------------------------------------
+    # One URL, or the nodes of a cluster separated by commas (worker.broker tries them in
+    # turn); every password stays secret.
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
     # The broker URL (it holds the password) from a file, e.g. a mounted Secret; read and
     # validated as AMQP_URL at start-up. Set one of the two.
@@ -202,9 +206,20 @@ class Settings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _amqp_url(cls, value: SecretStr) -> SecretStr:
-        url = URL(value.get_secret_value())
-        if url.scheme not in ("amqp", "amqps") or not url.host:
+        nodes = split_amqp_urls(value.get_secret_value())
+        if not nodes:
             raise ValueError("must look like amqp://user:password@host:5672/vhost")
+        for position, url in enumerate(nodes, 1):
+            if url.scheme not in ("amqp", "amqps") or not url.host:
+                where = f"URL {position} of {len(nodes)} " if len(nodes) > 1 else ""
+                raise ValueError(
+                    f"{where}must look like amqp://user:password@host:5672/vhost"
+                    " (several nodes: separated by commas)"
+                )
+        if len({_vhost(url) for url in nodes}) > 1:
+            # The nodes of one cluster share their virtual hosts: different ones mean a
+            # list that mixes brokers, and a failover would land in another vhost's queues.
+            raise ValueError("every URL must name the same virtual host")
         return value
 
     @field_validator("worker_state_redis_url")
@@ -285,10 +300,18 @@ class Settings(BaseSettings):
         return f"{self.amqp_queue}.retry.{delay:g}s"
 
     @property
+    def amqp_nodes(self) -> tuple[URL, ...]:
+        """The broker URLs of ``AMQP_URL`` in their order (several: the nodes of a cluster)."""
+        return split_amqp_urls(self.amqp_url.get_secret_value())
+
+    @property
     def amqp_url_redacted(self) -> str:
-        """The broker URL fit for a log line: the password replaced by ``***``."""
-        url = URL(self.amqp_url.get_secret_value())
-        return str(url.with_password("***")) if url.password else str(url)
+        """The broker URLs fit for a log line: every password replaced by ``***``."""
+        return ",".join(redact_url(url) for url in self.amqp_nodes)
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every broker password in it replaced by ``***`` (for error texts)."""
+        return scrub_passwords(text, self.amqp_nodes)
 
     @property
     def state_redis_url_redacted(self) -> str | None:
@@ -319,6 +342,32 @@ class Settings(BaseSettings):
         if not token:
             raise ConfigError("the refresh token is empty")
         return SecretStr(token)
+
+
+def split_amqp_urls(value: str) -> tuple[URL, ...]:
+    """``AMQP_URL`` as URLs: comma-separated, blanks around them ignored.
+
+    A comma inside a password must be written ``%2C`` (as any reserved character in a URL).
+    """
+    return tuple(URL(part.strip()) for part in value.split(",") if part.strip())
+
+
+def scrub_passwords(text: str, urls: Iterable[URL]) -> str:
+    """``text`` with the password of each URL replaced by ``***``."""
+    for url in urls:
+        if url.password:
+            # As written in AMQP_URL (percent-encoded) and as the client uses it.
+            for secret in (quote(url.password, safe=""), url.password):
+                text = text.replace(secret, "***")
+    return text
+
+
+def redact_url(url: URL) -> str:
+    return str(url.with_password("***")) if url.password else str(url)
+
+
+def _vhost(url: URL) -> str:
+    return url.path[1:] or "/"  # as aiormq reads it: "" and "/" are the default vhost
 
 
 def topic_matches(pattern: str, key: str) -> bool:

@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from tests.conftest import Names
+from tests.reliability.cluster import Cluster, start_cluster
 from tests.reliability.harness import DeadLetters, Fleet, delete_broker_objects
 from worker.emulator import Emulator
 
@@ -143,3 +144,13 @@ async def make_fleet(broker: Names, emulator: Emulator) -> AsyncIterator[MakeFle
     yield make
     for fleet in fleets:
         await fleet.close()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Cluster:
+    """The local 3-node cluster (``scripts/cluster.sh start``), started once per session.
+
+    It is left running for the next session (``scripts/cluster.sh stop`` ends it); a session
+    that cannot start it fails with the script's reason.
+    """
+    return start_cluster()

@@ -34,6 +34,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from tests.conftest import AMQP_URL, Names, rabbitmqctl
 from tests.test_cli import Process, spawn, worker_env
+from worker.broker import connect, connect_robust
 from worker.emulator import Emulator
 from worker.publish import publish_lines
 from worker.samples import valid_event
@@ -48,6 +49,24 @@ FAST_RETRIES = {
     "SCX_RETRY_MAX_WAIT": "1",
     "WORKER_SHUTDOWN_GRACE": "10",
 }
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the scenario's broker is: ``AMQP_URL`` (one or several nodes) and the node
+    ``rabbitmqctl`` asks (None: the machine's own broker)."""
+
+    url: str = AMQP_URL
+    node: str | None = None
+
+    def settings(self) -> Settings:
+        return Settings(amqp_url=self.url)
+
+    async def ctl(self, *args: str) -> str:
+        return await rabbitmqctl(*(("-n", self.node) if self.node else ()), *args)
+
+
+LOCAL = Endpoint()
 
 
 # --- the backlog ----------------------------------------------------------------------------
@@ -193,6 +212,7 @@ class DeadLetters:
     """Takes every copy off ``<queue>.dlq`` as it arrives; survives a broker restart."""
 
     queue: str
+    endpoint: Endpoint = LOCAL
     copies: list[DeadCopy] = field(default_factory=list)
     _connection: AbstractRobustConnection | None = None
     _last: float = 0.0
@@ -204,7 +224,7 @@ class DeadLetters:
         self._last = time.monotonic()
         try:
             if self._connection is None or self._connection.is_closed:
-                self._connection = await aio_pika.connect_robust(AMQP_URL)
+                self._connection = await connect_robust(self.endpoint.settings(), "dlq")
             channel = await self._connection.channel()
             try:
                 queue = await channel.declare_queue(self.queue, passive=True)
@@ -215,8 +235,11 @@ class DeadLetters:
                     await message.ack()
             finally:
                 await channel.close()
-        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.AMQPError, OSError):
-            return  # the broker is restarting, or the queue is not declared yet: next time
+        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.AMQPError, OSError, RuntimeError):
+            # The broker is restarting, the queue is not declared yet, or (a cluster) its
+            # leader just went and the broker closed the connection (aio-pika's RuntimeError
+            # "closed" until it reconnects): next time.
+            return
 
     def bodies(self) -> set[bytes]:
         return {copy.body for copy in self.copies}
@@ -383,23 +406,24 @@ async def reconcile(backlog: Backlog, emulator: Emulator, dead: DeadLetters, nam
         wrong_kind=wrong,
         invalid_accepted=invalid_accepted,
         unknown=unknown,
-        leftovers=await leftovers(names),
+        leftovers=await leftovers(names, dead.endpoint),
     )
 
 
-async def broker_queues(prefix: str) -> list[str]:
-    listing = await rabbitmqctl("list_queues", "--no-table-headers", "name")
+async def broker_queues(prefix: str, endpoint: Endpoint = LOCAL) -> list[str]:
+    listing = await endpoint.ctl("list_queues", "--no-table-headers", "name")
     return sorted(q for q in listing.split() if q.startswith(prefix))
 
 
-async def leftovers(names: Names) -> dict[str, int]:
+async def leftovers(names: Names, endpoint: Endpoint = LOCAL) -> dict[str, int]:
     """Messages ready in the work queue and each of its delay queues (taken and given back).
 
     Counted by taking them (a passive declare's count lags on quorum queues); closing the
     channel hands them back.
     """
-    queues = [names.queue] + [q for q in await broker_queues(names.queue) if ".retry." in q]
-    connection = await aio_pika.connect(AMQP_URL)
+    queues = [names.queue]
+    queues += [q for q in await broker_queues(names.queue, endpoint) if ".retry." in q]
+    connection = await connect(endpoint.settings(), "check")
     counts: dict[str, int] = {}
     async with connection:
         channel = await connection.channel()
@@ -412,12 +436,12 @@ async def leftovers(names: Names) -> dict[str, int]:
     return counts
 
 
-async def delete_broker_objects(names: Names) -> None:
+async def delete_broker_objects(names: Names, endpoint: Endpoint = LOCAL) -> None:
     """Delete the test's queues (work, DLQ, delay queues) and exchanges, whatever they are."""
     suffix = names.queue.rsplit(".", 1)[-1]
-    queues = await broker_queues(names.queue)
-    exchanges = await rabbitmqctl("list_exchanges", "--no-table-headers", "name")
-    connection = await aio_pika.connect(AMQP_URL)
+    queues = await broker_queues(names.queue, endpoint)
+    exchanges = await endpoint.ctl("list_exchanges", "--no-table-headers", "name")
+    connection = await connect(endpoint.settings(), "check")
     async with connection:
         channel = await connection.channel()
         for queue in queues:

@@ -34,6 +34,10 @@ COLUMNS = [
 ORDER = [
     "test_worker_sigkilled_mid_backlog",
     "test_broker_restarted_mid_backlog",
+    "test_connection_lost_with_acks_in_transit",
+    "test_node_of_the_worker_stopped_mid_backlog",
+    "test_leader_of_the_work_queue_stopped_mid_backlog",
+    "test_node_of_the_worker_killed_mid_backlog",
     "test_api_outage_of_30_s",
     "test_429_storm_with_retry_after",
     "test_token_lifetime_of_2_s_over_a_minute",
@@ -48,9 +52,11 @@ LEGEND = """
 *dead-lettered*: copies in the DLQ (the bad events, nothing else). *requests during outage*:
 ticket and auth calls that reached the API while it was down (or storming). *time to
 recover*: from the end of the fault (outage, storm, broker back up) to the next accepted
-ticket. *goodput*: tickets accepted per second from the first worker's start to the last
-outcome. *goodput / rate limit*: tickets accepted per window over the limit, over 10 windows.
-*429 share*: 429 answers among all ticket calls. *duration*: first worker's start to the last
+ticket; for a lost connection or cluster node, from the loss until more tickets were accepted
+than the worker could have held (`AMQP_PREFETCH`), i.e. until forwarding had resumed.
+*goodput*: tickets accepted per second from the first worker's start to the last outcome.
+*goodput / rate limit*: tickets accepted per window over the limit, over 10 windows. *429
+share*: 429 answers among all ticket calls. *duration*: first worker's start to the last
 outcome.
 """
 
@@ -65,6 +71,12 @@ fault, and then reconciles the books: every valid event must have been accepted 
 (by ticket id; a count above 1 is a duplicate), every invalid one must be in the dead-letter
 queue with the right `x-error-kind`, and nothing may be left in the work queue or its delay
 queues. The suite runs with `make test` too; this page is the record of one run.
+
+The cluster scenarios run on a local 3-node RabbitMQ cluster (`scripts/cluster.sh`, quorum
+queues replicated on all three nodes) and stop one node under a backlog of 3,000 events: the
+node the worker is connected to, or the node leading the work queue. Duplicates are bounded by
+`AMQP_PREFETCH` per lost connection: every delivery the connection held unacked, including
+those already sent to the API whose ack was still on the way (README "What it promises").
 
 Time is scaled down with settings, not waited out: delay queues of 1, 2 and 4 s, a breaker
 cool-down of 1 s, a rate-limit window of 6 s instead of 60 s, tokens that live 2 s.

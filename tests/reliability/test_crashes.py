@@ -7,8 +7,10 @@ import signal
 import time
 
 import pytest
+from yarl import URL
 
-from tests.conftest import Names, rabbitmqctl
+from tests.conftest import AMQP_URL, Names, rabbitmqctl
+from tests.proxy import TcpProxy
 from tests.reliability.conftest import MakeFleet, Record
 from tests.reliability.harness import (
     FAST_RETRIES,
@@ -139,6 +141,68 @@ async def test_broker_restarted_mid_backlog(
         "lost": "= 0",
         "duplicated": f"≤ {prefetch} (AMQP_PREFETCH: the unacked messages redelivered)",
         "worker": "the same process reconnects by itself",
+    }
+    assert fleet.alive() == [worker], fleet.tail()
+    books.check(max_duplicates=prefetch, fleet=fleet)
+
+
+@pytest.mark.timeout(400)
+async def test_connection_lost_with_acks_in_transit(
+    broker: Names, emulator: Emulator, dead: DeadLetters, make_fleet: MakeFleet, record: Record
+) -> None:
+    """Connection lost behind a link that holds 0.5 s of acks; the worker moves to a second URL.
+
+    The worst case for duplicates: every delivery the broker counts as unacked was already
+    sent to the API (its ack still on the way), so a lost connection returns AMQP_PREFETCH
+    messages that all go out again. It is the bound, and this measures how close it gets.
+    """
+    prefetch, concurrency = 64, 32
+    upstream = URL(AMQP_URL)
+    slow = await TcpProxy(upstream.host or "", upstream.port or 5672, delay_up=0.5).start()
+    spare = await TcpProxy(upstream.host or "", upstream.port or 5672).start()
+    try:
+        fleet = make_fleet(
+            AMQP_URL=f"{slow.url},{spare.url}",
+            AMQP_PREFETCH=str(prefetch),
+            WORKER_CONCURRENCY=str(concurrency),
+            **FAST_RETRIES,
+        )
+        backlog = make_backlog(BACKLOG, seed=14)
+        await publish_backlog(fleet.env | {"AMQP_URL": AMQP_URL}, backlog)
+        started = time.monotonic()
+        worker = await fleet.start()
+        counts = emulator.state.accepted_counts
+        third = len(backlog.valid) // 3
+        await wait_until(lambda: len(counts) >= third, timeout=120, fleet=fleet, what="a third")
+
+        await slow.cut()
+        lost = time.monotonic()
+        before = emulator.state.accepted_total
+        await wait_until(
+            lambda: emulator.state.accepted_total > before + prefetch,
+            timeout=60,
+            fleet=fleet,
+            what="forwarding through the second URL",
+        )
+        record.figures["recovery_s"] = seconds(time.monotonic() - lost)
+        books = await finish(
+            record.figures,
+            backlog,
+            emulator,
+            dead,
+            broker,
+            started=started,
+            timeout=240,
+            fleet=fleet,
+        )
+    finally:
+        await slow.close()
+        await spare.close()
+    record.bounds = {
+        "lost": "= 0",
+        "duplicated": f"≤ {prefetch} (AMQP_PREFETCH: every unacked delivery of the lost "
+        "connection, acks in transit included)",
+        "worker": "the same process moves to the second URL",
     }
     assert fleet.alive() == [worker], fleet.tail()
     books.check(max_duplicates=prefetch, fleet=fleet)

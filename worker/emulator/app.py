@@ -13,10 +13,14 @@ or the control routes), each taking effect with the next request:
   carries the ``X-RateLimit-*`` headers), or with ``outage_mode="drop"`` its connection is
   closed without an answer. Each outage is recorded (``state.outages``): calls answered while
   it lasted, per status (0 = dropped), and the seconds from its end to the next accepted ticket;
-- **rate limit**: a fixed window of ``rate_limit`` ticket calls per ``rate_interval`` seconds,
-  ``X-RateLimit-Limit``/``-Remaining``/``-Interval-Length-Seconds`` on every answer, 429 with
-  ``Retry-After`` past the limit; each window is recorded (``state.rate_windows``). Changing
-  either value starts a new window;
+- **rate limit**: ``rate_limit`` calls per ``rate_interval`` seconds, shared by every
+  ``/v1/channel*`` route and counted by ``rate_algorithm``: ``fixed`` windows (the default), a
+  ``sliding`` window or a token ``bucket`` (``worker.emulator.limits`` says exactly how each
+  counts); ``X-RateLimit-Limit``/``-Remaining``/``-Interval-Length-Seconds`` on every answer,
+  ``Remaining`` as the algorithm counts it, 429 with ``Retry-After`` (until it admits a call
+  again) past the limit; each interval is recorded (``state.rate_windows``: for ``fixed`` the
+  window itself, for the others a bookkeeping period of ``rate_interval`` seconds). Changing
+  any of the three starts afresh (a new window, an empty log, a full bucket);
 - **latency** before every ticket answer; **token lifetime** of the tokens issued from then on
   (``revoke_tokens`` ends the current ones); **injected** answers for the next N calls of a
   route; a random **fail rate**.
@@ -72,6 +76,7 @@ from worker.emulator.answers import fail as _fail
 from worker.emulator.answers import json_response as _json
 from worker.emulator.events import EventQueue
 from worker.emulator.files import FileStore
+from worker.emulator.limits import ALGORITHMS, Algorithm, Decision, Limiter
 from worker.emulator.uploads import TicketKey, UploadRoute
 
 log = structlog.get_logger(__name__)
@@ -100,6 +105,8 @@ class EmulatorConfig:
     latency: float = 0.0
     rate_limit: int | None = None
     rate_interval: float = 60.0
+    # How the limit is counted: "fixed", "sliding" or "bucket" (worker.emulator.limits).
+    rate_algorithm: Algorithm = "fixed"
     # Retry-After of rate-limit and outage answers; None: until the window ends / no header.
     retry_after: float | None = None
     # Random outages: this fraction of /v1/channel* calls (tickets, uploads, ...) is answered
@@ -130,6 +137,7 @@ _CONFIG_RULES: dict[str, tuple[tuple[type, ...], Callable[[Any], bool]]] = {
     "latency": (_NUMBER, lambda v: v >= 0),
     "rate_limit": ((int, type(None)), lambda v: v is None or v >= 1),
     "rate_interval": (_NUMBER, lambda v: v > 0),
+    "rate_algorithm": ((str,), lambda v: v in ALGORITHMS),
     "retry_after": ((*_NUMBER, type(None)), lambda v: v is None or v >= 0),
     "fail_rate": (_NUMBER, lambda v: 0 <= v <= 1),
     "fail_status": ((int,), _is_status),
@@ -161,11 +169,12 @@ class Outage:
 
 @dataclass
 class RateWindow:
-    """One fixed rate-limit window and what happened in it."""
+    """One rate-limit interval (for ``fixed``: the window) and what happened in it."""
 
     started_at: float  # seconds since the emulator was created
     limit: int
     interval: float
+    algorithm: Algorithm = "fixed"
     requests: int = 0
     accepted: int = 0
     limited: int = 0  # answered 429
@@ -238,6 +247,7 @@ class Emulator:
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
         self.issued_tokens: list[str] = []
         """Every token handed out, revoked or not: tests check that none reaches a log."""
+        self._limiter: Limiter | None = None
         self._window: RateWindow | None = None
         self._in_flight = 0
         self.files = FileStore()
@@ -310,7 +320,7 @@ class Emulator:
         self.tickets.clear()
         for queue in self._faults.values():
             queue.clear()
-        self._window = None
+        self._limiter, self._window = None, None
         if self.config.outage:
             self._begin_outage()
 
@@ -318,7 +328,7 @@ class Emulator:
         """Change config fields in place, checked (the control route passes raw JSON).
 
         Every change applies from the next request on; ``outage`` switches record an outage,
-        a new ``rate_limit`` or ``rate_interval`` starts a new window.
+        a new ``rate_limit``, ``rate_interval`` or ``rate_algorithm`` starts the count afresh.
         """
         for name, value in changes.items():
             rule = _CONFIG_RULES.get(name)
@@ -337,8 +347,8 @@ class Emulator:
             outage = self.outage
             if outage is not None:
                 outage.ended_at = self.clock()
-        if {"rate_limit", "rate_interval"} & changes.keys():
-            self._window = None
+        if {"rate_limit", "rate_interval", "rate_algorithm"} & changes.keys():
+            self._limiter, self._window = None, None
 
     def _begin_outage(self) -> None:
         self.state.outages.append(Outage(started_at=self.clock()))
@@ -463,13 +473,22 @@ class Emulator:
     async def _gate(self, request: web.Request, route: Route, answer: Answer) -> web.StreamResponse:
         """Faults, the shared rate limit and the bearer token, in the API's order."""
         now = time.monotonic()
+        limiter = self._current_limiter()
         if fault := self._pop_fault(route):
-            return self._fault_response(request, route, fault, self._limit_headers(now))
-        window = self._take_slot(now)
-        headers = self._limit_headers(now)
-        if window is not None and window.requests > window.limit:
+            headers = {} if limiter is None else self._headers(limiter, limiter.peek(now))
+            return self._fault_response(request, route, fault, headers)
+        decision = window = None
+        headers = {}
+        if limiter is not None:
+            decision = limiter.take(now)
+            window = self._record(limiter, decision)
+            headers = self._headers(limiter, decision.remaining)
+        if window is not None and decision is not None and not decision.admitted:
             window.limited += 1
-            headers["Retry-After"] = self._window_retry_after(window, now)
+            wait = self.config.retry_after
+            if wait is None:
+                wait = decision.retry_after or 0.0
+            headers["Retry-After"] = str(math.ceil(wait))
             text = "Zu viele Anfragen", "too many requests"
             return _fail(request, 429, "RATE429", text, headers)
         if not self._authorized(request, now):
@@ -568,37 +587,34 @@ class Emulator:
         expiry = self._tokens.get(token.strip())
         return scheme.lower() == "bearer" and expiry is not None and now < expiry
 
-    def _take_slot(self, now: float) -> RateWindow | None:
-        """Count a request against the fixed window it falls in (None: no limit)."""
-        limit = self.config.rate_limit
-        if limit is None:
+    def _current_limiter(self) -> Limiter | None:
+        """The limiter of the configured limit (None: no limit); a changed config, also one
+        assigned to ``config`` directly, starts a fresh one."""
+        config = self.config
+        if config.rate_limit is None:
             return None
+        wanted = (config.rate_algorithm, config.rate_limit, config.rate_interval)
+        limiter = self._limiter
+        if limiter is None or (limiter.algorithm, limiter.limit, limiter.interval) != wanted:
+            limiter = self._limiter = Limiter(*wanted)
+            self._window = None
+        return limiter
+
+    def _record(self, limiter: Limiter, decision: Decision) -> RateWindow:
+        """Count the call in the record of its period, opening one when a period begins."""
+        started_at = decision.period_start - self._epoch
         window = self._window
-        if window is None or now >= self._window_end(window):
-            interval = self.config.rate_interval
-            window = RateWindow(started_at=now - self._epoch, limit=limit, interval=interval)
+        if window is None or window.started_at != started_at:
+            window = RateWindow(
+                started_at, limiter.limit, limiter.interval, algorithm=limiter.algorithm
+            )
             self._window = window
             self.state.rate_windows.append(window)
         window.requests += 1
         return window
 
-    def _window_end(self, window: RateWindow) -> float:
-        return self._epoch + window.started_at + window.interval
-
-    def _limit_headers(self, now: float) -> dict[str, str]:
-        limit = self.config.rate_limit
-        if limit is None:
-            return {}
-        window = self._window
-        ended = window is None or now >= self._window_end(window)
-        used = 0 if ended or window is None else window.requests
-        return _rate_headers(limit, max(0, limit - used), self.config.rate_interval)
-
-    def _window_retry_after(self, window: RateWindow, now: float) -> str:
-        wait = self.config.retry_after
-        if wait is None:
-            wait = self._window_end(window) - now
-        return str(math.ceil(wait))
+    def _headers(self, limiter: Limiter, remaining: int) -> dict[str, str]:
+        return _rate_headers(limiter.limit, remaining, limiter.interval)
 
     def _pop_fault(self, route: Route) -> _Fault | None:
         queue = self._faults[route]

@@ -414,7 +414,8 @@ class ScxClient:
         status = response.status_code
         if (limit := rate_limit(response)) is not None:
             # Read once here, for the pacer and the metric alike.
-            self.pacer.observe(seq, limit, sent_at=sent_at)
+            refused = status == httpx.codes.TOO_MANY_REQUESTS
+            self.pacer.observe(seq, limit, sent_at=sent_at, refused=refused)
             metrics.rate_limit_remaining(limit.remaining)
         if status == httpx.codes.TOO_MANY_REQUESTS:
             # Everyone in this process waits out the limit, not just this message.

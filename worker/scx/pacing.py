@@ -1,33 +1,56 @@
-"""Client-side pacing: keep ticket calls under the API's limit, alone or beside replicas.
+"""Client-side pacing: keep calls under the API's limit, alone or beside replicas.
 
 Production allows 60 calls to ``/v1/channel*`` per 60 s per channel credential, and every
-replica of the worker shares that budget. There is no coordinator: each process paces
-itself from what the API tells every caller, the ``X-RateLimit-Limit``,
-``-Remaining`` and ``-Interval-Length-Seconds`` headers.
+replica of the worker (and the events bridge) shares that budget. There is no coordinator:
+each process paces itself from what the API tells every caller, the ``X-RateLimit-Limit``,
+``-Remaining`` and ``-Interval-Length-Seconds`` headers. They do not say *how* the API
+counts, and it matters: fixed windows reset at once, a sliding window frees each call an
+interval after it was made, a token bucket refills continuously (and saves up to a full
+bucket). Pacing that waits for a reset which never comes uses half of a sliding window.
 
-Two rules decide when the next request of this process may go:
+Three rules decide when the next request of this process may go (``Schedule``, pure):
 
 1. **Never faster than** ``SCX_MAX_REQUESTS_PER_MINUTE`` (evenly spaced, in arrival order).
-2. **Spread what is left of the window over the time left in it.** With ``R`` calls left
-   (as last reported, minus our own calls since) and the window ending at ``E``, the next
-   call waits at least ``(E - last) / (R - reserve + 1)``, so the last call of a window
-   lands one gap before its end. Alone, this is even pacing at the limit. Beside
-   replicas that all follow it, the shared remainder drains in proportion to time left
-   and reaches zero only as the window closes, so the replicas converge on the limit
-   together. ``reserve`` is what the *other* callers used between two of our
-   own answers: that many calls may be in flight elsewhere when we read ``R``, so we
-   leave them. At ``R <= reserve`` we wait for the next window.
+2. **Fixed windows** (``WindowBudget``), assumed until the answers show otherwise: spread
+   what is left of the window over the time left in it. With ``R`` calls left (as last
+   reported, minus our own calls since) and the window ending at ``E``, the next call waits
+   at least ``(E - last) / (R - reserve + 1)``, so the last call of a window lands one gap
+   before its end. Alone, this is even pacing at the limit; beside replicas that all follow
+   it, the shared remainder drains in proportion to time left and reaches zero as the window
+   closes. ``reserve`` is what the *other* callers used between two of our own answers. The
+   window's end is estimated late rather than early (a window is known to have started when
+   the remainder goes up to about the whole limit), which costs a little idle time, never a
+   429.
+3. **Capacity that comes back over time** (``RecentCalls``): once ``Remaining`` rises
+   without a reset to about the whole limit, two "resets" come within less than an
+   interval, or the estimated window is over and nothing was reset, the API does not count
+   in windows, and for good this process keeps to **its own calls of the last interval**:
+   it reuses a slot it held an interval after the answer to the call in it (the API counts
+   a call from its arrival, which came before the answer, so the slot is surely free,
+   however slow the network), and takes a slot more only when it was free at all our
+   answers of the last interval, beyond what the others added between two of them.
+   The others keep to theirs, so the calls of any interval stay within the limit: what a
+   sliding window admits, and a token bucket of the same limit admits too.
 
-The window's end is estimated conservatively: a window is known to have started when the
-remainder goes *up* (or reads ``limit - 1``), at the latest when that answer arrived,
-so ``E = arrival + interval`` errs late, which costs a little idle time, never a 429.
-A ``Retry-After`` on a 429 gives ``E`` exactly. A simulation of 1-8 replicas sharing 120
-calls per window (fixed windows, 0.5-3 ms latency) gave 100 % of the limit and no 429;
-spreading over ``R`` gaps instead of ``R + 1`` lost one call per window (95 % at 20 calls
-per window, as ``make bench`` measured before the change).
+What the others hold is read from ``Remaining``: under a sliding window it is the limit
+minus ``Remaining`` minus our own calls of the interval. A token bucket reports its whole
+tokens, including tokens saved up, which would make the others' share look smaller than it
+is, so once the answers show a bucket (``Remaining`` plus our own calls of the interval above
+the limit, tokens back within an interval of our first call, or a 429 on a slot we held),
+the others' calls are counted from how ``Remaining`` moves between two of our answers, net
+of our own calls and of the refill (``limit / interval`` a second, up to the capacity), and
+we hold no more than the limit leaves beside them.
+
+What this cannot know: for its first interval a token bucket shared by several callers
+reads exactly like a sliding window (the refill hides among the others' calls), and the
+callers spend the saved-up bucket and its refill, about twice the limit. Each keeps to its
+calls for one more interval, so one 429 per caller (fewer if the first to learn leaves
+enough) tells it; after that none. ``tests/pacing_sim.py`` simulates replicas against the
+emulator's limiters (``worker/emulator/limits.py``); ``make bench`` measures real processes.
 
 A 429 pauses every sender of the process (``pause_until``) so that in-flight messages do
-not each spend a retry on a limit already known to be exhausted.
+not each spend a retry on a limit already known to be exhausted; the refused call holds no
+slot, and under rule 3 we held one slot fewer than we thought.
 
 ``per_minute == 0`` turns pacing off; 429 pauses still apply.
 """
@@ -35,12 +58,19 @@ not each spend a retry on a limit already known to be exhausted.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
+from collections import deque
 from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+import structlog
 
 from worker.scx.responses import RateLimit
 from worker.scx.waits import Waits
+
+log = structlog.get_logger(__name__)
 
 # What other callers used between two of our answers is capped: a burst seen once
 # (answers overtaking each other) must not hold a whole window back.
@@ -104,6 +134,291 @@ class WindowBudget:
         return max(now, last_sent + (self.window_end - last_sent) / (usable + 1))
 
 
+# How the API seems to count, as far as its answers have shown ("fixed" until they show more).
+Counting = Literal["fixed", "sliding", "bucket"]
+
+
+# How soon to look again when the answer is "not yet" and the edge is now.
+_RECHECK = 0.001
+
+
+def margin(interval: float) -> float:
+    """How much longer than the interval an answer is remembered: one that arrived just
+    before the interval's edge still says who held the calls at its end."""
+    return max(0.01 * interval, 0.05)
+
+
+class _Answer(NamedTuple):
+    """What one of our answers said about who held the interval's calls."""
+
+    at: float
+    own: int  # our calls the API counted with it
+    by_window: int  # the others' calls, if the API counts a sliding window
+    by_bucket: int  # the others' calls, if it counts a token bucket
+
+    def others(self, bucket: bool) -> int:
+        return self.by_bucket if bucket else self.by_window
+
+
+class RecentCalls:
+    """Pacing for a limit that frees capacity as time goes on (sliding window, token bucket).
+
+    No coordinator, so every process keeps to **its own calls of the last interval**: it may
+    hold as many as the API counted of ours at any of our answers of the last interval
+    (``held``, counting only the calls that surely arrived within it), and a slot comes free
+    for us again an interval after the answer to our call in it (the call arrived before its
+    answer, so by then the API no longer counts it). A slot more is taken only while our
+    count stays below ``limit - others - growth``: ``others`` is the most calls the *other*
+    callers had counted at any of those answers, ``growth`` the most they added between two
+    of them (they may have done so again since our last answer). The others keep to theirs,
+    so the calls of any interval stay within the limit, which a sliding window admits, and a
+    token bucket of the same limit admits too. A slot another caller gives up shows as
+    ``Remaining`` and is taken over once it stayed free at all our answers of an interval.
+
+    ``others`` is read from ``Remaining``: under a sliding window it is ``limit - remaining``
+    minus our own calls of the interval. A token bucket reports its whole tokens instead,
+    which may include tokens saved up, so once the answers show a bucket (``not_sliding``)
+    the others' calls are counted from how ``Remaining`` moves between two of our answers,
+    net of our own calls and of the refill (``limit / interval`` a second, up to the
+    capacity), and we hold no more than the limit leaves beside them.
+    """
+
+    def __init__(self) -> None:
+        # Set once the answers showed capacity a sliding window cannot have: a token bucket.
+        self.not_sliding = False
+        self._limit: int | None = None
+        self._interval = 0.0
+        # Our calls the API may still count, by number: (sent at, answered at or None).
+        self._own: dict[int, tuple[float, float | None]] = {}
+        self._seen: deque[_Answer] = deque()
+        self._moved: deque[tuple[float, float]] = deque()  # (answer at, others' calls so far)
+        self._others_total = 0.0
+
+    def sent(self, seq: int, now: float) -> None:
+        self._own[seq] = (now, None)
+
+    def answered(self, seq: int, now: float) -> None:
+        """Call ``seq`` was answered: it reached the API by ``now`` at the latest."""
+        if seq in self._own:
+            self._own[seq] = (self._own[seq][0], now)
+
+    def refused(self, seq: int) -> None:
+        """A 429: the call holds no slot, and we held one fewer than we thought (another
+        caller took it), so it is not ours to take again an interval later."""
+        self._own.pop(seq, None)
+        self._seen = deque(answer._replace(own=max(0, answer.own - 1)) for answer in self._seen)
+
+    def observe(
+        self,
+        seq: int,
+        limit: RateLimit,
+        *,
+        sent_at: float,
+        now: float,
+        before: tuple[float, int] | None,
+        ours: int,
+    ) -> None:
+        """Take in the answer to our call sent at ``sent_at``; ``before`` is (time,
+        remaining) of our previous answer, ``ours`` the calls we sent in between."""
+        self._limit, self._interval = limit.limit, limit.interval
+        window = limit.interval
+        # Ours the API surely counted with this call: sent within the interval before this
+        # answer, and answered before this call went out (so they arrived before it).
+        own = sum(
+            1
+            for number, (sent, answered) in self._own.items()
+            if sent > now - window
+            and (number == seq or (answered is not None and answered <= sent_at))
+        )
+        by_window = max(0, limit.limit - limit.remaining - own)
+        if before is not None:
+            then, remaining = before
+            # A bucket cannot fill past its capacity; the whole tokens hide a fraction of one.
+            headroom = max(0.0, limit.limit - remaining - 1.0)
+            refill = min(limit.limit / window * (now - then), headroom)
+            self._others_total += remaining - limit.remaining - ours + refill
+        self._moved.append((now, self._others_total))
+        by_bucket = max(0, round(self._others_total - self._total_at(now - window)))
+        self._seen.append(_Answer(now, own, by_window, by_bucket))
+        if limit.remaining + own > limit.limit + 1:
+            self.not_sliding = True  # a sliding window counts our own calls; a bucket saves up
+
+    @property
+    def counting(self) -> Counting:
+        return "bucket" if self.not_sliding else "sliding"
+
+    @property
+    def last_answer(self) -> _Answer | None:
+        return self._seen[-1] if self._seen else None
+
+    def earliest(self, now: float) -> float:
+        """The earliest time our next call keeps within our share of the interval."""
+        if self._limit is None:
+            return now
+        span = self._interval + margin(self._interval)
+        self._forget(now - 2 * span)
+        seen = [answer for answer in self._seen if answer.at > now - span]
+        bucket = self.not_sliding
+        others = max((answer.others(bucket) for answer in seen), default=0)
+        held = max((answer.own for answer in seen), default=0)
+        if self.not_sliding:
+            # Saved-up tokens let us hold more than the bucket refills: not ours to keep.
+            held = min(held, self._limit - others)
+        # Our calls the API may still count: each until an interval after its answer (by
+        # then it has arrived), one still unanswered until long after it went out.
+        recent = sorted(
+            answered if answered is not None else sent + 2 * self._interval
+            for sent, answered in self._own.values()
+        )
+        recent = [t for t in recent if t > now - self._interval]
+        count = len(recent)
+        if count < held:
+            return now  # a slot we held has come free again: ours to use
+        # A slot more than we held: only if it stayed free at all our answers of the span,
+        # beside what the others may have taken since the last one.
+        claimable = self._limit - others - _growth(seen, bucket)
+        if count < claimable:
+            return now
+        # When one of our calls leaves the span, or what we saw of the others goes stale;
+        # never "now", which would read as a yes (and a float may land on the edge).
+        later = [seen[0].at + span] if seen else []
+        later += [recent[count - n] + self._interval for n in (held, claimable) if 0 < n <= count]
+        return max(min(later, default=now), now + _RECHECK)
+
+    def _total_at(self, when: float) -> float:
+        total = 0.0
+        for at, value in self._moved:
+            if at > when:
+                break
+            total = value
+        return total
+
+    def _forget(self, before: float) -> None:
+        for number, (sent, answered) in list(self._own.items()):
+            if max(sent + 2 * self._interval, answered or 0.0) <= before:
+                del self._own[number]
+        while self._seen and self._seen[0].at <= before:
+            self._seen.popleft()
+        while len(self._moved) > 1 and self._moved[1][0] <= before:
+            self._moved.popleft()
+
+
+def _growth(seen: list[_Answer], bucket: bool) -> int:
+    """The most the others added between two of our answers."""
+    steps = [b.others(bucket) - a.others(bucket) for a, b in itertools.pairwise(seen)]
+    return max(steps, default=0)
+
+
+class Schedule:
+    """When this process may make its next call: the pure part of ``Pacer`` (no clock, no I/O).
+
+    Starts out reading the headers as fixed windows (``WindowBudget``) and switches to
+    ``RecentCalls`` for good once the answers show capacity coming back in a way windows
+    cannot: ``Remaining`` rising without a reset to about the whole limit, two resets within
+    less than an interval, or no reset when the estimated window is over.
+    """
+
+    def __init__(self, per_minute: float) -> None:
+        self.gap = 60.0 / per_minute if per_minute > 0 else 0.0
+        self._windows_over = False  # the answers showed that the API does not count in windows
+        self.windows = WindowBudget()
+        self.recent = RecentCalls()
+        self.paused_until = 0.0
+        self.last_sent = -math.inf
+        self._seen_seq = 0
+        self._before: tuple[float, int] | None = None
+        self._first: tuple[float, int] | None = None  # (answer at, remaining) of our first
+        self._last_reset: float | None = None
+        self._limit_seen, self._interval_seen = 0, 0.0
+        self._came_back = 0  # calls' worth of capacity that came back within our first interval
+        self._refused: set[int] = set()
+
+    @property
+    def counting(self) -> Counting:
+        if not self._windows_over:
+            return "fixed"
+        return self.recent.counting
+
+    def next_slot(self, now: float) -> float:
+        if self.counting == "fixed":
+            budget = self.windows.earliest(now, self.last_sent)
+        else:
+            budget = self.recent.earliest(now)
+        return max(self.last_sent + self.gap, self.paused_until, budget)
+
+    def sent(self, now: float) -> int:
+        self.last_sent = now
+        seq = self.windows.sent()
+        self.recent.sent(seq, now)
+        return seq
+
+    def observe(
+        self, seq: int, limit: RateLimit, *, sent_at: float, now: float, refused: bool = False
+    ) -> None:
+        self.recent.answered(seq, now)
+        if refused:
+            self.recent.refused(seq)
+            self._refused.add(seq)
+            last = self.recent.last_answer
+            if self._windows_over and last is not None and last.by_bucket >= last.by_window + 2:
+                # Keeping to our own slots is never refused by a sliding window (unless a new
+                # caller came): the capacity we counted on was saved up, so a token bucket.
+                self._switch(bucket=True)
+        if seq <= self._seen_seq:
+            return  # an older answer overtaken by a newer one says nothing new
+        ours = seq - self._seen_seq - sum(1 for s in self._refused if s > self._seen_seq)
+        self._refused = {s for s in self._refused if s > seq}
+        self._classify(limit, sent_at=sent_at, now=now, ours=ours)
+        self.recent.observe(seq, limit, sent_at=sent_at, now=now, before=self._before, ours=ours)
+        self.windows.observe(seq, limit, sent_at=sent_at, now=now)
+        self._seen_seq = seq
+        self._before = (now, limit.remaining)
+        if self._first is None:
+            self._first = (now, limit.remaining)
+
+    def pause_until(self, deadline: float) -> None:
+        if deadline > self.paused_until:
+            self.paused_until = deadline
+            self.windows.exhausted_until(deadline)
+
+    def window_end(self) -> float | None:
+        return self.windows.window_end if self.counting == "fixed" else None
+
+    def _classify(self, limit: RateLimit, *, sent_at: float, now: float, ours: int) -> None:
+        if self._before is None:
+            return
+        remaining, interval = limit.remaining, limit.interval
+        self._limit_seen, self._interval_seen = limit.limit, interval
+        up = remaining > self._before[1] - ours
+        slack = min(limit.limit // 2, 2 * self.windows.reserve + 2)
+        reset = up and remaining >= limit.limit - ours - slack
+        if reset:
+            if self._last_reset is not None and now - self._last_reset < 0.75 * interval:
+                self._switch(bucket=True)  # two "resets" within an interval: tokens
+            self._last_reset = now
+        elif up:
+            self._switch(bucket=self._refilled_early(remaining - (self._before[1] - ours), now))
+        end = self.windows.window_end
+        # An end that a pause set (Retry-After, maybe shorter than the window) proves nothing.
+        over = end is not None and end != self.paused_until and sent_at >= end
+        if not self._windows_over and over and not reset:
+            self._switch(bucket=False)  # the window is over and nothing was reset
+
+    def _refilled_early(self, came_back: int, now: float) -> bool:
+        """More capacity came back within an interval of our first call than the calls
+        counted before it could free in a sliding window: refill, so a token bucket."""
+        first = self._first
+        if first is None or now >= first[0] + 0.9 * self._interval_seen:
+            return False
+        self._came_back += came_back
+        counted_before_ours = self._limit_seen - 1 - first[1]
+        return self._came_back > counted_before_ours + 1
+
+    def _switch(self, *, bucket: bool) -> None:
+        self._windows_over = True
+        self.recent.not_sliding |= bucket
+
+
 class Pacer:
     def __init__(
         self,
@@ -112,61 +427,58 @@ class Pacer:
         waits: Waits | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._interval = 60.0 / per_minute if per_minute > 0 else 0.0
         self._waits = waits or Waits()
         self._clock = clock
-        self._budget = WindowBudget()
-        self._last_sent = -math.inf
-        self._paused_until = 0.0
+        self._schedule = Schedule(per_minute)
         # Senders take their turn in arrival order; only the head waits on the clock, so
         # its slot is computed from the freshest headers rather than reserved in advance.
         self._turn = asyncio.Lock()
 
     @property
     def interval(self) -> float:
-        return self._interval
+        return self._schedule.gap
 
     @property
     def paused_until(self) -> float:
-        return self._paused_until
+        return self._schedule.paused_until
+
+    @property
+    def counting(self) -> Counting:
+        """How the API seems to count, from its answers so far."""
+        return self._schedule.counting
 
     async def acquire(self) -> int:
         """Wait for this caller's turn; returns the call's number for ``observe``."""
         self._waits.raise_if_interrupted()
-        if not self._interval:
-            while (wait := self._paused_until - self._clock()) > 0:
+        schedule = self._schedule
+        if not schedule.gap:
+            while (wait := schedule.paused_until - self._clock()) > 0:
                 await self._waits.sleep(wait)
             return 0
         async with self._turn:
             self._waits.raise_if_interrupted()
             # A loop: a 429 or new headers may move the slot while the head waits.
-            while (wait := self._next_slot(now := self._clock()) - now) > 0:
+            while (wait := schedule.next_slot(now := self._clock()) - now) > 0:
                 await self._waits.sleep(wait)
-            self._last_sent = now
-            return self._budget.sent()
+            return schedule.sent(now)
 
-    def observe(self, seq: int, limit: RateLimit, *, sent_at: float) -> None:
-        """Adapt to the rate-limit headers of the answer to call ``seq``."""
-        if self._interval and seq:
-            self._budget.observe(seq, limit, sent_at=sent_at, now=self._clock())
+    def observe(self, seq: int, limit: RateLimit, *, sent_at: float, refused: bool = False) -> None:
+        """Adapt to the rate-limit headers of the answer to call ``seq`` (``refused``: a 429)."""
+        schedule = self._schedule
+        if schedule.gap and seq:
+            before = schedule.counting
+            schedule.observe(seq, limit, sent_at=sent_at, now=self._clock(), refused=refused)
+            if schedule.counting != before:
+                log.info("scx.rate_limit_counting", counting=schedule.counting, was=before)
 
     def pause_until(self, deadline: float) -> None:
         """Hold every send until ``deadline`` (monotonic seconds); later deadlines win."""
-        if deadline > self._paused_until:
-            self._paused_until = deadline
-            self._budget.exhausted_until(deadline)
+        self._schedule.pause_until(deadline)
 
     def pause_for(self, seconds: float) -> None:
         self.pause_until(self._clock() + seconds)
 
     def window_end(self) -> float | None:
         """When the current rate-limit window ends, if the headers told us."""
-        end = self._budget.window_end
+        end = self._schedule.window_end()
         return end if end is not None and end > self._clock() else None
-
-    def _next_slot(self, now: float) -> float:
-        return max(
-            self._last_sent + self._interval,
-            self._paused_until,
-            self._budget.earliest(now, self._last_sent),
-        )

@@ -1,0 +1,103 @@
+"""A discrete-event simulation of replicas pacing against one limiter (pure and fast).
+
+Each replica is the pacer's own pure core (``worker.scx.pacing.Schedule``) driven the way
+``Pacer`` drives it: a backlog that never runs dry, the head of the line sleeping until its
+slot and computing it again when it wakes, a 429 pausing the replica for the whole seconds of
+``Retry-After`` (``ScxClient._take_in``). The limiter is the emulator's
+(``worker.emulator.limits``). Network latency is random each way; the replicas start a
+fraction of a second apart. No I/O and no clock: a minute of eight replicas is milliseconds.
+
+Figures are counted like ``make bench`` counts them: from the first call the limiter sees,
+for ``seconds``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from dataclasses import dataclass
+
+from worker.emulator.limits import Algorithm, Decision, Limiter
+from worker.scx.pacing import Schedule
+from worker.scx.responses import RateLimit
+
+
+@dataclass
+class _Call:
+    seq: int
+    sent_at: float
+    decision: Decision | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    calls: int
+    admitted: int
+    limited: int
+    sustained: float  # what the limit sustains in the measured time
+
+    @property
+    def goodput(self) -> float:
+        return self.admitted / self.sustained
+
+    @property
+    def share_429(self) -> float:
+        return self.limited / self.calls if self.calls else 0.0
+
+
+def simulate(
+    algorithm: Algorithm,
+    limit: int,
+    interval: float,
+    replicas: int,
+    *,
+    seconds: float,
+    seed: int = 0,
+    latency: tuple[float, float] = (0.0005, 0.004),
+) -> Outcome:
+    """``replicas`` pacers, each at the full limit per minute, against one limiter."""
+    rng = random.Random(seed)
+    limiter = Limiter(algorithm, limit, interval)
+    schedules = [Schedule(limit * 60 / interval) for _ in range(replicas)]
+    order = itertools.count()
+    # (when, tie-break, replica, call): a call without a decision yet is on its way there,
+    # one with a decision on its way back; no call at all is the replica's head waking up.
+    events: list[tuple[float, int, int, _Call | None]] = []
+
+    def at(when: float, replica: int, call: _Call | None = None) -> None:
+        heapq.heappush(events, (when, next(order), replica, call))
+
+    for replica in range(replicas):
+        at(rng.uniform(0.0, 0.5), replica)
+    end = math.inf
+    calls = admitted = limited = 0
+    while events:
+        now, _, replica, call = heapq.heappop(events)
+        if now > end:
+            break
+        schedule = schedules[replica]
+        if call is None:
+            slot = schedule.next_slot(now)
+            if slot > now:
+                at(slot, replica)
+                continue
+            at(now + rng.uniform(*latency), replica, _Call(schedule.sent(now), now))
+            at(now, replica)  # the next message in line takes its turn
+        elif call.decision is None:
+            if end == math.inf:
+                end = now + seconds
+            call.decision = decision = limiter.take(now)
+            calls += 1
+            admitted += decision.admitted
+            limited += not decision.admitted
+            at(now + rng.uniform(*latency), replica, call)
+        else:
+            decision = call.decision
+            headers = RateLimit(limit, decision.remaining, interval)
+            refused = not decision.admitted
+            schedule.observe(call.seq, headers, sent_at=call.sent_at, now=now, refused=refused)
+            if refused:
+                schedule.pause_until(now + math.ceil(decision.retry_after or 0.0))
+    return Outcome(calls, admitted, limited, limit * seconds / interval)
