@@ -57,7 +57,7 @@ RELIABILITY_RESULTS := build/reliability.json
 # It includes the long form of the cluster scenarios (CLUSTER_FULL=1, see `make cluster`).
 reliability: install broker redis
 	rm -f $(RELIABILITY_RESULTS)
-	CLUSTER_FULL=1 RELIABILITY_REPORT=$(RELIABILITY_RESULTS) $(BIN)/pytest tests/reliability $(PYTEST_ARGS); \
+	CLUSTER_FULL=1 RELIABILITY_EVENTS=2000 RELIABILITY_REPORT=$(RELIABILITY_RESULTS) $(BIN)/pytest tests/reliability $(PYTEST_ARGS); \
 	status=$$?; \
 	$(BIN)/python -m tests.reliability.report $(RELIABILITY_RESULTS) docs/RELIABILITY.md; \
 	exit $$status

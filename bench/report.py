@@ -14,6 +14,7 @@ from pathlib import Path
 from bench.attachments import AttachmentsResult
 from bench.attachments import table as attachments_table
 from bench.contenders import Role
+from bench.events import EventsResult, events_table
 from bench.pacing import PacingResult
 from bench.phases import DrainResult, LatencyResult, RssResult
 
@@ -25,6 +26,7 @@ class Results:
     latency: list[LatencyResult] = field(default_factory=list)
     pacing: list[PacingResult] = field(default_factory=list)
     attachments: list[AttachmentsResult] = field(default_factory=list)
+    events: list[EventsResult] = field(default_factory=list)
     profile: str | None = None
 
 
@@ -242,6 +244,9 @@ def tables(results: Results) -> list[str]:
     if results.attachments:
         out += ["### Attachments: 16 MiB files through the worker", ""]
         out += [*attachments_table(results.attachments), ""]
+    if results.events:
+        out += ["### The events bridge draining a backlog under the rate limit", ""]
+        out += [*events_table(results.events), ""]
     return out
 
 

@@ -34,6 +34,7 @@ from bench.attachments import attachments
 from bench.attachments import table as attachments_table
 from bench.broker import Broker, broker_lost
 from bench.contenders import CONTENDERS, Contender, Role, variant
+from bench.events import EventsResult, events_drain
 from bench.measure import Session
 from bench.pacing import ALGORITHMS, Emulator, PacingResult, pacing
 from bench.phases import DrainResult, LatencyResult, RssResult, drain, latency, rss
@@ -42,7 +43,7 @@ from bench.profile import profile_worker
 from bench.target import NginxTarget, TargetUnavailable, ensure_nginx, nginx_version
 
 REPO = Path(__file__).resolve().parent.parent
-PHASES = ("drain", "rss", "latency", "pacing", "attachments")
+PHASES = ("drain", "rss", "latency", "pacing", "attachments", "events")
 # Variables the worker reads: the harness must not hand its own environment's values to a
 # contender that is meant to run with the defaults.
 WORKER_PREFIXES = ("AMQP_", "SCX_", "WORKER_", "LOG_", "METRICS_", "BENCH_")
@@ -57,6 +58,7 @@ FULL = {
     "steady_warmup": 2.0,
     # The documented 60 per 60 s scaled in time, each over a whole number of intervals.
     "pacing_limits": "20/10:60,60/30:120",
+    "events_count": 10_000,
 }
 QUICK = {
     "latencies": "0,100",
@@ -67,6 +69,7 @@ QUICK = {
     "steady_seconds": 2.0,
     "steady_warmup": 1.0,
     "pacing_limits": "10/5:10",
+    "events_count": 1_000,
 }
 
 
@@ -103,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--pacing-bridge", default="without,with", help="without and/or with the events bridge"
+    )
+    p.add_argument(
+        "--events-count",
+        type=int,
+        help="seller events the events bridge drains (at the first of --pacing-limits)",
     )
     p.add_argument(
         "--profile", type=Path, metavar="FILE", help="also py-spy the worker at 0 ms, to FILE"
@@ -228,6 +236,9 @@ async def _phases(
         for line in attachments_table(results.attachments):
             _say(line)
         clock = _lap("attachments", clock)
+    if "events" in phases:
+        results.events = await _events_phase(args, session)
+        clock = _lap("events", clock)
     if args.profile is not None:
         backlog = int(args.profile_seconds * 1000)
         results.profile = await profile_worker(
@@ -344,6 +355,18 @@ def _say_pacing(r: PacingResult) -> None:
          f"{'  ' + r.error if r.error else ''}")  # fmt: skip
 
 
+async def _events_phase(args: argparse.Namespace, session: Session) -> list[EventsResult]:
+    limit, interval, _ = _pacing_limits(args.pacing_limits)[0]
+    r = await _again_on_broker_loss(
+        session,
+        partial(events_drain, session, events=args.events_count, limit=limit, interval=interval),
+    )
+    _say(f"events    {r.events:,} events  {r.calls} calls ({r.needed} needed)  "
+         f"{r.seconds:.1f} s, the limit allows {r.allowed_s:.1f} s: {r.ratio:.3f} x  "
+         f"429s {r.statuses_429}{'  ' + r.error if r.error else ''}")  # fmt: skip
+    return [r]
+
+
 T = TypeVar("T")
 
 
@@ -453,5 +476,12 @@ How it measures (details in the docstrings of `bench/*.py`):
   of each file), `scx-forwarder run` with its defaults; time from publishing the 32 events to
   the 320th file stored, the worker's peak RSS (`VmHWM`), every file's SHA-256 checked. Pure
   transfer: the same bytes over the same two loopback legs (download, upload to a sink), as
-  many streams as `WORKER_ATTACHMENT_CONCURRENCY`, nothing else (`bench/attachments.py`)."""
+  many streams as `WORKER_ATTACHMENT_CONCURRENCY`, nothing else (`bench/attachments.py`).
+- **Events bridge** (`bench/events.py`): {args.events_count:,} seller events queued in the
+  emulator at the first pacing limit ({limits[0][0]} per {limits[0][1]:g} s), drained by one
+  `scx-forwarder events` process (`EVENTS_BATCH_SIZE=100`, `SCX_MAX_REQUESTS_PER_MINUTE` = that
+  limit per minute) into a queue bound to its exchange; from the first `/v1/channel/event` call
+  to the last acknowledgement, from `GET /_emulator/state`. The calls needed are one poll per
+  100 events and one acknowledgement per 100 ids; "the limit allows" is calls x interval /
+  limit."""
     return text.splitlines()

@@ -5,7 +5,10 @@ processes), publishes sample events (some invalid) with `scx-forwarder publish`,
 what the emulator accepted and what landed in the dead-letter queue. One more ticket carries two
 attachment files, one downloaded from a local file server (standing in for an object store) and
 one inline as base64; the demo fetches both back from the emulator and compares their SHA-256.
-It uses its own exchange and queues (`marketplace.demo`, `scx.tickets.demo[.dlq]`) and removes
+Then the way back: the seller answers a forwarded ticket (a reply with a file, injected into
+the emulator as SCX would hold it), `scx-forwarder events` picks it up, and the marketplace's
+reply queue shows the file and the `ticket.replied` event. It uses its own exchange and
+queues (`marketplace.demo`, `scx.tickets.demo[.dlq]`, `marketplace.replies.demo`, ...) and removes
 them at the end, so it can run beside a real installation and again and again.
 """
 
@@ -33,6 +36,10 @@ DLQ = f"{QUEUE}.dlq"
 REFRESH_TOKEN = "demo-refresh-token"
 VALID, INVALID = 6, 6
 LOG_DIR = Path(".demo")
+# The way back: what the marketplace binds for replies, and the bridge's own queue and lock.
+REPLIES = "marketplace.replies.demo"
+UNROUTED, LOCK = "scx.events.demo.unrouted", "scx.events.demo.lock"
+REPLY_FILE = b"Tracking number: 00340434161234567890\n"
 # The ticket with files: a PNG the worker downloads, a text file inline.
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
@@ -105,8 +112,8 @@ async def reset_broker_objects() -> None:
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
-        await channel.queue_delete(QUEUE)
-        await channel.queue_delete(DLQ)
+        for queue in (QUEUE, DLQ, REPLIES, UNROUTED):
+            await channel.queue_delete(queue)
         await channel.exchange_delete(EXCHANGE)
 
 
@@ -139,7 +146,7 @@ async def main() -> int:
         LOG_FORMAT="json",
     )
     emulator = await start("emulator", "emulator", "--port", str(port), env=env)
-    worker = None
+    worker = bridge = None
     try:
         async with httpx.AsyncClient(base_url=api) as http:
 
@@ -203,15 +210,17 @@ async def main() -> int:
             f"\nAPI calls: {state['auth_calls']} token refresh, {state['ticket_calls']} tickets, "
             f"{uploads} uploads"
         )
+
+        bridge = await _reply_comes_back(api, env, state["accepted"][0])
         return 0
     finally:
         await file_server.cleanup()
-        for process in (worker, emulator):
+        for process in (bridge, worker, emulator):
             if process is not None and process.returncode is None:
                 process.send_signal(signal.SIGTERM)
                 await process.wait()
         await reset_broker_objects()
-        print("● stopped the worker and the emulator, removed the demo queues")
+        print("● stopped the bridge, the worker and the emulator, removed the demo queues")
 
 
 async def _files_back(http: httpx.AsyncClient, state: dict[str, Any]) -> list[str]:
@@ -236,6 +245,83 @@ async def _files_back(http: httpx.AsyncClient, state: dict[str, Any]) -> list[st
             f"{'named in the ticket' if named else 'NOT named in the ticket'}"
         )
     return lines
+
+
+async def _reply_comes_back(
+    api: str, env: dict[str, str], ticket: dict[str, Any]
+) -> asyncio.subprocess.Process:
+    """The seller answers ``ticket`` in JTL; the events bridge brings the answer back."""
+    seller, ticket_id = ticket["sellerId"], ticket["ticketId"]
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        replies = await channel.declare_queue(REPLIES, durable=True)
+        for key in ("ticket.replied", "ticket.replied.attachment"):
+            await replies.bind(exchange, routing_key=key)
+        reply = {
+            "id": "5cde84164d811d00144581f8",
+            "createdAt": "2026-11-30T12:00:00+00:00",
+            "clientVersion": "1.11.0.6",
+            "type": "Seller:Ticket.Reply",
+            "event": {
+                "sellerId": seller,
+                "ticketId": ticket_id,
+                "replyRequested": False,
+                "createdAt": "2026-11-30T12:00:00+00:00",
+                "from": {"role": "SELLER", "name": "Shop support"},
+                "message": "Sorry for the wait: your parcel left today.",
+                "attachment": [{"filename": "tracking.txt", "contentType": "text/plain"}],
+            },
+        }
+        file = {
+            "sellerId": seller,
+            "ticketId": ticket_id,
+            "filename": "tracking.txt",
+            "contentType": "text/plain",
+            "data": base64.b64encode(REPLY_FILE).decode(),
+        }
+        async with httpx.AsyncClient(base_url=api) as http:
+            injected = await http.post(
+                "/_emulator/events", json={"events": [reply], "files": [file]}
+            )
+            injected.raise_for_status()
+        print(f"\n● the seller replied to {ticket_id} in JTL (a Seller:Ticket.Reply with a file)")
+        bridge_env = env | {
+            "EVENTS_UNROUTED_QUEUE": UNROUTED,
+            "EVENTS_LOCK_NAME": LOCK,
+            "EVENTS_POLL_INTERVAL": "1",
+            "METRICS_PORT": "0",
+        }
+        bridge = await start("events", "events", env=bridge_env)
+        print(f"● events bridge polling GET /v1/channel/event (logs: {LOG_DIR}/events.log)")
+
+        received: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+        async def both() -> bool:
+            while (message := await replies.get(no_ack=True, fail=False)) is not None:
+                received.append(message)
+            return len(received) >= 2
+
+        await poll("the reply to come back", both)
+    print(f"\nBack in {REPLIES} (bound to ticket.replied and ticket.replied.attachment):")
+    for message in received:
+        headers = message.headers or {}
+        if message.routing_key == "ticket.replied.attachment":
+            name, sha = str(headers["filename"]), str(headers["sha256"])
+            print(
+                f"  {message.routing_key:<26} {name} ({message.content_type}, "
+                f"sha256 {sha[:12]}...): {message.body.decode().strip()!r}"
+            )
+        else:
+            data = orjson.loads(message.body)["data"]
+            print(f"  {message.routing_key:<26} ticket {data['ticket_id']} seller "
+                  f"{data['seller_id']}, {data['author']['role']} {data['author']['name']!r}: "
+                  f"{data['message']!r}")  # fmt: skip
+    print("  (the file first, then the reply; message_id: the event id, the file's + /filename)")
+    return bridge
 
 
 async def _enough_dead_letters() -> list[Any] | None:

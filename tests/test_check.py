@@ -111,6 +111,36 @@ async def test_bad_configuration_exits_2_before_contacting_anything(
     assert "SCX_REFRESH_TOKEN or SCX_REFRESH_TOKEN_FILE is required" in missing.err
 
 
+async def test_events_checks_report_the_unrouted_queue_and_who_holds_the_lock(
+    declared: None, names: Names, emulator: Emulator, amqp: AbstractRobustConnection
+) -> None:
+    events_env = {
+        "EVENTS_UNROUTED_QUEUE": f"{names.queue}.unrouted",
+        "EVENTS_LOCK_NAME": f"{names.queue}.lock",
+    }
+    plain = await check(names, emulator, **events_env)
+    assert "unrouted" not in lines(plain)
+
+    nobody = await cli(names, "check", "--events", **api_env(emulator, **events_env))
+    assert nobody.code == 0, nobody.out + nobody.err
+    assert lines(nobody)["unrouted"] == "warn"
+    assert lines(nobody)["events"] == "warn"
+    assert "no events bridge is polling" in nobody.out
+
+    holder = await amqp.channel()  # what a running bridge holds
+    await holder.declare_queue(f"{names.queue}.lock", exclusive=True)
+    kept = await holder.declare_queue(f"{names.queue}.unrouted", durable=True)
+    try:
+        held = await cli(names, "check", "--events", **api_env(emulator, **events_env))
+        assert held.code == 0, held.out + held.err
+        assert lines(held)["unrouted"] == "ok"
+        assert lines(held)["events"] == "ok"
+        assert "an events bridge is polling" in held.out
+    finally:
+        await kept.delete()
+        await holder.close()
+
+
 async def test_a_node_of_the_list_that_does_not_answer_is_a_warning(
     declared: None, names: Names, emulator: Emulator
 ) -> None:

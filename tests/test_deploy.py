@@ -136,7 +136,7 @@ def test_kubernetes_manifests_are_valid(key: tuple[str, str]) -> None:
     ],
 )
 def test_the_validation_catches_a_misspelt_field(kind: str, misspelt: Any) -> None:
-    [doc] = [json.loads(json.dumps(d)) for (k, _), d in manifests().items() if k == kind]
+    doc = json.loads(json.dumps(manifests()[(kind, "scx-forwarder")]))
     misspelt(doc)
     with pytest.raises(jsonschema.ValidationError):
         validate_manifest(doc)
@@ -377,3 +377,62 @@ def test_dashboard_uses_only_metrics_the_worker_exports() -> None:
     assert used <= exported, used - exported
     for family in ("tickets_forwarded", "tickets_dead_lettered", "api_request_duration_seconds"):
         assert any(metrics.PREFIX + family in name for name in used)
+
+
+def test_the_events_bridge_deployment_runs_the_bridge_with_its_own_pdb_and_scrape() -> None:
+    objects = manifests()
+    deployment = objects[("Deployment", "scx-forwarder-events")]
+    spec = deployment["spec"]["template"]["spec"]
+    [events] = spec["containers"]
+    assert events["args"] == ["events"]
+    assert events["image"] == container()["image"]
+    assert events["envFrom"] == container()["envFrom"]
+    assert events["env"] == container()["env"]
+    assert events["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert events["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    grace = float(configmap().get("WORKER_SHUTDOWN_GRACE", Settings().worker_shutdown_grace))
+    assert spec["terminationGracePeriodSeconds"] > grace + 5
+    # A standby besides the poller; KEDA scales only the ticket workers.
+    assert deployment["spec"]["replicas"] >= 2
+    scaled = objects[("ScaledObject", "scx-forwarder")]["spec"]
+    assert scaled["scaleTargetRef"]["name"] == "scx-forwarder"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    worker_labels = objects[("Deployment", "scx-forwarder")]["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    for kind in ("PodDisruptionBudget", "PodMonitor"):
+        selector = objects[(kind, "scx-forwarder-events")]["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= labels.items(), kind
+        # ... and the ticket workers' budgets and scrapes do not mix with the bridge's.
+        assert not selector.items() <= worker_labels.items(), kind
+        theirs = objects[(kind, "scx-forwarder")]["spec"]["selector"]["matchLabels"]
+        assert not theirs.items() <= labels.items(), kind
+    for key in ("EVENTS_UNROUTED_QUEUE", "EVENTS_LOCK_NAME", "EVENTS_TICKET_REPLY_KEY"):
+        assert key in configmap()
+
+
+def test_compose_runs_the_events_bridge_against_the_emulator() -> None:
+    [compose] = documents(DEPLOY / "compose.yaml")
+    events = compose["services"]["events"]
+    assert events["command"] == ["events"]
+    assert events["environment"]["SCX_API_URL"] == "http://emulator:8080"
+    port = events["environment"]["METRICS_PORT"]
+    assert f"{port}:{port}" in events["ports"]
+
+
+def test_dashboard_shows_the_events_bridge() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "scx-forwarder-dashboard.json").read_text())
+    exprs = " ".join(
+        target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
+    )
+    for family in (
+        "events_polled_total",
+        "events_published_total",
+        "events_acknowledged_total",
+        "events_unrouted_total",
+        "events_poll_errors_total",
+        "events_publish_delay_seconds_bucket",
+        "events_last_poll_success_timestamp_seconds",
+        "events_poller_active",
+    ):
+        assert metrics.PREFIX + family in exprs, family

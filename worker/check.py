@@ -12,7 +12,12 @@ It checks, in order, and prints one line per check:
   nothing is created or changed; a missing one is a warning (``run`` declares it), and
   the work queue and DLQ report their ready messages and consumers;
 - **token**: one ``POST /v1/auth`` with the refresh token (one call of the route's
-  budget); the token itself is never printed.
+  budget); the token itself is never printed;
+- with ``--events`` (the events bridge's pipeline), also **unrouted**: the
+  ``EVENTS_UNROUTED_QUEUE`` looked up passively, with the messages kept there, and **events
+  lock**: whether a bridge holds ``EVENTS_LOCK_NAME`` now (a passive declare of another
+  connection's exclusive queue is refused as "locked"), a warning if none does. It never
+  polls ``GET /v1/channel/event``: a poll would hide the events it returns for minutes.
 
 Exit 0 when no check failed (warnings allowed), 1 when one did. Not checked: whether
 an existing queue's arguments match what the worker would declare (``run`` exits 1 with
@@ -65,14 +70,16 @@ def check_config(settings: Settings) -> tuple[SecretStr, Result]:
     return refresh_token, Result("config", "ok", detail)
 
 
-async def run_checks(settings: Settings, refresh_token: SecretStr) -> list[Result]:
+async def run_checks(
+    settings: Settings, refresh_token: SecretStr, *, events: bool = False
+) -> list[Result]:
     """Every check after the configuration's, in the order they are printed."""
-    results = await check_broker(settings)
+    results = await check_broker(settings, events=events)
     results.append(await check_token(settings, refresh_token))
     return results
 
 
-async def check_broker(settings: Settings) -> list[Result]:
+async def check_broker(settings: Settings, *, events: bool = False) -> list[Result]:
     try:
         connection = await broker.connect(settings, "check")
     except broker.CONNECT_ERRORS as exc:
@@ -94,7 +101,28 @@ async def check_broker(settings: Settings) -> list[Result]:
         results.append(await _queue(connection, "dlq", settings.dead_letter_queue))
         for name in settings.retry_queues:
             results.append(await _queue(connection, "retry queue", name, counts=False))
+        if events:
+            results.append(await _queue(connection, "unrouted", settings.events_unrouted_queue))
+            results.append(await _events_lock(connection, settings.events_lock_name))
     return results
+
+
+async def _events_lock(connection: AbstractConnection, name: str) -> Result:
+    """Whether some events bridge holds the lock (its exclusive queue) right now."""
+    channel = await connection.channel()
+    try:
+        await channel.declare_queue(name, passive=True)
+    except aiormq.exceptions.ChannelLockedResource:
+        return Result("events lock", "ok", f"{name!r} is held: an events bridge is polling")
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return Result(
+            "events lock", "warn", f"{name!r} is not held: no events bridge is polling now"
+        )
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    # Declared passively by us: a queue of that name that is not exclusive to a bridge.
+    return Result("events lock", "fail", f"{name!r} exists but is not a bridge's lock")
 
 
 async def _other_nodes(settings: Settings, connected: URL) -> Result:
@@ -216,8 +244,8 @@ def _safe_error(exc: BaseException, settings: Settings) -> str:
     return settings.scrub(text)
 
 
-async def check(settings: Settings) -> tuple[bool, str]:
+async def check(settings: Settings, *, events: bool = False) -> tuple[bool, str]:
     """All checks; ``(passed, report)``. Raises ``ConfigError`` for a bad configuration."""
     refresh_token, config = check_config(settings)
-    results = [config, *await run_checks(settings, refresh_token)]
+    results = [config, *await run_checks(settings, refresh_token, events=events)]
     return passed(results), render(results)

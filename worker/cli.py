@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(command=_cmd_run)
 
+    events = sub.add_parser(
+        "events", help="poll SCX seller events and publish them to RabbitMQ (the bridge)"
+    )
+    events.set_defaults(command=_cmd_events)
+
     emu = sub.add_parser("emulator", help="run the local SCX API stand-in")
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument("--port", type=int, default=8080)
@@ -82,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
         "--fail-rate", type=float, default=0.0, metavar="FRACTION", help="random 5xx share"
     )
     emu.add_argument("--fail-status", type=int, default=503, metavar="STATUS")
+    emu.add_argument(
+        "--event-visibility",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="seconds a polled, unacknowledged seller event stays hidden",
+    )
     emu.add_argument(
         "--conflict-on-duplicate",
         action="store_true",
@@ -108,6 +120,11 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check",
         help="smoke-test the configuration: broker, queues (passively), a token; exit 0 or 1",
+    )
+    check.add_argument(
+        "--events",
+        action="store_true",
+        help="also the events bridge: its unrouted queue, and whether a bridge holds the lock",
     )
     check.set_defaults(command=_cmd_check)
 
@@ -174,6 +191,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return asyncio.run(serve(settings, refresh_token, mapper))
 
 
+def _cmd_events(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    refresh_token = settings.refresh_token()
+    from worker import tracing
+    from worker.bridge_service import serve_events
+
+    with tracing.started(settings.otel_traces_exporter, settings.otel_service_name):
+        return asyncio.run(serve_events(settings, refresh_token))
+
+
 def _cmd_emulator(args: argparse.Namespace) -> int:
     from worker.emulator import EmulatorConfig, serve
 
@@ -187,6 +215,7 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
         rate_algorithm=args.rate_algorithm,
         fail_rate=args.fail_rate,
         fail_status=args.fail_status,
+        event_visibility=args.event_visibility,
         conflict_on_duplicate=args.conflict_on_duplicate,
     )
 
@@ -233,7 +262,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from worker.check import check
 
     settings = load_settings()
-    passed, report = asyncio.run(check(settings))
+    passed, report = asyncio.run(check(settings, events=args.events))
     print(report)
     return EXIT_OK if passed else EXIT_FAILED
 

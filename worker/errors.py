@@ -14,6 +14,8 @@
     ├── RetryLater              transient failures outlasted the in-process budget: park the
     │                           message in a delay queue (the consumer decides, by its age)
     ├── ShuttingDown            the worker stopped before this message was sent: return it
+    ├── RequestRejected         a non-ticket call (event poll or ack) got a non-retryable 4xx:
+    │                           the events bridge logs it and tries again later
     ├── TransientError          worth another try (408/425/429/5xx, timeout, connection error);
     │   │                       never leaves worker.scx: the retry loop turns it into a success
     │   │                       or into RetryLater
@@ -160,6 +162,16 @@ class CircuitOpen(TransientError):
             f"circuit open: the API kept failing, calls held back for {open_for:.1f} s",
             retry_after=open_for,
         )
+
+
+class RequestRejected(ForwarderError):
+    """The API refused a call other than a ticket for good (a 4xx but 401/408/425/429)."""
+
+    def __init__(self, route: str, status: int, error_list: list[Any]) -> None:
+        super().__init__(f"the API rejected {route} with HTTP {status}")
+        self.route = route
+        self.status = status
+        self.error_list = error_list
 
 
 class ShuttingDown(ForwarderError):

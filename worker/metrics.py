@@ -511,6 +511,8 @@ def _route(request: httpx.Request) -> str:
         return "upload"
     if path.startswith("/v1/channel/ticket"):
         return "ticket"
+    if path.startswith("/v1/channel/event"):
+        return "events"
     return "other"
 
 

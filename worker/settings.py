@@ -116,6 +116,15 @@ class Settings(BaseSettings):
     worker_state_key_prefix: str = Field("scx-forwarder", min_length=1, max_length=100)
 
     # --- events bridge (scx-forwarder events) -------------------------------------------
+    # Events asked for per GET /v1/channel/event; a full page is followed by the next poll
+    # at once (paced), a short one by EVENTS_POLL_INTERVAL of waiting.
+    events_batch_size: int = Field(100, ge=1, le=1000)
+    events_poll_interval: PositiveFloat = 10.0
+    events_ticket_reply_key: str = Field("ticket.replied", min_length=1, max_length=255)
+    # Messages no queue is bound for, and events that cannot be mapped, are kept here.
+    events_unrouted_queue: str = Field("scx.events.unrouted", min_length=1, max_length=255)
+    # The exclusive queue whose holder is the one replica that polls.
+    events_lock_name: str = Field("scx.events.lock", min_length=1, max_length=255)
 
     # --- outcome events, CloudEvents, tracing -------------------------------------------
     # OpenTelemetry traces (worker.tracing, the `otel` extra): the exporters by name, or none.

@@ -34,7 +34,9 @@ Every ``/v1/channel*`` route passes one gate (``_gate``): latency, outage, its o
 ``/v1/auth``), the rate limit they share, the bearer token; then the route's own answer.
 ``POST /v1/channel/ticket/attachment`` (``worker.emulator.uploads``) stores a file for a
 ticket accepted before into ``Emulator.files`` (``worker.emulator.files``), and
-``GET /v1/channel/ticket/attachment`` serves them.
+``GET /v1/channel/ticket/attachment`` serves them. ``GET``/``DELETE /v1/channel/event``
+(route ``events``) serve and acknowledge the seller events a test injects
+(``Emulator.add_events``, ``POST /_emulator/events``; ``worker.emulator.events``).
 
 A repeated ``ticketId`` of the same seller gets 201 again and is counted as a duplicate, or,
 with ``conflict_on_duplicate``, ``409 Conflict`` (counted in ``state.conflicts``): what the
@@ -72,6 +74,7 @@ from worker.emulator.answers import english as _english
 from worker.emulator.answers import entry as _entry
 from worker.emulator.answers import fail as _fail
 from worker.emulator.answers import json_response as _json
+from worker.emulator.events import EventQueue
 from worker.emulator.files import FileStore
 from worker.emulator.limits import ALGORITHMS, Algorithm, Decision, Limiter
 from worker.emulator.uploads import TicketKey, UploadRoute
@@ -114,6 +117,8 @@ class EmulatorConfig:
     outage: bool = False
     outage_status: int = 503
     outage_mode: Literal["status", "drop"] = "status"
+    # Seconds a polled, unacknowledged seller event stays hidden before it comes again.
+    event_visibility: float = 300.0
     # What a second POST of a ticketId the seller already has gets: False, 201 again (and
     # counted as a duplicate); True, 409 Conflict. The real API's answer is unconfirmed.
     conflict_on_duplicate: bool = False
@@ -139,6 +144,7 @@ _CONFIG_RULES: dict[str, tuple[tuple[type, ...], Callable[[Any], bool]]] = {
     "outage": ((bool,), lambda v: True),
     "outage_status": ((int,), _is_status),
     "outage_mode": ((str,), lambda v: v in ("status", "drop")),
+    "event_visibility": (_NUMBER, lambda v: v >= 0),
     "conflict_on_duplicate": ((bool,), lambda v: True),
 }
 
@@ -246,6 +252,8 @@ class Emulator:
         self._in_flight = 0
         self.files = FileStore()
         """Attachment files by (seller, ticket, filename): uploads land here, downloads read."""
+        self.events = EventQueue(self.files, lambda: self.config.event_visibility)
+        """The channel's seller events (``GET``/``DELETE /v1/channel/event``) and their ledger."""
         self.tickets: dict[TicketKey, frozenset[str]] = {}
         """Accepted tickets by (seller, ticket id): the attachment filenames each names."""
         self._uploads = UploadRoute(self.files, self.tickets.get)
@@ -294,6 +302,10 @@ class Emulator:
             raise ValueError(f"after must be a non-negative integer, not {after!r}")
         self._faults[route].extend([_PASS] * after + [_Fault(status, retry_after)] * count)
 
+    def add_events(self, events: list[Any], files: list[dict[str, Any]] | None = None) -> list[str]:
+        """Inject seller events (kept as given) and the files their replies name."""
+        return self.events.add(events, files)
+
     def revoke_tokens(self) -> None:
         self._tokens.clear()
 
@@ -304,6 +316,7 @@ class Emulator:
         """
         self.state = EmulatorState()
         self.files.clear()
+        self.events.clear()
         self.tickets.clear()
         for queue in self._faults.values():
             queue.clear()
@@ -378,6 +391,10 @@ class Emulator:
         )
         app.router.add_get(
             "/v1/channel/ticket/attachment", self._channel("download", self._answer_download)
+        )
+        app.router.add_get("/v1/channel/event", self._channel("events", self.events.answer_get))
+        app.router.add_delete(
+            "/v1/channel/event", self._channel("events", self.events.answer_delete)
         )
         app.router.add_get("/_emulator/state", self._snapshot)
         app.router.add_post("/_emulator/{action}", self._control)
@@ -625,11 +642,12 @@ class Emulator:
         return self.config.rate_limit or _CHANNEL_LIMIT
 
     async def _control(self, request: web.Request) -> web.Response:
-        actions: dict[str, Callable[..., None]] = {
+        actions: dict[str, Callable[..., object]] = {
             "config": self.configure,
             "inject": self.inject,
             "revoke": self.revoke_tokens,
             "reset": self.reset,
+            "events": self.add_events,
         }
         name = request.match_info["action"]
         if name not in actions:
@@ -645,7 +663,11 @@ class Emulator:
         bodies = request.query.get("bodies", "1").lower() not in ("0", "false", "no")
         pending = {route: [f.status for f in queue] for route, queue in self._faults.items()}
         state = self.state.to_json(bodies=bodies)
-        extra = {"pending_faults": pending, "files": self.files.to_json()}
+        extra = {
+            "pending_faults": pending,
+            "files": self.files.to_json(),
+            "events": self.events.ledger.to_json(ids=bodies) | {"pending": self.events.pending},
+        }
         return _json(state | extra | {"clock": round(self.clock(), 3)})
 
 

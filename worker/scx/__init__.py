@@ -13,6 +13,7 @@ from worker.scx.client import (
     Call,
     Forwarded,
     ScxClient,
+    Unavailable,
     Uploaded,
     classify,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "Call",
     "Forwarded",
     "ScxClient",
+    "Unavailable",
     "Uploaded",
     "auth_request",
     "classify",

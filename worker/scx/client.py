@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any, Generic, TypeVar, cast
 
 import httpx
@@ -54,6 +55,7 @@ from worker import USER_AGENT, metrics, tracing
 from worker.errors import (
     CircuitOpen,
     MessageError,
+    RequestRejected,
     RetryLater,
     TicketRejected,
     TransientError,
@@ -65,11 +67,15 @@ from worker.scx.pacing import Pacer
 from worker.scx.responses import error_list, is_transient_status, rate_limit, retry_after
 from worker.scx.waits import Waits
 from worker.settings import Settings
+from worker.spool import Spooled, TooLarge, spool
 
 log = structlog.get_logger(__name__)
 
 TICKET_PATH = "/v1/channel/ticket"
+EVENTS_PATH = "/v1/channel/event"
 ATTACHMENT_PATH = "/v1/channel/ticket/attachment"
+# DELETE /v1/channel/event takes 1 to 100 ids per call.
+MAX_ACK_IDS = 100
 
 
 T = TypeVar("T")
@@ -79,6 +85,17 @@ T = TypeVar("T")
 class Forwarded:
     status: int
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """A file the API will not hand out (a 404, another 4xx, or too large): a permanent answer.
+
+    ``detail`` says why, as the events bridge publishes it: ``{"status": 404}``, or
+    ``{"status": 413, "reason": "too_large", "max_bytes": N}`` for a file over the limit.
+    """
+
+    detail: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +201,7 @@ class ScxClient:
         # An absolute URL object: httpx skips joining it with base_url on every call (half
         # of build_request's cost, measured).
         self._ticket_url = httpx.URL(settings.scx_api_url + TICKET_PATH)
+        self._events_url = httpx.URL(settings.scx_api_url + EVENTS_PATH)
         self._attachment_url = httpx.URL(settings.scx_api_url + ATTACHMENT_PATH)
         # The API sets no cookies, yet httpx builds urllib request/response stand-ins for
         # its cookie jar on every response: 7 % of the worker's CPU in the bench profile.
@@ -216,6 +234,65 @@ class ScxClient:
             metrics.ticket_already_created()
             log.info("scx.ticket_already_created", status=answered.value)
         return Forwarded(answered.value, answered.attempts)
+
+    # --- seller events (scx-forwarder events) -----------------------------------------
+
+    async def poll_events(self, limit: int) -> list[Any]:
+        """``GET /v1/channel/event?limit=``: the ``eventList`` items as the API sent them."""
+        url = self._events_url
+        answered = await self.call(
+            Call(lambda: self._http.build_request("GET", url, params={"limit": limit}), _events)
+        )
+        return answered.value
+
+    async def ack_events(self, event_ids: Sequence[str]) -> int:
+        """``DELETE /v1/channel/event`` in batches of at most 100 ids; returns the calls made.
+
+        Raises (``RetryLater``, ``RequestRejected``, ...) at the first batch that fails; the
+        batches before it stay acknowledged.
+        """
+        ids = list(event_ids)
+        calls = 0
+        for start in range(0, len(ids), MAX_ACK_IDS):
+            body = orjson.dumps({"eventIdList": ids[start : start + MAX_ACK_IDS]})
+            await self.call(Call(self._delete_events(body), _acknowledged))
+            calls += 1
+        return calls
+
+    def _delete_events(self, body: bytes) -> Callable[[], httpx.Request]:
+        return lambda: self._http.build_request("DELETE", self._events_url, content=body)
+
+    async def download_attachment(
+        self, seller_id: str, ticket_id: str, filename: str, *, max_bytes: int, directory: Path
+    ) -> Spooled | Unavailable:
+        """Stream one file of a seller's reply into a spooled file (at most ``max_bytes``).
+
+        A 4xx other than 401/408/425/429 is a permanent ``Unavailable`` (the file is not
+        there, and asking again will not change that), as is a file over ``max_bytes``;
+        transient failures are retried like any call and end in ``RetryLater``.
+        """
+        params = {"sellerId": seller_id, "ticketId": ticket_id, "filename": filename}
+        url = self._attachment_url
+
+        async def read(response: httpx.Response) -> Spooled | Unavailable:
+            status = response.status_code
+            if status >= 300:
+                await response.aread()
+                if is_transient_status(status) or status == httpx.codes.UNAUTHORIZED:
+                    raise TransientError(
+                        f"HTTP {status}", status=status, retry_after=retry_after(response)
+                    )
+                return Unavailable({"status": status})
+            try:
+                return await spool(response.aiter_bytes(), max_bytes=max_bytes, directory=directory)
+            except TooLarge:
+                # Refused here, not by the API: 413 says "too large" in HTTP's terms.
+                return Unavailable({"status": 413, "reason": "too_large", "max_bytes": max_bytes})
+
+        answered = await self.call(
+            Call(lambda: self._http.build_request("GET", url, params=params), read, stream=True)
+        )
+        return answered.value
 
     async def upload_attachment(
         self, seller_id: str, ticket_id: str, filename: str, content_type: str, file: IO[bytes]
@@ -362,6 +439,38 @@ class ScxClient:
 
 async def _status(response: httpx.Response) -> int:
     return classify(response)
+
+
+def _answered(response: httpx.Response, route: str) -> None:
+    """Raise for an answer that is not a 2xx: transient (retried) or ``RequestRejected``."""
+    status = response.status_code
+    if status < 300:
+        return
+    if is_transient_status(status) or status == httpx.codes.UNAUTHORIZED:
+        raise TransientError(
+            f"HTTP {status}",
+            status=status,
+            retry_after=retry_after(response),
+            error_list=error_list(response),
+        )
+    raise RequestRejected(route, status, error_list(response))
+
+
+async def _events(response: httpx.Response) -> list[Any]:
+    _answered(response, "GET /v1/channel/event")
+    try:
+        payload = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        payload = None
+    events = payload.get("eventList") if isinstance(payload, dict) else None
+    if not isinstance(events, list):
+        # The API's answer, not an event, is broken: poll again rather than guess.
+        raise TransientError("the event list answer has no eventList array")
+    return events
+
+
+async def _acknowledged(response: httpx.Response) -> None:
+    _answered(response, "DELETE /v1/channel/event")
 
 
 @contextmanager
