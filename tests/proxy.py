@@ -1,4 +1,7 @@
-"""A TCP proxy a test can cut: the broker "vanishes" for one client, the real one stays up."""
+"""A TCP proxy a test can cut: a service "vanishes" for one client while the real one stays up.
+
+Used for the broker and for Redis: the machine's own services must never be stopped.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +29,11 @@ class TcpProxy:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def address(self) -> str:
+        """``host:port`` to put in a URL of another scheme (``redis://...``)."""
+        return f"127.0.0.1:{self.port}"
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
