@@ -13,13 +13,8 @@ import contextlib
 
 
 class TcpProxy:
-    def __init__(
-        self, target_host: str = "127.0.0.1", target_port: int = 5672, *, delay_up: float = 0.0
-    ) -> None:
+    def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5672) -> None:
         self._target = (target_host, target_port)
-        # Seconds what the client sends is held before it goes on (a slow or buffering link):
-        # what is held when the proxy is cut never arrives.
-        self._delay_up = delay_up
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._flowing = asyncio.Event()
@@ -65,20 +60,14 @@ class TcpProxy:
         self._writers |= {writer, up_writer}
         # Nobody awaits this handler; the sockets are closed below either way.
         with contextlib.suppress(OSError, asyncio.CancelledError):
-            await asyncio.gather(
-                self._pump(reader, up_writer, self._delay_up), self._pump(up_reader, writer)
-            )
+            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
         for w in (writer, up_writer):
             self._writers.discard(w)
             w.transport.abort()
 
-    async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float = 0.0
-    ) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(65536):
-                if delay:
-                    await asyncio.sleep(delay)  # the link's delay itself
                 await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()

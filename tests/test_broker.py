@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from yarl import URL
 
 from tests.conftest import AMQP_URL, Names, publish, queue_depth, wait_for
-from tests.tcp_proxy import TcpProxy
+from tests.proxy import TcpProxy
 from tests.test_cli import Process, spawn, worker_env
 from worker import broker
 from worker.emulator import Emulator
@@ -33,9 +33,7 @@ REAL = URL(AMQP_URL)
 @pytest.fixture
 async def proxies() -> AsyncIterator[list[TcpProxy]]:
     """Three "nodes": proxies to the real broker, closed at teardown."""
-    started = [TcpProxy(REAL.host or "127.0.0.1", REAL.port or 5672) for _ in "abc"]
-    for proxy in started:
-        await proxy.start()
+    started = [await TcpProxy(REAL.host or "127.0.0.1", REAL.port or 5672).start() for _ in "abc"]
     yield started
     for proxy in started:
         await proxy.close()
@@ -68,7 +66,7 @@ async def test_connect_raises_the_last_error_when_no_node_answers(names: Names) 
 async def test_losing_the_node_moves_the_connection_and_its_consumer_to_the_next(
     names: Names, proxies: list[TcpProxy], channel: AbstractChannel
 ) -> None:
-    settings = _settings(",".join(proxy.url() for proxy in proxies), names)
+    settings = _settings(",".join(proxy.url for proxy in proxies), names)
     connection = await broker.connect_robust(settings, "run")
     received: asyncio.Queue[bytes] = asyncio.Queue()
     async with connection:
@@ -115,7 +113,7 @@ async def test_sigterm_while_every_node_is_gone_exits_0_within_the_grace(
     env = worker_env(
         names,
         emulator,
-        AMQP_URL=",".join(proxy.url() for proxy in proxies[:2]),
+        AMQP_URL=",".join(proxy.url for proxy in proxies[:2]),
         WORKER_SHUTDOWN_GRACE=f"{grace:g}",
         WORKER_CONCURRENCY="4",
         AMQP_PREFETCH="8",

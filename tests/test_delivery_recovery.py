@@ -25,7 +25,7 @@ from tests.conftest import (
     queue_depth,
     wait_for,
 )
-from tests.tcpproxy import TcpProxy
+from tests.proxy import TcpProxy
 from tests.test_cli import Process, processes, spawn, worker_env  # noqa: F401 (a fixture)
 from worker.emulator import Emulator
 from worker.samples import valid_event
@@ -121,14 +121,14 @@ async def test_redis_going_away_holds_the_message_in_the_delay_stage_and_loses_n
     proxy = await TcpProxy("127.0.0.1", 6379).start()
     try:
         await start_worker(
-            worker_state_redis_url=f"redis://{proxy.url_host}/0", worker_state_key_prefix=prefix
+            worker_state_redis_url=f"redis://{proxy.address}/0", worker_state_key_prefix=prefix
         )
         delayed = delayed_total()
         emulator.configure(latency=0.5)
         await publish(channel, names, [event(3, files=2)])
         # Redis goes away while the ticket call is out: the ticket exists, its record does not.
         await wait_for(lambda: emulator.state.ticket_calls == 1, what="the ticket call")
-        await proxy.stop()
+        await proxy.cut()
         await wait_for(lambda: emulator.state.accepted_total == 1, what="the ticket created")
         await wait_for(
             lambda: delayed_total() >= delayed + 2,
@@ -137,13 +137,13 @@ async def test_redis_going_away_holds_the_message_in_the_delay_stage_and_loses_n
         )
         assert emulator.state.channel_calls["upload"] == 0, "no step done on a guess"
         emulator.configure(latency=0.0)
-        await proxy.start()
+        await proxy.restore()
         await wait_for(lambda: len(emulator.files.files) == 2, timeout=30, what="the files")
         assert emulator.state.ticket_calls == 1, "the header said the ticket exists"
         assert emulator.files.duplicates == 0
         assert await queue_depth(amqp, names.dlq) == 0
     finally:
-        await proxy.stop()
+        await proxy.cut()
 
 
 TICKETS = 6

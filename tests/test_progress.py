@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from tests.tcpproxy import TcpProxy
+from tests.proxy import TcpProxy
 from worker.errors import RetryLater
 from worker.progress import RECORD_ATTEMPTS, StateRecord, Steps
 from worker.settings import ConfigError, Settings, load_settings
@@ -122,17 +122,17 @@ async def test_the_record_works_again_once_redis_is_back(redis: Redis, prefix: s
     async def no_wait(_: float) -> None:
         return None
 
-    record = StateRecord(record_settings(f"redis://{proxy.url_host}/0", prefix), sleep=no_wait)
+    record = StateRecord(record_settings(f"redis://{proxy.address}/0", prefix), sleep=no_wait)
     try:
         await record.ticket_created("4711", "CASE-2")
-        await proxy.stop()
+        await proxy.cut()
         with pytest.raises(RetryLater):
             await record.recall("4711", "CASE-2")
-        await proxy.start()
+        await proxy.restore()
         assert await record.recall("4711", "CASE-2") == (True, [])
     finally:
         await record.aclose()
-        await proxy.stop()
+        await proxy.cut()
 
 
 def test_the_redis_url_is_checked_and_never_logged_with_its_password() -> None:

@@ -10,6 +10,7 @@ import pytest
 from yarl import URL
 
 from tests.conftest import AMQP_URL, Names, rabbitmqctl
+from tests.proxy import TcpProxy
 from tests.reliability.conftest import MakeFleet, Record
 from tests.reliability.harness import (
     FAST_RETRIES,
@@ -20,7 +21,6 @@ from tests.reliability.harness import (
     seconds,
     wait_until,
 )
-from tests.tcp_proxy import TcpProxy
 from worker.emulator import Emulator
 
 BACKLOG = 2000
@@ -158,13 +158,11 @@ async def test_connection_lost_with_acks_in_transit(
     """
     prefetch, concurrency = 64, 32
     upstream = URL(AMQP_URL)
-    slow = TcpProxy(upstream.host or "", upstream.port or 5672, delay_up=0.5)
-    spare = TcpProxy(upstream.host or "", upstream.port or 5672)
-    await slow.start()
-    await spare.start()
+    slow = await TcpProxy(upstream.host or "", upstream.port or 5672, delay_up=0.5).start()
+    spare = await TcpProxy(upstream.host or "", upstream.port or 5672).start()
     try:
         fleet = make_fleet(
-            AMQP_URL=f"{slow.url()},{spare.url()}",
+            AMQP_URL=f"{slow.url},{spare.url}",
             AMQP_PREFETCH=str(prefetch),
             WORKER_CONCURRENCY=str(concurrency),
             **FAST_RETRIES,
