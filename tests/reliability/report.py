@@ -38,6 +38,7 @@ ORDER = [
     "test_node_of_the_worker_stopped_mid_backlog",
     "test_leader_of_the_work_queue_stopped_mid_backlog",
     "test_node_of_the_worker_killed_mid_backlog",
+    "test_node_of_the_events_bridge_stopped_mid_backlog",
     "test_api_outage_of_30_s",
     "test_429_storm_with_retry_after",
     "test_token_lifetime_of_2_s_over_a_minute",

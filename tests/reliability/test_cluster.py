@@ -10,7 +10,8 @@ the test's questions.
 
 ``make test`` runs the short form: 1,000 events, the worker's node stopped. ``make cluster``
 and ``make reliability`` (``CLUSTER_FULL=1``) run 3,000 events: the worker's node stopped,
-the leader stopped, and the worker's node killed (SIGKILL: no goodbye to anyone).
+the leader stopped, and the worker's node killed (SIGKILL: no goodbye to anyone); and the
+node the events bridge is connected to stopped under 2,000 seller events.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Literal
 
+import aio_pika
 import orjson
 import pytest
 
-from tests.conftest import Names
+from tests.conftest import Names, wait_for
 from tests.reliability.cluster import Cluster
 from tests.reliability.conftest import MakeFleet, Record
 from tests.reliability.harness import (
@@ -38,7 +40,18 @@ from tests.reliability.harness import (
     seconds,
     wait_until,
 )
+from tests.test_bridge import (  # noqa: F401 (the processes fixture)
+    Tap,
+    bridge_env,
+    check_published,
+    processes,
+    start_bridge,
+)
+from tests.test_bridge import make_backlog as make_events
+from tests.test_cli import Process
+from worker.broker import connect, connect_robust
 from worker.emulator import Emulator
+from worker.settings import Settings
 
 FULL = os.environ.get("CLUSTER_FULL") == "1"
 BACKLOG = 3000 if FULL else 1000
@@ -183,3 +196,98 @@ def _nodes_connected(fleet: Fleet, cluster: Cluster) -> list[int]:
             if b'"event":"broker.connected"' in line:
                 nodes.append(cluster.node_of(orjson.loads(line)["node"]))
     return nodes
+
+
+EVENTS = 2000
+EVENTS_BATCH = 25
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not FULL, reason="long form only (make cluster, make reliability)")
+async def test_node_of_the_events_bridge_stopped_mid_backlog(
+    names: Names,
+    emulator: Emulator,
+    record: Record,
+    on_cluster: Cluster,
+    processes: list[Process],  # noqa: F811
+) -> None:
+    """Cluster: the node the events bridge is connected to stopped mid-backlog of seller events."""
+    cluster = on_cluster
+    # The tap, a quorum queue bound to every key, declared through node 1 (it leads it) and
+    # read through node 3; the bridge lists the nodes from node 2, as the worker does.
+    reading = await connect_robust(Settings(amqp_url=cluster.url(first=WITNESS_NODE)), "check")
+    try:
+        channel = await reading.channel()
+        declaring = await connect(Settings(amqp_url=cluster.url(first=PUBLISHER_NODE)), "check")
+        async with declaring:
+            declare = await declaring.channel()
+            exchange = await declare.declare_exchange(
+                names.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            queue = await declare.declare_queue(
+                f"{names.queue}.all", durable=True, arguments={"x-queue-type": "quorum"}
+            )
+            await queue.bind(exchange, routing_key="#")
+        tap = Tap(channel, queue.name)
+        backlog = make_events(EVENTS, seed=33, prefix="c")
+        emulator.add_events(backlog.items, backlog.files)
+        emulator.configure(latency=0.005)
+        env = bridge_env(
+            names,
+            emulator,
+            AMQP_URL=cluster.url(first=WORKER_NODE),
+            EVENTS_BATCH_SIZE=str(EVENTS_BATCH),
+        )
+        started = time.monotonic()
+        bridge = await start_bridge(env, processes)
+        ledger = emulator.events.ledger
+        await wait_for(
+            lambda: ledger.acked_total >= EVENTS // 5, timeout=120, what="a fifth acknowledged"
+        )
+        stopped = time.monotonic()
+        stopping = asyncio.create_task(cluster.stop_node(WORKER_NODE))
+        await wait_for(
+            lambda: bridge.has_event("events.connection_lost") or stopping.done(),
+            timeout=120,
+            what="the bridge to lose its connection",
+        )
+        at_loss, lost_at = ledger.acked_total, time.monotonic()
+        await stopping
+        record.figures.update(
+            node_stopped=WORKER_NODE, stop_took_s=seconds(time.monotonic() - stopped)
+        )
+        # Resumed: more acknowledged than the batch that was in hand at the loss.
+        await wait_for(
+            lambda: ledger.acked_total > at_loss + EVENTS_BATCH,
+            timeout=120,
+            what="acknowledging to resume after the node stopped",
+        )
+        resumed = time.monotonic() - lost_at
+        await wait_for(
+            lambda: emulator.events.pending == 0, timeout=300, what="every event acknowledged"
+        )
+        duration = time.monotonic() - started
+        # Every event SCX acknowledged is held by the cluster: the tap has every message.
+        await tap.until_all(set(backlog.expected), timeout=120)
+        duplicates = check_published(tap, backlog, exactly_once=False)
+        record.figures.update(
+            published=EVENTS,
+            messages=len(backlog.expected),
+            acked_at_loss=at_loss,
+            recovery_s=seconds(resumed),
+            lost=0,
+            duplicated=duplicates,
+            redelivered_events=ledger.redelivered,
+            acked_again=ledger.acked_again,
+            duration_s=round(duration, 1),
+            connections_lost=sum(b"events.connection_lost" in line for line in bridge.lines),
+        )
+        record.bounds = {
+            "lost": "= 0 (every acknowledged event in the cluster, every event acknowledged)",
+            "duplicates": "only byte-identical copies with the same message_id",
+            "resumed": f"≤ {RESUME_WITHIN_S:g} s after the loss, in the same process",
+        }
+        assert bridge.process.returncode is None, bridge.output[-3000:]
+        assert resumed <= RESUME_WITHIN_S, f"acknowledging resumed {resumed:.1f} s after the loss"
+    finally:
+        await reading.close()
