@@ -13,18 +13,24 @@ class TcpProxy:
     """Forwards ``127.0.0.1:<port>`` to ``target``.
 
     ``cut()`` closes every proxied connection and stops listening, so the client sees its
-    connection drop and every reconnect refused; ``restore()`` listens on the same port again.
+    connection drop and every reconnect refused; ``freeze()`` keeps the sockets open but
+    forwards nothing (a silent partition, found only by heartbeats); ``restore()`` ends
+    either, listening on the same port again.
     ``delay_up`` holds what the client sends for that many seconds before passing it on (a
     slow or buffering link): what is held when the proxy is cut never reaches the target.
     """
 
-    def __init__(self, target_host: str, target_port: int, *, delay_up: float = 0.0) -> None:
+    def __init__(
+        self, target_host: str = "127.0.0.1", target_port: int = 5672, *, delay_up: float = 0.0
+    ) -> None:
         self.target = (target_host, target_port)
         self.delay_up = delay_up
         self.port = 0
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     @property
     def url(self) -> str:
@@ -51,8 +57,13 @@ class TcpProxy:
             pipe.cancel()
         await asyncio.gather(*self._pipes, return_exceptions=True)
 
+    def freeze(self) -> None:
+        self._flowing.clear()
+
     async def restore(self) -> None:
-        await self.start()
+        self._flowing.set()
+        if self._server is None:
+            await self.start()
 
     async def close(self) -> None:
         await self.cut()
@@ -88,9 +99,8 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 sink.close()
 
-    @staticmethod
     async def _pass_on(
-        held: asyncio.Queue[tuple[float, bytes]], sink: asyncio.StreamWriter
+        self, held: asyncio.Queue[tuple[float, bytes]], sink: asyncio.StreamWriter
     ) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -99,5 +109,6 @@ class TcpProxy:
                 return
             if (wait := due - loop.time()) > 0:
                 await asyncio.sleep(wait)  # the link's delay itself
+            await self._flowing.wait()
             sink.write(data)
             await sink.drain()

@@ -25,7 +25,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from tests.conftest import Names, wait_for
-from tests.tcp_proxy import TcpProxy
+from tests.proxy import TcpProxy
 from tests.test_cli import Process, spawn, worker_env
 from worker.emulator import Emulator
 from worker.emulator.events import seller_event, ticket_reply
@@ -592,7 +592,7 @@ async def test_a_standby_takes_over_from_a_replica_that_lost_its_connection(
 ) -> None:
     """A silent partition (nothing flows, no socket closes): found by heartbeats."""
     env = bridge_env(names, emulator)
-    cut_off = await start_bridge(env | {"AMQP_URL": proxy.url()}, processes)
+    cut_off = await start_bridge(env | {"AMQP_URL": proxy.url}, processes)
     standby = await spawn("events", env=env)
     processes.append(standby)
     await wait_for(lambda: standby.has_event("events.standby"), what="the standby")
@@ -625,7 +625,7 @@ async def test_broker_gone_for_10_s_nothing_acknowledged_meanwhile_all_published
     backlog = make_backlog(150, seed=21)
     emulator.add_events(backlog.items, backlog.files)
     emulator.configure(latency=0.02)
-    env = bridge_env(names, emulator, AMQP_URL=proxy.url(), EVENTS_BATCH_SIZE="10")
+    env = bridge_env(names, emulator, AMQP_URL=proxy.url, EVENTS_BATCH_SIZE="10")
     bridge = await start_bridge(env, processes)
     ledger = emulator.events.ledger
     await wait_for(lambda: ledger.acked_total >= 30, what="a fifth acknowledged")
