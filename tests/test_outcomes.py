@@ -29,6 +29,7 @@ from tests.conftest import (
     wait_for,
 )
 from tests.examples import SEED_EVENT_DATA, SEED_TICKET
+from tests.test_contract import schema
 from worker.emulator import Emulator
 from worker.outcomes import DEAD_LETTERED, FORWARDED, DeadLetteredData, ForwardedData
 from worker.settings import ConfigError, load_settings, topic_matches
@@ -112,6 +113,10 @@ async def test_each_settled_message_gets_its_outcome_event(
         assert message.routing_key == message.type
         assert message.content_type == "application/cloudevents+json"
         assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+        # The published contract (docs/schemas) holds for what the worker really sends.
+        contract = schema(f"{str(message.type).replace('_', '-').replace('.', '-')}.schema.json")
+        errors = [error.message for error in contract.iter_errors(orjson.loads(message.body))]
+        assert errors == [], (message.type, errors)
 
     good_event = events["m-good"]
     assert good_event.get_type() == FORWARDED
