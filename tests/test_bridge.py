@@ -525,7 +525,7 @@ async def test_api_outage_and_429s_back_off_and_lose_no_acknowledgement(
     assert [ledger.handed_counts[i] for i in first_page] == [1] * 10
 
     emulator.configure(outage=True)
-    await asyncio.sleep(2)  # the fault itself: the API is down this long
+    await asyncio.sleep(2)  # sync-ok: the fault itself, the API is down this long
     emulator.configure(outage=False)
     try:
         await wait_for(
@@ -633,7 +633,7 @@ async def test_broker_gone_for_10_s_nothing_acknowledged_meanwhile_all_published
     await proxy.cut()
     await asyncio.sleep(0.5)  # an acknowledgement already on its way may still land
     acked, calls = ledger.acked_total, ledger.ack_calls
-    await asyncio.sleep(10)  # the fault itself: the broker is gone this long
+    await asyncio.sleep(10)  # sync-ok: the fault itself, the broker is gone this long
     assert (ledger.acked_total, ledger.ack_calls) == (acked, calls), "acknowledged meanwhile"
     assert acked < len(backlog.items)
     await proxy.restore()
