@@ -34,6 +34,8 @@ hypothesis_settings.register_profile(
 hypothesis_settings.load_profile("forwarder")
 
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+# The machine's Redis, for the progress record's tests: each keeps to a prefix of its own.
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REFRESH_TOKEN = "test-refresh-token-s3cr3t"
 # Delay-stage delays the tests use (short, to scale time with settings); the production
 # defaults are listed too because process-level tests run with them. Fixtures delete the
@@ -80,6 +82,20 @@ class Names:
 def names() -> Names:
     suffix = uuid.uuid4().hex[:12]
     return Names(exchange=f"test.marketplace.{suffix}", queue=f"test.scx.{suffix}")
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A Redis key prefix of this test's own; its keys are deleted afterwards."""
+    from redis.asyncio import Redis  # imported only by the tests that use Redis
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    redis = Redis.from_url(REDIS_URL)
+    keys = [key async for key in redis.scan_iter(f"{name}:*")]
+    if keys:
+        await redis.delete(*keys)
+    await redis.aclose()
 
 
 @pytest.fixture

@@ -6,17 +6,15 @@ from __future__ import annotations
 import base64
 import random
 import signal
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from prometheus_client import REGISTRY
-from redis.asyncio import Redis
 
 from tests.conftest import (
+    REDIS_URL,
     Names,
     StartWorker,
     close_broker_connections,
@@ -29,20 +27,6 @@ from tests.proxy import TcpProxy
 from tests.test_cli import Process, processes, spawn, worker_env  # noqa: F401 (a fixture)
 from worker.emulator import Emulator
 from worker.samples import valid_event
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards."""
-    name = f"test-delivery-{uuid.uuid4().hex[:12]}"
-    yield name
-    redis = Redis.from_url(REDIS_URL)
-    keys = [key async for key in redis.scan_iter(f"{name}:*")]
-    if keys:
-        await redis.delete(*keys)
-    await redis.aclose()
 
 
 def event(index: int, files: int) -> bytes:
@@ -85,9 +69,9 @@ async def test_a_redelivered_message_skips_every_step_the_record_holds(
     channel: AbstractChannel,
     amqp: AbstractRobustConnection,
     names: Names,
-    prefix: str,
+    redis_prefix: str,
 ) -> None:
-    await start_worker(worker_state_redis_url=REDIS_URL, worker_state_key_prefix=prefix)
+    await start_worker(worker_state_redis_url=REDIS_URL, worker_state_key_prefix=redis_prefix)
     body = event(1, files=2)
     skipped = metric("scx_forwarder_steps_skipped_total", step="upload", source="redis")
     async with no_leftovers(amqp, names):
@@ -115,13 +99,14 @@ async def test_redis_going_away_holds_the_message_in_the_delay_stage_and_loses_n
     channel: AbstractChannel,
     amqp: AbstractRobustConnection,
     names: Names,
-    prefix: str,
+    redis_prefix: str,
 ) -> None:
     """Documented: Redis configured but unreachable is a transient failure, never a guess."""
     proxy = await TcpProxy("127.0.0.1", 6379).start()
     try:
         await start_worker(
-            worker_state_redis_url=f"redis://{proxy.address}/0", worker_state_key_prefix=prefix
+            worker_state_redis_url=f"redis://{proxy.address}/0",
+            worker_state_key_prefix=redis_prefix,
         )
         delayed = delayed_total()
         emulator.configure(latency=0.5)
@@ -169,7 +154,7 @@ async def test_kill_9_in_the_middle_of_uploads_repeats_no_ticket_and_at_most_the
     channel: AbstractChannel,
     amqp: AbstractRobustConnection,
     names: Names,
-    prefix: str,
+    redis_prefix: str,
     processes: list[Process],  # noqa: F811
 ) -> None:
     emulator.configure(latency=0.4)
@@ -177,7 +162,7 @@ async def test_kill_9_in_the_middle_of_uploads_repeats_no_ticket_and_at_most_the
         names,
         emulator,
         WORKER_STATE_REDIS_URL=REDIS_URL,
-        WORKER_STATE_KEY_PREFIX=prefix,
+        WORKER_STATE_KEY_PREFIX=redis_prefix,
         WORKER_ATTACHMENT_CONCURRENCY=str(TICKETS),
         AMQP_PREFETCH=str(TICKETS),
     )
@@ -211,12 +196,12 @@ async def test_a_broker_restart_during_uploads_repeats_no_ticket(
     channel: AbstractChannel,
     amqp: AbstractRobustConnection,
     names: Names,
-    prefix: str,
+    redis_prefix: str,
 ) -> None:
     emulator.configure(latency=0.4)
     await start_worker(
         worker_state_redis_url=REDIS_URL,
-        worker_state_key_prefix=prefix,
+        worker_state_key_prefix=redis_prefix,
         worker_attachment_concurrency=TICKETS,
     )
     await publish(channel, names, [event(20 + i, files=FILES) for i in range(TICKETS)])

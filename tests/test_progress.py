@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import socket
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
+from tests.conftest import REDIS_URL
 from tests.proxy import TcpProxy
 from worker.errors import RetryLater
 from worker.progress import RECORD_ATTEMPTS, StateRecord, Steps
 from worker.settings import ConfigError, Settings, load_settings
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def test_the_header_says_what_is_done_and_reads_back() -> None:
@@ -53,17 +51,9 @@ def test_uploads_without_a_ticket_are_not_believed() -> None:
 
 
 @pytest.fixture
-def prefix() -> str:
-    return f"test-progress-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-async def redis(prefix: str) -> AsyncIterator[Redis]:
+async def redis() -> AsyncIterator[Redis]:
     client = Redis.from_url(REDIS_URL)
     yield client
-    keys = [key async for key in client.scan_iter(f"{prefix}:*")]
-    if keys:
-        await client.delete(*keys)
     await client.aclose()
 
 
@@ -74,9 +64,9 @@ def record_settings(url: str, prefix: str, ttl: int = 3600) -> Settings:
 
 
 async def test_the_record_keeps_each_step_per_seller_and_ticket_with_a_ttl(
-    redis: Redis, prefix: str
+    redis: Redis, redis_prefix: str
 ) -> None:
-    record = StateRecord(record_settings(REDIS_URL, prefix, ttl=600))
+    record = StateRecord(record_settings(REDIS_URL, redis_prefix, ttl=600))
     try:
         assert await record.recall("4711", "CASE:1") == (False, [])
         await record.ticket_created("4711", "CASE:1")
@@ -84,14 +74,14 @@ async def test_the_record_keeps_each_step_per_seller_and_ticket_with_a_ttl(
         await record.file_uploaded("4711", "CASE:1", "b.pdf")
         assert await record.recall("4711", "CASE:1") == (True, ["a.png", "b.pdf"])
         assert await record.recall("4712", "CASE:1") == (False, []), "per seller"
-        key = f"{prefix}:4711:CASE:1"
+        key = f"{redis_prefix}:4711:CASE:1"
         assert 0 < await redis.ttl(key) <= 600
     finally:
         await record.aclose()
 
 
 async def test_redis_that_does_not_answer_is_a_transient_failure_never_a_guess(
-    prefix: str,
+    redis_prefix: str,
 ) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
@@ -101,7 +91,7 @@ async def test_redis_that_does_not_answer_is_a_transient_failure_never_a_guess(
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
 
-    record = StateRecord(record_settings(f"redis://127.0.0.1:{port}/0", prefix), sleep=sleep)
+    record = StateRecord(record_settings(f"redis://127.0.0.1:{port}/0", redis_prefix), sleep=sleep)
     started = time.monotonic()
     try:
         with pytest.raises(RetryLater) as raised:
@@ -116,13 +106,13 @@ async def test_redis_that_does_not_answer_is_a_transient_failure_never_a_guess(
     assert time.monotonic() - started < 10
 
 
-async def test_the_record_works_again_once_redis_is_back(redis: Redis, prefix: str) -> None:
+async def test_the_record_works_again_once_redis_is_back(redis: Redis, redis_prefix: str) -> None:
     proxy = await TcpProxy("127.0.0.1", 6379).start()
 
     async def no_wait(_: float) -> None:
         return None
 
-    record = StateRecord(record_settings(f"redis://{proxy.address}/0", prefix), sleep=no_wait)
+    record = StateRecord(record_settings(f"redis://{proxy.address}/0", redis_prefix), sleep=no_wait)
     try:
         await record.ticket_created("4711", "CASE-2")
         await proxy.cut()

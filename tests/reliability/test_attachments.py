@@ -5,15 +5,12 @@ from __future__ import annotations
 import base64
 import signal
 import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
-from redis.asyncio import Redis
 
-from tests.conftest import Names
+from tests.conftest import REDIS_URL, Names
 from tests.reliability.conftest import MakeFleet, Record
 from tests.reliability.harness import (
     FAST_RETRIES,
@@ -28,18 +25,6 @@ from worker.emulator import Emulator
 
 BACKLOG = 200
 FILES = 3
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    name = f"test-reliability-{uuid.uuid4().hex[:12]}"
-    yield name
-    redis = Redis.from_url(REDIS_URL)
-    keys = [key async for key in redis.scan_iter(f"{name}:*")]
-    if keys:
-        await redis.delete(*keys)
-    await redis.aclose()
 
 
 def with_files(backlog: Backlog) -> Backlog:
@@ -70,14 +55,14 @@ async def test_worker_sigkilled_twice_during_uploads_with_the_progress_record(
     dead: DeadLetters,
     make_fleet: MakeFleet,
     record: Record,
-    prefix: str,
+    redis_prefix: str,
 ) -> None:
     """Worker SIGKILLed twice while uploading attachments, with the Redis progress record."""
     in_flight = 4  # WORKER_ATTACHMENT_CONCURRENCY: messages with a step in flight
     emulator.configure(latency=0.02)
     fleet = make_fleet(
         WORKER_STATE_REDIS_URL=REDIS_URL,
-        WORKER_STATE_KEY_PREFIX=prefix,
+        WORKER_STATE_KEY_PREFIX=redis_prefix,
         WORKER_ATTACHMENT_CONCURRENCY=str(in_flight),
         **FAST_RETRIES,
     )
