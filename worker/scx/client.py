@@ -138,17 +138,23 @@ def classify(
     status = response.status_code
     if status < 300 or (status == httpx.codes.CONFLICT and rejected is TicketRejected):
         return status
+    _raise_if_transient(response)
+    raise rejected(status, error_list(response))
+
+
+def _raise_if_transient(response: httpx.Response) -> None:
+    """``TransientError`` for an answer another attempt may cure, on every route."""
+    status = response.status_code
     if is_transient_status(status) or status == httpx.codes.UNAUTHORIZED:
         # A 401 here already survived one refresh and resend in TokenAuth: a token the API
-        # just issued and then refused says nothing about this ticket, so it is not the
-        # ticket's fault and must not dead-letter it as "rejected".
+        # just issued and then refused says nothing about this request, so it is not the
+        # request's fault and must not end it as "rejected".
         raise TransientError(
             f"HTTP {status}",
             status=status,
             retry_after=retry_after(response),
             error_list=error_list(response),
         )
-    raise rejected(status, error_list(response))
 
 
 class ScxClient:
@@ -446,13 +452,7 @@ def _answered(response: httpx.Response, route: str) -> None:
     status = response.status_code
     if status < 300:
         return
-    if is_transient_status(status) or status == httpx.codes.UNAUTHORIZED:
-        raise TransientError(
-            f"HTTP {status}",
-            status=status,
-            retry_after=retry_after(response),
-            error_list=error_list(response),
-        )
+    _raise_if_transient(response)
     raise RequestRejected(route, status, error_list(response))
 
 
