@@ -56,11 +56,17 @@ def simulate(
     seconds: float,
     seed: int = 0,
     latency: tuple[float, float] = (0.0005, 0.004),
+    pollers: int = 0,
+    poll_every: float = 10.0,
 ) -> Outcome:
-    """``replicas`` pacers, each at the full limit per minute, against one limiter."""
+    """``replicas`` pacers, each at the full limit per minute, against one limiter; beside
+    them ``pollers`` callers like the events bridge on an empty feed (``background``
+    pacers at the same limit), each calling ``poll_every`` seconds after its last answer."""
     rng = random.Random(seed)
     limiter = Limiter(algorithm, limit, interval)
-    schedules = [Schedule(limit * 60 / interval) for _ in range(replicas)]
+    per_minute = limit * 60 / interval
+    schedules = [Schedule(per_minute) for _ in range(replicas)]
+    schedules += [Schedule(per_minute, background=True) for _ in range(pollers)]
     order = itertools.count()
     # (when, tie-break, replica, call): a call without a decision yet is on its way there,
     # one with a decision on its way back; no call at all is the replica's head waking up.
@@ -69,7 +75,7 @@ def simulate(
     def at(when: float, replica: int, call: _Call | None = None) -> None:
         heapq.heappush(events, (when, next(order), replica, call))
 
-    for replica in range(replicas):
+    for replica in range(replicas + pollers):
         at(rng.uniform(0.0, 0.5), replica)
     end = math.inf
     calls = admitted = limited = 0
@@ -84,7 +90,8 @@ def simulate(
                 at(slot, replica)
                 continue
             at(now + rng.uniform(*latency), replica, _Call(schedule.sent(now), now))
-            at(now, replica)  # the next message in line takes its turn
+            if replica < replicas:
+                at(now, replica)  # the next message in line takes its turn
         elif call.decision is None:
             if end == math.inf:
                 end = now + seconds
@@ -100,4 +107,6 @@ def simulate(
             schedule.observe(call.seq, headers, sent_at=call.sent_at, now=now, refused=refused)
             if refused:
                 schedule.pause_until(now + math.ceil(decision.retry_after or 0.0))
+            if replica >= replicas:  # a poller: its next poll (sooner after a 429)
+                at(now + (1.0 if refused else poll_every), replica)
     return Outcome(calls, admitted, limited, limit * seconds / interval)

@@ -122,6 +122,23 @@ def test_calls_of_others_between_two_answers_are_held_in_reserve() -> None:
     assert budget.earliest(2.0, last_sent=1.0) == budget.window_end
 
 
+def test_a_background_caller_leaves_the_last_calls_of_a_window_to_the_busy_ones() -> None:
+    def polled_twice(background: bool) -> WindowBudget:
+        budget = WindowBudget()
+        budget.observe(budget.sent(), RateLimit(60, 59, 30.0), sent_at=0.0, now=0.0)
+        # Ten seconds later the others had taken 41 (4.1 a second): 17 left.
+        budget.observe(budget.sent(), RateLimit(60, 17, 30.0), sent_at=10.0, now=10.0)
+        return budget
+
+    busy, seldom = polled_twice(background=False), polled_twice(background=True)
+    # Ten seconds on, at that pace the others have likely used the 17 up: the background
+    # caller waits for the next window; a busy caller, about to hear more, goes on.
+    assert seldom.earliest(20.0, last_sent=10.0, background=True) == seldom.window_end
+    assert busy.earliest(20.0, last_sent=10.0) == 20.0
+    # Soon after its answer, the background caller still has its share.
+    assert seldom.earliest(10.5, last_sent=10.0, background=True) < seldom.window_end
+
+
 def test_the_reserve_is_capped() -> None:
     budget = WindowBudget()
     budget.observe(budget.sent(), RateLimit(LIMIT, 110, 60.0), sent_at=0.0, now=0.0)
@@ -248,6 +265,22 @@ def test_replicas_reach_the_limit_under_every_algorithm(
             assert outcome.limited <= replicas, (seed, outcome)
         else:
             assert outcome.share_429 <= 0.01, (seed, outcome)
+
+
+# Beside the workers, the events bridge polls an empty feed every 10 s on the same
+# credential (fixed windows and sliding windows; a shared bucket as above).
+@pytest.mark.parametrize("algorithm", ["fixed", "sliding"])
+@pytest.mark.parametrize(("limit", "interval"), [(20, 10.0), (60, 30.0)])
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_a_polling_bridge_beside_replicas_costs_no_429s(
+    algorithm: Algorithm, limit: int, interval: float, replicas: int
+) -> None:
+    for seed in range(3):
+        outcome = simulate(
+            algorithm, limit, interval, replicas, seconds=6 * interval, seed=seed, pollers=1
+        )
+        assert outcome.limited == 0, (seed, outcome)
+        assert outcome.goodput >= (0.97 if replicas > 1 else 0.95), (seed, outcome)
 
 
 def test_eight_replicas_share_a_sliding_window_of_sixty() -> None:

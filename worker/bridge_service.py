@@ -26,7 +26,11 @@ log = structlog.get_logger(__name__)
 
 
 async def serve_events(settings: Settings, refresh_token: SecretStr) -> int:
-    async with ScxClient(settings, refresh_token) as client, health.serving(settings):
+    # The bridge polls seldom beside the workers: it leaves a window's last calls to them.
+    async with (
+        ScxClient(settings, refresh_token, background=True) as client,
+        health.serving(settings),
+    ):
         bridge = Bridge(settings, client)
         metrics.watch_consumer(lambda: bridge.running)
         task = asyncio.ensure_future(bridge.run())

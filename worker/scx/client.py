@@ -164,7 +164,10 @@ class ScxClient:
         refresh_token: SecretStr,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        background: bool = False,
     ) -> None:
+        """``background``: this process calls seldom beside busier callers on the same
+        credential (the events bridge beside the workers); see ``Pacer``."""
         timeout = httpx.Timeout(settings.scx_request_timeout, connect=settings.scx_connect_timeout)
         self.auth = TokenAuth(
             refresh_token,
@@ -173,7 +176,9 @@ class ScxClient:
             margin=settings.scx_token_refresh_margin,
         )
         self.waits = Waits()
-        self.pacer = Pacer(settings.scx_max_requests_per_minute, waits=self.waits)
+        self.pacer = Pacer(
+            settings.scx_max_requests_per_minute, waits=self.waits, background=background
+        )
         self.breaker = Breaker(
             failures=settings.scx_breaker_failures,
             cooldown=settings.scx_breaker_cooldown,

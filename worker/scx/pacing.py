@@ -20,7 +20,11 @@ Three rules decide when the next request of this process may go (``Schedule``, p
    closes. ``reserve`` is what the *other* callers used between two of our own answers. The
    window's end is estimated late rather than early (a window is known to have started when
    the remainder goes up to about the whole limit), which costs a little idle time, never a
-   429.
+   429. A **background** caller (the events bridge, polling every ``EVENTS_POLL_INTERVAL``
+   beside busy workers) hears of the window seldom, and its calls come between the workers'
+   answers where their reserve does not expect them: it leaves a window's last calls to them,
+   waiting for the next window once the others, going on as fast as between its last two
+   answers, have likely left no more than its reserve.
 3. **Capacity that comes back over time** (``RecentCalls``): once ``Remaining`` rises
    without a reset to about the whole limit, two "resets" come within less than an
    interval, or the estimated window is over and nothing was reset, the API does not count
@@ -84,6 +88,9 @@ class WindowBudget:
         self.window_end: float | None = None
         self.remaining: int | None = None
         self.reserve = 0
+        # The others' calls a second between our last two answers of this window (0: unknown).
+        self.others_rate = 0.0
+        self._answered_at = -math.inf
         self._sent = 0
         self._seen_seq = 0
         self._seen_remaining: int | None = None
@@ -108,10 +115,14 @@ class WindowBudget:
         )
         if new_window:
             self.window_end = now + limit.interval
+            self.others_rate = 0.0
         elif previous is not None:
             others = previous - limit.remaining - (seq - previous_seq)
             if others > 0:
                 self.reserve = min(others, MAX_RESERVE)
+            if now > self._answered_at:
+                self.others_rate = max(0, others) / (now - self._answered_at)
+        self._answered_at = now
         self._seen_seq, self._seen_remaining = seq, limit.remaining
         self.remaining = limit.remaining - (self._sent - seq)
 
@@ -120,11 +131,20 @@ class WindowBudget:
         self.window_end = max(self.window_end or 0.0, deadline)
         self.remaining = 0
 
-    def earliest(self, now: float, last_sent: float) -> float:
-        """The earliest time the next call fits this window's budget."""
+    def earliest(self, now: float, last_sent: float, *, background: bool = False) -> float:
+        """The earliest time the next call fits this window's budget.
+
+        A ``background`` caller calls seldom (the events bridge polling an empty feed), so
+        what it last heard of the window is old: the others have gone on calling since. It
+        leaves the window's last calls to them (whose own reckoning does not expect it) and
+        waits for the next window once the others, calling as fast as between its last two
+        answers, have likely left no more than ``reserve``.
+        """
         if self.window_end is None or self.remaining is None or now >= self.window_end:
             return now  # no budget known, or the window it described is over
         usable = self.remaining - self.reserve
+        if background:
+            usable -= math.floor(self.others_rate * (now - self._answered_at))
         if usable <= 0:
             return self.window_end
         if last_sent == -math.inf:
@@ -318,8 +338,9 @@ class Schedule:
     less than an interval, or no reset when the estimated window is over.
     """
 
-    def __init__(self, per_minute: float) -> None:
+    def __init__(self, per_minute: float, *, background: bool = False) -> None:
         self.gap = 60.0 / per_minute if per_minute > 0 else 0.0
+        self.background = background
         self._windows_over = False  # the answers showed that the API does not count in windows
         self.windows = WindowBudget()
         self.recent = RecentCalls()
@@ -341,7 +362,7 @@ class Schedule:
 
     def next_slot(self, now: float) -> float:
         if self.counting == "fixed":
-            budget = self.windows.earliest(now, self.last_sent)
+            budget = self.windows.earliest(now, self.last_sent, background=self.background)
         else:
             budget = self.recent.earliest(now)
         return max(self.last_sent + self.gap, self.paused_until, budget)
@@ -426,10 +447,11 @@ class Pacer:
         *,
         waits: Waits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        background: bool = False,
     ) -> None:
         self._waits = waits or Waits()
         self._clock = clock
-        self._schedule = Schedule(per_minute)
+        self._schedule = Schedule(per_minute, background=background)
         # Senders take their turn in arrival order; only the head waits on the clock, so
         # its slot is computed from the freshest headers rather than reserved in advance.
         self._turn = asyncio.Lock()
