@@ -53,6 +53,8 @@ class Contender:
                 "AMQP_URL": amqp_url,
                 "AMQP_EXCHANGE": settings.amqp_exchange,
                 "AMQP_QUEUE": settings.amqp_queue,
+                "EVENTS_UNROUTED_QUEUE": settings.events_unrouted_queue,
+                "EVENTS_LOCK_NAME": settings.events_lock_name,
                 "SCX_API_URL": api_url,
                 "SCX_REFRESH_TOKEN": REFRESH_TOKEN,
                 # The target is not rate limited; everything else stays at its default.
