@@ -258,8 +258,9 @@ async def _phases(
     if unknown:
         raise SystemExit(f"bench: unknown phases {', '.join(sorted(unknown))}")
     contenders = _selected(args, before)
-    if before not in contenders:
-        before = None  # --contenders left it out
+    if before is not None and before not in contenders:
+        results.baseline = f"not run (--contenders leaves out {before.key})"
+        before = None
     clock = time.monotonic()
     if "drain" in phases:
         results.drain = await _drain_phase(args, session, target, contenders)
