@@ -98,6 +98,10 @@ class Broker:
             amqp_url=self.url,
             amqp_exchange=f"bench.{suffix}",
             amqp_queue=f"bench.{suffix}",
+            # The events bridge's (pacing "+ bridge"): its own, not the broker-wide defaults
+            # that any other bridge on this broker may hold.
+            events_unrouted_queue=f"bench.{suffix}.unrouted",
+            events_lock_name=f"bench.{suffix}.lock",
         )
         channel, _ = await self._ready_channel()
         self._created[settings.amqp_queue] = settings
@@ -106,7 +110,9 @@ class Broker:
 
     async def delete(self, settings: Settings) -> None:
         channel, _ = await self._ready_channel()
-        for queue in (settings.amqp_queue, settings.dead_letter_queue, *settings.retry_queues):
+        queues = (settings.amqp_queue, settings.dead_letter_queue, *settings.retry_queues,
+                  settings.events_unrouted_queue)  # fmt: skip
+        for queue in queues:
             await channel.queue_delete(queue)
         await channel.exchange_delete(settings.amqp_exchange)
         self._created.pop(settings.amqp_queue, None)

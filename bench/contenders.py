@@ -30,6 +30,18 @@ class Contender:
     calls_api: bool = True
     overrides: tuple[tuple[str, str], ...] = ()
     """extra environment of a worker variant (``--variant``)"""
+    source: Path | None = None
+    """the checkout whose ``worker`` package it runs, when not this one (``--baseline``)"""
+    version: str = "current"
+    """the pacing table's name for it: current, or before (<short hash>)"""
+
+    def checkout_env(self) -> dict[str, str]:
+        """What makes ``python -m worker`` import the package in ``source``: ``PYTHONPATH``,
+        and ``PYTHONSAFEPATH`` so that ``-m`` does not put the harness's working directory,
+        this checkout, in front of it."""
+        if self.source is None:
+            return {}
+        return {"PYTHONPATH": str(self.source), "PYTHONSAFEPATH": "1"}
 
     def env(self, settings: Settings, api_url: str, **extra: str) -> dict[str, str]:
         """The child's environment: the harness's (stripped of every worker variable in
@@ -41,6 +53,8 @@ class Contender:
                 "AMQP_URL": amqp_url,
                 "AMQP_EXCHANGE": settings.amqp_exchange,
                 "AMQP_QUEUE": settings.amqp_queue,
+                "EVENTS_UNROUTED_QUEUE": settings.events_unrouted_queue,
+                "EVENTS_LOCK_NAME": settings.events_lock_name,
                 "SCX_API_URL": api_url,
                 "SCX_REFRESH_TOKEN": REFRESH_TOKEN,
                 # The target is not rate limited; everything else stays at its default.
@@ -57,7 +71,7 @@ class Contender:
                 "SCX_API_URL": api_url,
                 "SCX_REFRESH_TOKEN": REFRESH_TOKEN,
             }
-        return env | dict(self.overrides) | extra
+        return env | self.checkout_env() | dict(self.overrides) | extra
 
 
 def _peer(name: str) -> tuple[str, ...]:

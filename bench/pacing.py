@@ -10,20 +10,24 @@ processes sharing the refresh token and the queue, each with ``SCX_MAX_REQUESTS_
 process polling on the same credential with the same setting. From the first
 ``/v1/channel*`` call on, the run lasts a whole number of intervals; the emulator's
 ``GET /_emulator/state`` at the end gives the calls, statuses and accepted tickets in that
-time (the emulator is reset before the processes start).
+time (the emulator is reset before the processes start). The workers are those of the
+contender given: the current one, or with ``--baseline`` the worker of an earlier commit
+(``bench/baseline.py``), whose cells the table marks.
 
 Goodput = answered-with-2xx ``/v1/channel*`` calls (accepted tickets, and the bridge's
 polls and acknowledgements) / (L per interval * intervals), the rate the limit sustains (a
 token bucket also lets a full bucket's worth through at once, which the pacer does not
 chase); 429 share = 429 answers / ``/v1/channel*`` calls.
 
-Where ``scx-forwarder events`` does not exist (``python -m worker events --help`` fails),
-the bridge cells are reported as not run, never estimated.
+Where ``scx-forwarder events`` does not exist in the contender's checkout
+(``python -m worker events --help`` fails), the bridge cells are reported as not run, never
+estimated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -33,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from bench.contenders import WORKER
+from bench.contenders import Contender
 from bench.measure import Session
 from bench.target import free_port
 from worker.samples import sample_lines
@@ -45,6 +49,7 @@ BRIDGE_ARGV = (sys.executable, "-m", "worker", "events")
 
 @dataclass
 class PacingResult:
+    worker: str  # Contender.version: current, or before (<short hash>)
     algorithm: str
     workers: int
     bridge: bool
@@ -76,9 +81,15 @@ class PacingResult:
 
 
 @cache
-def bridge_available() -> bool:
-    """Whether this checkout has ``scx-forwarder events`` (the events bridge)."""
-    probe = subprocess.run([*BRIDGE_ARGV, "--help"], capture_output=True, timeout=60, check=False)
+def bridge_available(contender: Contender) -> bool:
+    """Whether the contender's checkout has ``scx-forwarder events`` (the events bridge)."""
+    probe = subprocess.run(
+        [*BRIDGE_ARGV, "--help"],
+        env=os.environ | contender.checkout_env(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     return probe.returncode == 0
 
 
@@ -130,6 +141,7 @@ class Emulator:
 async def pacing(
     session: Session,
     emulator: Emulator,
+    contender: Contender,
     *,
     algorithm: str,
     workers: int,
@@ -138,8 +150,8 @@ async def pacing(
 ) -> PacingResult:
     limit, interval = emulator.limit, emulator.interval
     per_minute = limit * 60 / interval
-    cell = (algorithm, workers, bridge, limit, interval, per_minute, seconds)
-    if bridge and not bridge_available():
+    cell = (contender.version, algorithm, workers, bridge, limit, interval, per_minute, seconds)
+    if bridge and not bridge_available(contender):
         return PacingResult(*cell, 0, 0, {}, 0, BRIDGE_MISSING)
     settings = await session.broker.new_queue()
     backlog = int(limit / interval * seconds * 1.5) + 100 * workers
@@ -148,13 +160,13 @@ async def pacing(
     await emulator.reset()
     pace = {"SCX_MAX_REQUESTS_PER_MINUTE": f"{per_minute:g}"}
     procs = []
-    name = f"pacing-{algorithm}-{workers}{'-bridge' if bridge else ''}"
+    name = f"pacing-{contender.key}-{algorithm}-{workers}{'-bridge' if bridge else ''}"
     for k in range(workers):
-        env = WORKER.env(settings, emulator.url, **pace)
+        env = contender.env(settings, emulator.url, **pace)
         log = session.workdir / f"{name}-{k}.log"
-        procs.append(await session.children.start(WORKER.argv, env, log=log))
+        procs.append(await session.children.start(contender.argv, env, log=log))
     if bridge:
-        env = WORKER.env(settings, emulator.url, **pace)
+        env = contender.env(settings, emulator.url, **pace)
         log = session.workdir / f"{name}-events.log"
         procs.append(await session.children.start(BRIDGE_ARGV, env, log=log))
     error = None

@@ -28,6 +28,8 @@ class Results:
     attachments: list[AttachmentsResult] = field(default_factory=list)
     events: list[EventsResult] = field(default_factory=list)
     profile: str | None = None
+    baseline: str | None = None
+    """the "before:" line (``--baseline``): the earlier commit measured, or why it was not"""
 
 
 @dataclass
@@ -200,6 +202,7 @@ def pacing_table(results: Sequence[PacingResult]) -> list[str]:
     rows = []
     for r in results:
         cell = [
+            r.worker,
             r.algorithm,
             str(r.workers),
             "yes" if r.bridge else "no",
@@ -222,7 +225,7 @@ def pacing_table(results: Sequence[PacingResult]) -> list[str]:
                 r.error or "",
             ]
         )
-    header = ["API counts by", "workers", "events bridge", "limit",
+    header = ["worker", "API counts by", "workers", "events bridge", "limit",
               "SCX_MAX_REQUESTS_PER_MINUTE (each)", "measured", "/v1/channel* calls",
               "answered 2xx", "goodput (share of limit)", "429 share", "statuses", "DLQ",
               "note"]  # fmt: skip
@@ -309,8 +312,7 @@ def chart(results: Results, path: Path) -> None:
         ax_lat.set_yscale("log")
         ax_lat.legend(fontsize=8)
     ran = [r for r in results.pacing if r.ran]
-    pace = [f"{r.algorithm}\n{r.workers}w{'+b' if r.bridge else ''}\n{r.limit}/{r.interval:g}s"
-            for r in ran]  # fmt: skip
+    pace = [_pacing_label(r) for r in ran]
     xs = list(range(len(pace)))
     ax_pace.bar([x - 0.2 for x in xs], [100 * r.goodput_share for r in ran], 0.4,
                 label="goodput, % of limit")  # fmt: skip
@@ -321,7 +323,10 @@ def chart(results: Results, path: Path) -> None:
     ax_pace.set_xticklabels(pace, fontsize=7)
     not_run = len(results.pacing) - len(ran)
     skipped = f" ({not_run} cells not run)" if not_run else ""
-    ax_pace.set_title(f"pacing: how the API counts x workers (+b: events bridge), %{skipped}")
+    before = ", before: --baseline" if any(r.worker != "current" for r in ran) else ""
+    ax_pace.set_title(
+        f"pacing: how the API counts x workers (+b: events bridge{before}), %{skipped}"
+    )
     if pace:
         ax_pace.legend(fontsize=8)
     for ax, shown in ((ax_rate, drain_api), (ax_cpu, drain_api), (ax_rss, results.rss),
@@ -333,6 +338,11 @@ def chart(results: Results, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _pacing_label(r: PacingResult) -> str:
+    label = f"{r.algorithm}\n{r.workers}w{'+b' if r.bridge else ''}\n{r.limit}/{r.interval:g}s"
+    return label if r.worker == "current" else f"{label}\nbefore"
 
 
 def _chart_note(results: Results) -> str:
@@ -361,6 +371,7 @@ def document(results: Results, host: Machine, command: str, notes: Sequence[str]
         f"- load average (1/5/15 min) before: {load}; after: {load_after}",
         f"- {host.python}; {host.broker}; {host.nginx}",
         f"- {host.packages}",
+        *([f"- before: {results.baseline}"] if results.baseline else []),
         "",
         *notes,
         "",

@@ -6,8 +6,13 @@ contender as its own OS process, prints the tables and writes ``docs/BENCHMARKS.
 ``docs/benchmarks.png``. Everything it starts or declares is removed at the end, also on
 Ctrl-C or SIGTERM.
 
-    .venv/bin/python -m bench            # the full run, about 30 minutes
+    .venv/bin/python -m bench            # the full run, about 30 minutes (+ ~10, --baseline)
     .venv/bin/python -m bench --quick    # a smoke run of about 2 minutes; writes no docs
+    .venv/bin/python -m bench --quick --baseline HEAD~3   # the worker of HEAD~3 beside it
+
+``--baseline REF`` (``bench/baseline.py``) runs the worker of commit REF beside the current one
+in the drain, memory and latency phases and in part of the pacing grid, so that "before" and
+"after" come from one run on one machine.
 
 Needs RabbitMQ on ``AMQP_URL`` (default ``amqp://guest:guest@127.0.0.1:5672/``), the
 ``bench`` extras (``pip install -e '.[bench]'``) and nginx with its echo module (installed
@@ -32,8 +37,9 @@ from typing import TypeVar
 from bench import report
 from bench.attachments import attachments
 from bench.attachments import table as attachments_table
+from bench.baseline import Baseline, BaselineUnavailable, extract
 from bench.broker import Broker, broker_lost
-from bench.contenders import CONTENDERS, Contender, Role, variant
+from bench.contenders import CONTENDERS, WORKER, Contender, Role, variant
 from bench.events import EventsResult, events_drain
 from bench.measure import Session
 from bench.pacing import ALGORITHMS, Emulator, PacingResult, pacing
@@ -59,6 +65,9 @@ FULL = {
     # The documented 60 per 60 s scaled in time, each over a whole number of intervals.
     "pacing_limits": "20/10:60,60/30:120",
     "events_count": 10_000,
+    # The last commit before the scale-out issue's work (pacing across workers, the events
+    # bridge, ...): its figures are what that work must not make worse.
+    "baseline": "0ce5a92",
 }
 QUICK = {
     "latencies": "0,100",
@@ -70,6 +79,7 @@ QUICK = {
     "steady_warmup": 1.0,
     "pacing_limits": "10/5:10",
     "events_count": 1_000,
+    "baseline": "none",
 }
 
 
@@ -82,11 +92,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small smoke run (~2 min), no docs")
     p.add_argument("--only", default=",".join(PHASES), help=f"phases, of {','.join(PHASES)}")
     keys = ",".join(c.key for c in CONTENDERS)
-    p.add_argument("--contenders", help=f"of {keys} and worker-LABEL of each --variant")
+    p.add_argument(
+        "--contenders",
+        help=f"of {keys}, worker-before (--baseline) and worker-LABEL of each --variant",
+    )
     p.add_argument(
         "--variant", action="append", default=[], metavar="LABEL:KEY=VALUE[,KEY=VALUE]",
         help="also measure our worker with these settings, e.g. "
         "c32:WORKER_CONCURRENCY=32,AMQP_PREFETCH=64 (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--baseline", metavar="REF",
+        help="also measure the worker of this git commit (none: do not; default: "
+        f"{FULL['baseline']} in a full run, none with --quick)",
     )  # fmt: skip
     p.add_argument("--latencies", help="API latencies in ms, of 0,20,100")
     p.add_argument("--backlogs", help="backlog per latency, e.g. 20000,6000,3000")
@@ -170,11 +188,13 @@ async def _run(args: argparse.Namespace, nginx: str, children: Children) -> int:
     target = NginxTarget(nginx, workdir, children)
     started = time.monotonic()
     try:
+        baseline, results = _baseline(args.baseline, workdir)
         await broker.connect()
         host = report.machine(broker.version, nginx_version(nginx))
         await target.start()
         session = Session(broker, children, workdir, find_pid("beam.smp"))
-        results = await _phases(args, session, target)
+        before = baseline.contender if baseline else None
+        results = await _phases(args, session, target, before, results)
         host.load_after, host.seconds = os.getloadavg(), time.monotonic() - started
     finally:
         await children.stop_all()
@@ -184,6 +204,8 @@ async def _run(args: argparse.Namespace, nginx: str, children: Children) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     print()
+    if results.baseline:
+        print(f"before: {results.baseline}\n")
     print("\n".join(report.tables(results)))
     if results.profile:
         print(results.profile)
@@ -192,12 +214,29 @@ async def _run(args: argparse.Namespace, nginx: str, children: Children) -> int:
     return 0
 
 
-def _selected(args: argparse.Namespace) -> list[Contender]:
+def _baseline(ref: str, workdir: Path) -> tuple[Baseline | None, report.Results]:
+    """The earlier worker, if asked for and usable; the results say which or why not."""
+    results = report.Results()
+    if ref.lower() == "none":
+        return None, results
+    try:
+        baseline = extract(ref, REPO, workdir)
+    except BaselineUnavailable as exc:
+        results.baseline = f"not run ({exc})"
+        _say(f"before    {results.baseline}")
+        return None, results
+    results.baseline = baseline.describe()
+    _say(f"before    {baseline.contender.label}: {baseline.subject}")
+    return baseline, results
+
+
+def _selected(args: argparse.Namespace, before: Contender | None) -> list[Contender]:
     try:
         variants = [variant(spec) for spec in args.variant]
     except ValueError as exc:
         raise SystemExit(f"bench: {exc}") from None
-    everyone = [*CONTENDERS[:1], *variants, *CONTENDERS[1:]]
+    earlier = [before] if before else []
+    everyone = [*CONTENDERS[:1], *earlier, *variants, *CONTENDERS[1:]]
     if args.contenders is None:
         return everyone
     keys = [k.strip() for k in args.contenders.split(",")]
@@ -208,14 +247,20 @@ def _selected(args: argparse.Namespace) -> list[Contender]:
 
 
 async def _phases(
-    args: argparse.Namespace, session: Session, target: NginxTarget
+    args: argparse.Namespace,
+    session: Session,
+    target: NginxTarget,
+    before: Contender | None,
+    results: report.Results,
 ) -> report.Results:
     phases = {p.strip() for p in args.only.split(",") if p.strip()}
     unknown = phases - set(PHASES)
     if unknown:
         raise SystemExit(f"bench: unknown phases {', '.join(sorted(unknown))}")
-    contenders = _selected(args)
-    results = report.Results()
+    contenders = _selected(args, before)
+    if before is not None and before not in contenders:
+        results.baseline = f"not run (--contenders leaves out {before.key})"
+        before = None
     clock = time.monotonic()
     if "drain" in phases:
         results.drain = await _drain_phase(args, session, target, contenders)
@@ -227,7 +272,7 @@ async def _phases(
         results.latency = await _latency_phase(args, session, target, contenders)
         clock = _lap("latency", clock)
     if "pacing" in phases:
-        results.pacing = await _pacing_phase(args, session)
+        results.pacing = await _pacing_phase(args, session, before)
         clock = _lap("pacing", clock)
     if "attachments" in phases:
         tickets = 4 if args.quick else 32
@@ -306,23 +351,30 @@ async def _latency_phase(
     return results
 
 
-async def _pacing_phase(args: argparse.Namespace, session: Session) -> list[PacingResult]:
-    """The grid: how the API counts x worker processes x without/with the events bridge."""
+async def _pacing_phase(
+    args: argparse.Namespace, session: Session, before: Contender | None
+) -> list[PacingResult]:
+    """The grid: how the API counts x worker processes x without/with the events bridge; the
+    earlier worker (``--baseline``) at the first limit only, without the bridge (it has none)."""
     results = []
     algorithms = [a.strip() for a in args.pacing_algorithms.split(",") if a.strip()]
     if unknown := set(algorithms) - set(ALGORITHMS):
         raise SystemExit(f"bench: unknown --pacing-algorithms {', '.join(sorted(unknown))}")
     bridges = [b.strip() == "with" for b in args.pacing_bridge.split(",") if b.strip()]
-    for limit, interval, seconds in _pacing_limits(args.pacing_limits):
+    for index, (limit, interval, seconds) in enumerate(_pacing_limits(args.pacing_limits)):
+        cells = [(WORKER, bridge) for bridge in bridges]
+        if before is not None and index == 0 and False in bridges:
+            cells.append((before, False))
         emulator = Emulator(session, limit, interval)
         await emulator.start()
         try:
             for algorithm in algorithms:
                 for workers in (int(x) for x in _floats(args.pacing_workers)):
-                    for bridge in bridges:
+                    for contender, bridge in cells:
                         r = await _again_on_broker_loss(
-                            session, partial(pacing, session, emulator, algorithm=algorithm,
-                                             workers=workers, bridge=bridge, seconds=seconds),
+                            session, partial(pacing, session, emulator, contender,
+                                             algorithm=algorithm, workers=workers,
+                                             bridge=bridge, seconds=seconds),
                         )  # fmt: skip
                         results.append(r)
                         _say_pacing(r)
@@ -346,7 +398,7 @@ def _pacing_limits(text: str) -> list[tuple[int, float, float]]:
 
 def _say_pacing(r: PacingResult) -> None:
     cell = (f"{r.limit}/{r.interval:g}s {r.algorithm:<7} {r.workers} worker(s)"
-            f"{' + bridge' if r.bridge else '':<9}")  # fmt: skip
+            f"{' + bridge' if r.bridge else '':<9} {r.worker:<17}")  # fmt: skip
     if not r.ran:
         _say(f"pacing    {cell}  {r.error}")
         return
@@ -409,6 +461,18 @@ def _method(args: argparse.Namespace) -> list[str]:
     limits = _pacing_limits(args.pacing_limits)
     scaled = ", ".join(f"{lim} per {ivl:g} s (measured {sec:g} s)" for lim, ivl, sec in limits)
     per_minute = ", ".join(f"{lim * 60 / ivl:g}" for lim, ivl, _ in limits)
+    before = """
+  - *scx-forwarder before (<hash>)* (`--baseline REF`): the worker of an earlier commit,
+    extracted with `git archive REF` into the run's temp dir and started the same way with the
+    same environment, plus `PYTHONPATH` on that tree (`bench/baseline.py`); its own defaults
+    for everything not set. It runs in drain, memory and latency like a `--variant` row."""
+    pacing_before = (
+        ' The earlier worker (`--baseline`, column "worker") runs the cells without\n'
+        f"  the bridge (it has none) at the first limit only ({limits[0][0]} per "
+        f"{limits[0][1]:g} s), to keep\n  the run's length reasonable."
+    )
+    if args.baseline.lower() == "none":
+        before = pacing_before = ""
     text = f"""\
 **Timings from a shared or busy machine are noisy** (on a VM, CPU time too: stolen time is
 counted): compare figures from one run only, and re-take them on a quiet machine before
@@ -425,7 +489,7 @@ How it measures (details in the docstrings of `bench/*.py`):
   worker's own topology and preloaded with valid sample events (`worker/samples.py`):
   - *scx-forwarder (defaults)*: `scx-forwarder run` with default settings; only the queue, the
     URL, the token and `SCX_MAX_REQUESTS_PER_MINUTE=0` (the target is not rate limited) are set,
-    and `METRICS_PORT` gets a free port. `--variant` rows: the same with the settings shown.
+    and `METRICS_PORT` gets a free port. `--variant` rows: the same with the settings shown.{before}
   - *ceiling*: aio-pika consume + ack (prefetch 128), no JSON, no HTTP
     (`bench/peers/raw_ceiling.py`);
   - *sequential*: the usual first script, aio-pika's README consumer (prefetch 10,
@@ -470,7 +534,7 @@ How it measures (details in the docstrings of `bench/*.py`):
   (accepted tickets, and the bridge's polls and acknowledgements) / what the limit sustains in
   that time (L per I s; a token bucket also lets one full bucket through at the start, so its
   goodput can pass 100 %); 429 share = 429 answers / all `/v1/channel*` calls. A cell that did
-  not run says why.
+  not run says why.{pacing_before}
 - **Attachments**: 32 tickets with 10 URL attachments of 16 MiB each (5 GiB), served by a
   file server process and uploaded to the emulator (its own process, keeping size and SHA-256
   of each file), `scx-forwarder run` with its defaults; time from publishing the 32 events to
