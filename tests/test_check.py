@@ -6,7 +6,7 @@ import aiormq
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from tests.conftest import AMQP_URL, REFRESH_TOKEN, Names
+from tests.conftest import AMQP_URL, REDIS_URL, REFRESH_TOKEN, Names
 from tests.test_dlq import Result, cli, settings_for
 from worker.emulator import Emulator
 from worker.topology import declare_topology
@@ -96,6 +96,25 @@ async def test_an_unreachable_broker_or_api_fails_with_exit_1(
     assert "amqp://someone:***@127.0.0.1:1/" in result.out
     assert "hunter2" not in result.out + result.err
     assert "cannot reach" in result.out
+
+
+async def test_the_progress_records_redis_is_checked_when_configured(
+    declared: None, names: Names, emulator: Emulator, unused_tcp_port: int
+) -> None:
+    without = await check(names, emulator)
+    assert "state" not in lines(without)
+
+    reachable = await check(names, emulator, WORKER_STATE_REDIS_URL=REDIS_URL)
+    assert reachable.code == 0, reachable.out + reachable.err
+    assert lines(reachable)["state"] == "ok"
+    assert "answers PING" in reachable.out
+
+    unreachable = f"redis://someone:hunter2@127.0.0.1:{unused_tcp_port}/0"
+    result = await check(names, emulator, WORKER_STATE_REDIS_URL=unreachable)
+    assert result.code == 1
+    assert lines(result)["state"] == "fail"
+    assert f"redis://someone:***@127.0.0.1:{unused_tcp_port}/0" in result.out
+    assert "hunter2" not in result.out + result.err
 
 
 async def test_bad_configuration_exits_2_before_contacting_anything(

@@ -13,6 +13,9 @@ It checks, in order, and prints one line per check:
   the work queue and DLQ report their ready messages and consumers;
 - **token**: one ``POST /v1/auth`` with the refresh token (one call of the route's
   budget); the token itself is never printed;
+- **state** (only with ``WORKER_STATE_REDIS_URL``): a ``PING`` to the progress record's
+  Redis with the configured credentials; unreachable or refused is a failure, since the
+  worker would then delay every ticket with attachments (it never skips a step on a guess);
 - with ``--events`` (the events bridge's pipeline), also **unrouted**: the
   ``EVENTS_UNROUTED_QUEUE`` looked up passively, with the messages kept there, and **events
   lock**: whether a bridge holds ``EVENTS_LOCK_NAME`` now (a passive declare of another
@@ -75,8 +78,32 @@ async def run_checks(
 ) -> list[Result]:
     """Every check after the configuration's, in the order they are printed."""
     results = await check_broker(settings, events=events)
+    if settings.worker_state_redis_url is not None:
+        results.append(await check_state_record(settings))
     results.append(await check_token(settings, refresh_token))
     return results
+
+
+async def check_state_record(settings: Settings) -> Result:
+    """A ``PING`` to the progress record's Redis (``WORKER_STATE_REDIS_URL``)."""
+    assert settings.worker_state_redis_url is not None
+    # Imported here, as in worker.progress: only a configuration with the record needs it.
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    where = settings.state_redis_url_redacted
+    client: Redis = Redis.from_url(
+        settings.worker_state_redis_url.get_secret_value(),
+        socket_connect_timeout=broker.CONNECT_TIMEOUT,
+        socket_timeout=broker.CONNECT_TIMEOUT,
+    )
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        return Result("state", "fail", f"cannot use {where}: {_safe_error(exc, settings)}")
+    finally:
+        await client.aclose()
+    return Result("state", "ok", f"{where} answers PING")
 
 
 async def check_broker(settings: Settings, *, events: bool = False) -> list[Result]:

@@ -310,8 +310,12 @@ class Settings(BaseSettings):
         return ",".join(redact_url(url) for url in self.amqp_nodes)
 
     def scrub(self, text: str) -> str:
-        """``text`` with every broker password in it replaced by ``***`` (for error texts)."""
-        return scrub_passwords(text, self.amqp_nodes)
+        """``text`` with every broker and Redis password in it replaced by ``***`` (for
+        error texts)."""
+        urls = list(self.amqp_nodes)
+        if self.worker_state_redis_url is not None:
+            urls.append(URL(self.worker_state_redis_url.get_secret_value()))
+        return scrub_passwords(text, urls)
 
     @property
     def state_redis_url_redacted(self) -> str | None:
