@@ -7,6 +7,7 @@ Without it these tests skip on a developer's machine and fail under CI (``CI`` s
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ ROOT = Path(__file__).parent.parent
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 ALERTS = PROMETHEUS / "alerts.yaml"
 ALERT_TESTS = PROMETHEUS / "alerts.test.yaml"
+DASHBOARD = PROMETHEUS.parent / "grafana" / "scx-forwarder-dashboard.json"
 # Series the rules read from kube-state-metrics: a process that exited cannot say why.
 KUBE_STATE_METRICS = {
     "kube_pod_container_status_last_terminated_exitcode",
@@ -114,3 +116,16 @@ def test_the_prometheus_rule_in_deploy_k8s_is_generated_from_alerts_yaml() -> No
     rule_file = ROOT / "deploy" / "k8s" / "components" / "monitoring" / "prometheusrule.yaml"
     rule = yaml.safe_load(rule_file.read_text())
     assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"]
+
+
+def test_the_dashboard_shows_every_metric_an_alert_watches() -> None:
+    """An operator paged by an alert finds its signal on the dashboard, over time."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    shown = " ".join(
+        target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
+    )
+    watched = {
+        name for rule in rules() for name in re.findall(r"\bscx_forwarder_\w+", rule["expr"])
+    }
+    assert watched, "the alerts watch the forwarder's metrics"
+    assert {name for name in watched if name not in shown} == set()
