@@ -33,7 +33,7 @@ COLUMNS = [
 # Scenarios in the order of the document, by test name; others follow in file order.
 ORDER = [
     "test_worker_sigkilled_mid_backlog",
-    "test_broker_restarted_mid_backlog",
+    "test_the_one_node_the_worker_knows_restarted_mid_backlog",
     "test_connection_lost_with_acks_in_transit",
     "test_node_of_the_worker_stopped_mid_backlog",
     "test_leader_of_the_work_queue_stopped_mid_backlog",
@@ -75,7 +75,9 @@ queues. The suite runs with `make test` too; this page is the record of one run.
 
 The cluster scenarios run on a local 3-node RabbitMQ cluster (`scripts/cluster.sh`, quorum
 queues replicated on all three nodes) and stop one node under a backlog of 3,000 events: the
-node the worker is connected to, or the node leading the work queue. Duplicates are bounded by
+node the worker is connected to, or the node leading the work queue. The broker restart is
+played by that cluster too: node 2, the only node in the worker's `AMQP_URL`, is stopped and
+started again (the machine's own broker is never stopped). Duplicates are bounded by
 `AMQP_PREFETCH` per lost connection: every delivery the connection held unacked, including
 those already sent to the API whose ack was still on the way (README "What it promises").
 

@@ -188,6 +188,68 @@ async def _lose_a_node(
         await dead.close()
 
 
+@pytest.mark.timeout(600)
+async def test_the_one_node_the_worker_knows_restarted_mid_backlog(
+    names: Names, emulator: Emulator, make_fleet: MakeFleet, record: Record, on_cluster: Cluster
+) -> None:
+    """Broker restarted mid-backlog: the one node in the worker's AMQP_URL stopped, then started.
+
+    A single broker restarting, as the worker sees it: it has nowhere else to go and must
+    wait for that node to come back. Node 2 of the cluster plays it (the machine's own broker
+    on 5672 is never stopped); the queue's other members keep what it held meanwhile.
+    """
+    cluster = on_cluster
+    prefetch = 32
+    fleet = make_fleet(
+        AMQP_URL=cluster.urls[WORKER_NODE - 1], AMQP_PREFETCH=str(prefetch), **FAST_RETRIES
+    )
+    dead = DeadLetters(names.dlq, cluster.endpoint(first=WITNESS_NODE, ask=WITNESS_NODE))
+    try:
+        backlog = make_backlog(BACKLOG, seed=13)
+        await publish_backlog(fleet.env | {"AMQP_URL": cluster.url(first=PUBLISHER_NODE)}, backlog)
+        started = time.monotonic()
+        worker = await fleet.start()
+        state = emulator.state
+        third = len(backlog.valid) // 3
+        await wait_until(
+            lambda: len(state.accepted_counts) >= third, timeout=120, fleet=fleet, what="a third"
+        )
+        stopped = time.monotonic()
+        await cluster.stop_node(WORKER_NODE)
+        await cluster.start_node(WORKER_NODE)
+        back = time.monotonic()
+        record.figures["broker_down_s"] = seconds(back - stopped)
+        before = state.accepted_total
+        await wait_until(
+            lambda: state.accepted_total > before,
+            timeout=120,
+            fleet=fleet,
+            what="a ticket forwarded after the restart",
+        )
+        record.figures["recovery_s"] = seconds(time.monotonic() - back)
+        books = await finish(
+            record.figures,
+            backlog,
+            emulator,
+            dead,
+            names,
+            started=started,
+            timeout=240,
+            fleet=fleet,
+        )
+        record.figures["worker_restarts"] = len(fleet.processes) - 1
+        record.bounds = {
+            "lost": "= 0",
+            "duplicated": f"≤ {prefetch} (AMQP_PREFETCH: the unacked messages redelivered)",
+            "worker": "the same process reconnects by itself",
+        }
+        assert fleet.alive() == [worker], fleet.tail()
+        assert _nodes_connected(fleet, cluster) == [WORKER_NODE, WORKER_NODE]
+        books.check(max_duplicates=prefetch, fleet=fleet)
+    finally:
+        await dead.close()
+
+
 def _nodes_connected(fleet: Fleet, cluster: Cluster) -> list[int]:
     """The nodes the fleet's workers connected to, in order (``broker.connected`` lines)."""
     nodes = []

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 
 import pytest
 from yarl import URL
 
-from tests.conftest import AMQP_URL, Names, rabbitmqctl
+from tests.conftest import AMQP_URL, Names
 from tests.proxy import TcpProxy
 from tests.reliability.conftest import MakeFleet, Record
 from tests.reliability.harness import (
@@ -96,54 +95,6 @@ async def test_sigterm_at_100ms_latency_finishes_in_flight_work(
     }
     books.check(max_duplicates=0, fleet=fleet)
     assert set(state.accepted_counts.values()) == {1}, "a ticket was sent twice"
-
-
-@pytest.mark.timeout(400)
-async def test_broker_restarted_mid_backlog(
-    broker: Names, emulator: Emulator, dead: DeadLetters, make_fleet: MakeFleet, record: Record
-) -> None:
-    """Broker restarted mid-backlog (rabbitmqctl stop_app, 3 s, start_app)."""
-    prefetch = 32
-    downtime = 3.0
-    fleet = make_fleet(AMQP_PREFETCH=str(prefetch), **FAST_RETRIES)
-    backlog = make_backlog(BACKLOG, seed=13)
-    await publish_backlog(fleet.env, backlog)
-    started = time.monotonic()
-    worker = await fleet.start()
-    state = emulator.state
-    third = len(backlog.valid) // 3
-    await wait_until(
-        lambda: len(state.accepted_counts) >= third, timeout=120, fleet=fleet, what="a third"
-    )
-
-    stopped = time.monotonic()
-    try:
-        await rabbitmqctl("stop_app")
-        await asyncio.sleep(downtime)  # the fault itself: the broker stays down this long
-    finally:
-        await rabbitmqctl("start_app")  # never leave the shared broker down
-    await rabbitmqctl("await_startup")
-    back = time.monotonic()
-    record.figures["broker_down_s"] = seconds(back - stopped)
-    before = state.accepted_total
-    await wait_until(
-        lambda: state.accepted_total > before,
-        timeout=120,
-        fleet=fleet,
-        what="a ticket forwarded after the restart",
-    )
-    record.figures["recovery_s"] = seconds(time.monotonic() - back)
-    books = await finish(
-        record.figures, backlog, emulator, dead, broker, started=started, timeout=240, fleet=fleet
-    )
-    record.figures["worker_restarts"] = len(fleet.processes) - 1
-    record.bounds = {
-        "lost": "= 0",
-        "duplicated": f"≤ {prefetch} (AMQP_PREFETCH: the unacked messages redelivered)",
-        "worker": "the same process reconnects by itself",
-    }
-    assert fleet.alive() == [worker], fleet.tail()
-    books.check(max_duplicates=prefetch, fleet=fleet)
 
 
 @pytest.mark.timeout(400)
