@@ -61,14 +61,12 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_random_exponential,
 )
 
 from worker.attachments import AttachmentSource, Fetched, FetchedFiles
 from worker.attachments.content_types import allowed_type, media_type, same_kind
 from worker.attachments.sources import AllowList, NormalUrl, RefusedUrl
+from worker.backoff import Backoff, give_up
 from worker.errors import InvalidTicket, RetryLater, TransientError
 from worker.settings import Settings
 from worker.spool import Spooled, TooLarge, clear_spool_dir, spool, spool_dir
@@ -252,9 +250,8 @@ class _Fetcher:
         settings = self._settings
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(SourceUnavailable),
-            stop=stop_after_attempt(settings.scx_retry_attempts)
-            | stop_before_delay(settings.scx_retry_budget),
-            wait=_Wait(settings),
+            stop=give_up(settings, settings.scx_retry_budget),
+            wait=Backoff(settings),
             sleep=self._sleep,
             before_sleep=_log_retry(file),
             reraise=True,
@@ -382,18 +379,6 @@ def _retry_after(response: httpx.Response) -> float | None:
     except ValueError:
         return None
     return min(max(seconds, 0.0), 60.0)
-
-
-class _Wait:
-    def __init__(self, settings: Settings) -> None:
-        self._backoff = wait_random_exponential(
-            multiplier=settings.scx_retry_initial_wait, max=settings.scx_retry_max_wait
-        )
-
-    def __call__(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        hint = exc.retry_after if isinstance(exc, TransientError) else None
-        return max(self._backoff(state), hint or 0.0)
 
 
 def _log_retry(file: AttachmentSource) -> Callable[[RetryCallState], None]:

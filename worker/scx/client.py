@@ -46,12 +46,10 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     retry_if_not_exception_type,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_random_exponential,
 )
 
 from worker import USER_AGENT, metrics, tracing
+from worker.backoff import Backoff, give_up
 from worker.errors import (
     CircuitOpen,
     MessageError,
@@ -217,11 +215,9 @@ class ScxClient:
         # The API sets no cookies, yet httpx builds urllib request/response stand-ins for
         # its cookie jar on every response: 7 % of the worker's CPU in the bench profile.
         self._http._cookies = _NoCookies()
-        self._attempts = settings.scx_retry_attempts
+        self._settings = settings
         self._budget = settings.scx_retry_budget
-        self._backoff = wait_random_exponential(
-            multiplier=settings.scx_retry_initial_wait, max=settings.scx_retry_max_wait
-        )
+        self._wait = Backoff(settings)
 
     async def __aenter__(self) -> ScxClient:
         return self
@@ -369,8 +365,7 @@ class ScxClient:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientError)
             & retry_if_not_exception_type(CircuitOpen),
-            stop=stop_after_attempt(self._attempts)
-            | stop_before_delay(deadline - time.monotonic()),
+            stop=give_up(self._settings, deadline - time.monotonic()),
             wait=self._wait,
             sleep=self.waits.sleep,
             before_sleep=_log_retry,
@@ -440,12 +435,6 @@ class ScxClient:
             self.breaker.failed(probe)
         else:
             self.breaker.succeeded(probe)
-
-    def _wait(self, state: RetryCallState) -> float:
-        backoff = self._backoff(state)
-        exc = state.outcome.exception() if state.outcome else None
-        hint = exc.retry_after if isinstance(exc, TransientError) else None
-        return max(backoff, hint or 0.0)
 
 
 async def _status(response: httpx.Response) -> int:
