@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import subprocess
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +23,7 @@ from hypothesis import strategies as st
 from tests.examples import SEED_EVENT_DATA, SEED_TICKET
 from worker.envelope import (
     BATCH_CONTENT_TYPE,
+    HEADER_PREFIXES,
     MAX_ID_CHARS,
     STRUCTURED_CONTENT_TYPE,
     read_envelope,
@@ -338,3 +341,27 @@ def test_any_message_decodes_or_fails_cleanly(
         orjson.dumps(exc.detail)  # it can become a header
         event_id = exc.event_id
     assert event_id is None or 0 < len(event_id) <= MAX_ID_CHARS
+
+
+def test_the_names_spelled_out_are_the_sdks() -> None:
+    from cloudevents.core.formats.json import JSONFormat
+
+    assert STRUCTURED_CONTENT_TYPE == JSONFormat.CONTENT_TYPE
+    assert HEADER_PREFIXES == (rabbitmq.CE_PREFIX, amqp.CE_PREFIX_COLON, amqp.CE_PREFIX_UNDERSCORE)
+
+
+def test_reading_cloudevents_does_not_load_the_sdk() -> None:
+    """Only outcome events (``WORKER_OUTCOME_EVENTS=1``) need it; every worker would carry it."""
+    code = (
+        "import sys, orjson, worker.cli, worker.consumer, worker.outcomes; "
+        "from tests.examples import SEED_EVENT_DATA; "
+        "from worker.mapping import decode_message; "
+        "decoded = decode_message(orjson.dumps(SEED_EVENT_DATA), "
+        "headers={'ce-specversion': '1.0', 'ce-id': 'e-1'}, content_type=None, mapper=None); "
+        "assert decoded.event_id == 'e-1', decoded; "
+        "print(sorted(m for m in sys.modules if m.startswith('cloudevents')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"

@@ -47,16 +47,18 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import orjson
-from cloudevents.core.bindings import amqp, rabbitmq
-from cloudevents.core.formats.json import JSONFormat
 
 from worker.errors import InvalidTicket, MalformedMessage
 
 ContentMode = Literal["binary", "structured"]
 
-STRUCTURED_CONTENT_TYPE: Final = JSONFormat.CONTENT_TYPE  # application/cloudevents+json
+# The SDK's own names (cloudevents.core: ``JSONFormat.CONTENT_TYPE``, ``rabbitmq.CE_PREFIX``,
+# ``amqp.CE_PREFIX_COLON`` and ``_UNDERSCORE``), spelled out so that reading a message does not
+# load the SDK, with ctypes and dateutil 3 MiB of every worker's memory; tests/test_envelope.py
+# checks that they agree.
+STRUCTURED_CONTENT_TYPE: Final = "application/cloudevents+json"
 BATCH_CONTENT_TYPE: Final = "application/cloudevents-batch+json"
-HEADER_PREFIXES: Final = (rabbitmq.CE_PREFIX, amqp.CE_PREFIX_COLON, amqp.CE_PREFIX_UNDERSCORE)
+HEADER_PREFIXES: Final = ("ce-", "cloudEvents:", "cloudEvents_")
 # Compared in lower case: brokers and clients are known to change the case of header names.
 _PREFIXES_LOWER = tuple(prefix.lower() for prefix in HEADER_PREFIXES)
 _BINARY_MARKERS = frozenset({"specversion", "id"})

@@ -33,8 +33,6 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 import aio_pika
-from cloudevents.core.formats.json import JSONFormat
-from cloudevents.core.v1.event import CloudEvent
 from pydantic import BaseModel, ConfigDict
 
 from worker.envelope import STRUCTURED_CONTENT_TYPE
@@ -44,9 +42,6 @@ FORWARDED: Final = "ticket.forwarded"
 DEAD_LETTERED: Final = "ticket.dead_lettered"
 OutcomeType = Literal["ticket.forwarded", "ticket.dead_lettered"]
 TYPES: Final[tuple[OutcomeType, ...]] = (FORWARDED, DEAD_LETTERED)
-
-_FORMAT = JSONFormat()
-
 
 @dataclass(slots=True)
 class MessageFacts:
@@ -137,9 +132,13 @@ def _message(type_: OutcomeType, data: _Data, facts: MessageFacts, source: str) 
     }
     if facts.ticket_id:
         attributes["subject"] = facts.ticket_id
+    # Imported here: a worker without outcome events (the default) need not carry the SDK.
+    from cloudevents.core.formats.json import JSONFormat
+    from cloudevents.core.v1.event import CloudEvent
+
     event = CloudEvent(attributes, data.model_dump(mode="json"))
     return aio_pika.Message(
-        _FORMAT.write(event),
+        JSONFormat().write(event),
         content_type=STRUCTURED_CONTENT_TYPE,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=event.get_id(),
