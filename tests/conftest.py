@@ -5,8 +5,11 @@ Every test gets its own exchange and queues (``names``) and deletes them afterwa
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -294,3 +297,14 @@ async def rabbitmqctl(*args: str) -> str:
     out, _ = await process.communicate()
     assert process.returncode == 0, args
     return out.decode()
+
+
+def modules_loaded(code: str, prefix: str) -> list[str]:
+    """The modules starting with ``prefix`` that a fresh interpreter holds after ``code``: what
+    a worker process would carry (an import in this process cannot be taken back)."""
+    probe = f"{code}\nimport sys\nprint(sorted(m for m in sys.modules if m.startswith({prefix!r})))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded: list[str] = ast.literal_eval(done.stdout.strip())
+    return loaded
