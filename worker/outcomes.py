@@ -43,6 +43,7 @@ DEAD_LETTERED: Final = "ticket.dead_lettered"
 OutcomeType = Literal["ticket.forwarded", "ticket.dead_lettered"]
 TYPES: Final[tuple[OutcomeType, ...]] = (FORWARDED, DEAD_LETTERED)
 
+
 @dataclass(slots=True)
 class MessageFacts:
     """What the forwarder learned about one message while handling it; its outcome says it."""
