@@ -13,23 +13,16 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import REFRESH_TOKEN, wait_for
 from tests.examples import SEED_TICKET
 from tests.test_cli import spawn
-from worker.emulator import Emulator, EmulatorConfig
+from worker.emulator import Emulator
 from worker.emulator.uploads import MAX_FILE_BYTES, allowed_content_type
 
-REFRESH_TOKEN = "test-refresh-token"
 TICKET_URL = "/v1/channel/ticket"
 UPLOAD_URL = "/v1/channel/ticket/attachment"
 EN = {"Accept-Language": "en"}
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[Emulator]:
-    async with Emulator(EmulatorConfig(refresh_token=REFRESH_TOKEN)) as emulator:
-        yield emulator
 
 
 @pytest.fixture
