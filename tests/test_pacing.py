@@ -124,7 +124,7 @@ def test_calls_of_others_between_two_answers_are_held_in_reserve() -> None:
 
 def test_a_background_caller_leaves_the_last_calls_of_a_window_to_the_busy_ones() -> None:
     def polled_twice(background: bool) -> WindowBudget:
-        budget = WindowBudget()
+        budget = WindowBudget(background=background)
         budget.observe(budget.sent(), RateLimit(60, 59, 30.0), sent_at=0.0, now=0.0)
         # Ten seconds later the others had taken 41 (4.1 a second): 17 left.
         budget.observe(budget.sent(), RateLimit(60, 17, 30.0), sent_at=10.0, now=10.0)
@@ -133,10 +133,10 @@ def test_a_background_caller_leaves_the_last_calls_of_a_window_to_the_busy_ones(
     busy, seldom = polled_twice(background=False), polled_twice(background=True)
     # Ten seconds on, at that pace the others have likely used the 17 up: the background
     # caller waits for the next window; a busy caller, about to hear more, goes on.
-    assert seldom.earliest(20.0, last_sent=10.0, background=True) == seldom.window_end
+    assert seldom.earliest(20.0, last_sent=10.0) == seldom.window_end
     assert busy.earliest(20.0, last_sent=10.0) == 20.0
     # Soon after its answer, the background caller still has its share.
-    assert seldom.earliest(10.5, last_sent=10.0, background=True) < seldom.window_end
+    assert seldom.earliest(10.5, last_sent=10.0) < seldom.window_end
 
 
 def test_the_reserve_is_capped() -> None:

@@ -84,7 +84,8 @@ MAX_RESERVE = 10
 class WindowBudget:
     """What this process knows of the API's current rate-limit window (no I/O, no clock)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, background: bool = False) -> None:
+        self.background = background  # see ``earliest``
         self.window_end: float | None = None
         self.remaining: int | None = None
         self.reserve = 0
@@ -131,7 +132,7 @@ class WindowBudget:
         self.window_end = max(self.window_end or 0.0, deadline)
         self.remaining = 0
 
-    def earliest(self, now: float, last_sent: float, *, background: bool = False) -> float:
+    def earliest(self, now: float, last_sent: float) -> float:
         """The earliest time the next call fits this window's budget.
 
         A ``background`` caller calls seldom (the events bridge polling an empty feed), so
@@ -143,7 +144,7 @@ class WindowBudget:
         if self.window_end is None or self.remaining is None or now >= self.window_end:
             return now  # no budget known, or the window it described is over
         usable = self.remaining - self.reserve
-        if background:
+        if self.background:
             usable -= math.floor(self.others_rate * (now - self._answered_at))
         if usable <= 0:
             return self.window_end
@@ -340,9 +341,8 @@ class Schedule:
 
     def __init__(self, per_minute: float, *, background: bool = False) -> None:
         self.gap = 60.0 / per_minute if per_minute > 0 else 0.0
-        self.background = background
         self._windows_over = False  # the answers showed that the API does not count in windows
-        self.windows = WindowBudget()
+        self.windows = WindowBudget(background=background)
         self.recent = RecentCalls()
         self.paused_until = 0.0
         self.last_sent = -math.inf
@@ -362,7 +362,7 @@ class Schedule:
 
     def next_slot(self, now: float) -> float:
         if self.counting == "fixed":
-            budget = self.windows.earliest(now, self.last_sent, background=self.background)
+            budget = self.windows.earliest(now, self.last_sent)
         else:
             budget = self.recent.earliest(now)
         return max(self.last_sent + self.gap, self.paused_until, budget)
