@@ -216,7 +216,6 @@ class ScxClient:
         # its cookie jar on every response: 7 % of the worker's CPU in the bench profile.
         self._http._cookies = _NoCookies()
         self._settings = settings
-        self._budget = settings.scx_retry_budget
         self._wait = Backoff(settings)
 
     async def __aenter__(self) -> ScxClient:
@@ -347,7 +346,7 @@ class ScxClient:
         have the call tried again, or raises anything else to end it (a ``MessageError``
         gets the number of calls made as ``attempts``).
         """
-        deadline = time.monotonic() + self._budget
+        deadline = time.monotonic() + self._settings.scx_retry_budget
         try:
             # The common case, a first attempt that is answered for good, skips the retry
             # machinery (building and stepping a tenacity loop cost ~5 % of the CPU).
