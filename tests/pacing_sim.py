@@ -58,10 +58,12 @@ def simulate(
     latency: tuple[float, float] = (0.0005, 0.004),
     pollers: int = 0,
     poll_every: float = 10.0,
+    start_spread: float = 0.5,
 ) -> Outcome:
     """``replicas`` pacers, each at the full limit per minute, against one limiter; beside
     them ``pollers`` callers like the events bridge on an empty feed (``background``
-    pacers at the same limit), each calling ``poll_every`` seconds after its last answer."""
+    pacers at the same limit), each calling ``poll_every`` seconds after its last answer.
+    Every caller starts at a random moment of the first ``start_spread`` seconds."""
     rng = random.Random(seed)
     limiter = Limiter(algorithm, limit, interval)
     per_minute = limit * 60 / interval
@@ -76,7 +78,7 @@ def simulate(
         heapq.heappush(events, (when, next(order), replica, call))
 
     for replica in range(replicas + pollers):
-        at(rng.uniform(0.0, 0.5), replica)
+        at(rng.uniform(0.0, start_spread), replica)
     end = math.inf
     calls = admitted = limited = 0
     while events:

@@ -8,7 +8,7 @@ counts, and it matters: fixed windows reset at once, a sliding window frees each
 interval after it was made, a token bucket refills continuously (and saves up to a full
 bucket). Pacing that waits for a reset which never comes uses half of a sliding window.
 
-Three rules decide when the next request of this process may go (``Schedule``, pure):
+Four rules decide when the next request of this process may go (``Schedule``, pure):
 
 1. **Never faster than** ``SCX_MAX_REQUESTS_PER_MINUTE`` (evenly spaced, in arrival order).
 2. **Fixed windows** (``WindowBudget``), assumed until the answers show otherwise: spread
@@ -36,6 +36,23 @@ Three rules decide when the next request of this process may go (``Schedule``, p
    The others keep to theirs, so the calls of any interval stay within the limit: what a
    sliding window admits, and a token bucket of the same limit admits too.
 
+4. **A pause taken together** (``Lull``) tells a token bucket from a window. For its first
+   interval a token bucket shared by several callers reads exactly like a window with fewer
+   other callers (the refill hides among the others' calls): the callers would spend the
+   saved-up bucket and its refill, about twice the limit, keep to those calls for one more
+   interval, and each learn "bucket" from a 429. What tells them apart is a moment when
+   nobody calls: within the first interval a window gives nothing back, a bucket refills.
+   Nobody coordinates the callers, but they all read the same counter, so each pauses for
+   0.3 interval at its first answer of its first half-interval that shows ``Remaining`` at
+   half the limit or below, if the others used at least half as many calls as it did (alone,
+   a process tells a bucket by itself, and a pause would cost calls it cannot make up at the
+   full rate). The pauses overlap; the first answer after one shows the refill. A caller
+   that saw some capacity back, but not more than the calls counted before its first one
+   could give back by aging out, looks once more 0.1 interval later; one that saw the bucket
+   holds back 0.1 interval so that the refill stays visible to those still looking. Under
+   windows the pause costs nothing: what is left of the window is spread over the time left,
+   and the other callers' share lets each make it up within the interval.
+
 What the others hold is read from ``Remaining``: under a sliding window it is the limit
 minus ``Remaining`` minus our own calls of the interval. A token bucket reports its whole
 tokens, including tokens saved up, which would make the others' share look smaller than it
@@ -45,12 +62,13 @@ the others' calls are counted from how ``Remaining`` moves between two of our an
 of our own calls and of the refill (``limit / interval`` a second, up to the capacity), and
 we hold no more than the limit leaves beside them.
 
-What this cannot know: for its first interval a token bucket shared by several callers
-reads exactly like a sliding window (the refill hides among the others' calls), and the
-callers spend the saved-up bucket and its refill, about twice the limit. Each keeps to its
-calls for one more interval, so one 429 per caller (fewer if the first to learn leaves
-enough) tells it; after that none. ``tests/pacing_sim.py`` simulates replicas against the
-emulator's limiters (``worker/emulator/limits.py``); ``make bench`` measures real processes.
+What this cannot tell: two replicas at the full limit each see ``Remaining`` fall by
+exactly their own calls under a shared bucket (each takes the refill the other leaves),
+as a process alone under a window does, so neither pauses; one learns from 429s and the
+other keeps the whole refill. With only 20 calls per interval, four or more replicas may
+refill too little in the pause to be sure (with 60, six were sure in every simulated run).
+``tests/pacing_sim.py`` simulates replicas against the emulator's limiters
+(``worker/emulator/limits.py``); ``make bench`` measures real processes.
 
 A 429 pauses every sender of the process (``pause_until``) so that in-flight messages do
 not each spend a retry on a limit already known to be exhausted; the refused call holds no
@@ -330,6 +348,67 @@ def _growth(seen: list[_Answer], bucket: bool) -> int:
     return max(steps, default=0)
 
 
+# Rule 4's pause and looks, in intervals. The pause must outlast what a bucket needs to refill
+# more than the calls counted before ours could give back by aging out (a few calls' worth
+# at 20 per 10 s, with the callers pausing up to one of their gaps apart), and stay short
+# enough for three callers to make it up within the interval.
+LULL = 0.3
+LOOK_AGAIN = 0.1  # a second look, when the first saw some capacity back but not enough
+HOLD = 0.1  # how long a caller that saw the bucket leaves the refill to those still looking
+
+
+class Lull:
+    """Rule 4: one pause, taken with the other callers, that tells a token bucket from a
+    window for their first interval (pure: no clock, no I/O).
+
+    Nobody coordinates the callers, but they all read the same counter: each one starts its
+    pause at its first answer that shows ``Remaining`` at half the limit or below, so the
+    pauses overlap. Within the first interval a window gives nothing back while nobody calls
+    (a sliding window frees only the calls counted before our first one); a bucket refills.
+    """
+
+    def __init__(self) -> None:
+        self.until = 0.0  # no call of ours before this
+        self._started = False
+        self._looks = 0  # answers after the pause still to read
+
+    def start_if_due(
+        self, limit: RateLimit, *, seq: int, first: tuple[float, int], now: float
+    ) -> None:
+        """Pause if this answer is the first of our first half-interval at half the limit or
+        below, and the others used at least half as many calls as our ``seq`` so far.
+        Alone, a process tells a bucket by itself, and a pause would cost calls it cannot
+        make up at the full rate; the events bridge's polls beside one worker are too few to
+        hide a refill."""
+        first_at, first_remaining = first
+        half = limit.limit // 2
+        if (
+            not self._started
+            and now < first_at + 0.5 * limit.interval
+            and first_remaining > half >= limit.remaining
+            and 2 * (limit.limit - limit.remaining - seq) >= seq
+        ):
+            self._started = True
+            self._looks = 2
+            self.until = now + LULL * limit.interval
+
+    def looked(
+        self, *, sent_at: float, now: float, interval: float, came_back: int, bucket: bool
+    ) -> None:
+        """Read the answer to a call sent at ``sent_at``: ``came_back`` is the capacity it
+        showed back since our previous answer, ``bucket`` whether that proved a bucket."""
+        if not self._looks or sent_at < self.until:
+            return
+        if bucket:
+            self._looks = 0
+            self.until = now + HOLD * interval
+        elif came_back > 0 and self._looks > 1:
+            self._looks -= 1
+            self.until = now + LOOK_AGAIN * interval
+        else:
+            self._looks = 0
+
+
 class Schedule:
     """When this process may make its next call: the pure part of ``Pacer`` (no clock, no I/O).
 
@@ -353,6 +432,8 @@ class Schedule:
         self._limit_seen, self._interval_seen = 0, 0.0
         self._came_back = 0  # calls' worth of capacity that came back within our first interval
         self._refused: set[int] = set()
+        self._background = background
+        self._lull = Lull()
 
     @property
     def counting(self) -> Counting:
@@ -365,7 +446,7 @@ class Schedule:
             budget = self.windows.earliest(now, self.last_sent)
         else:
             budget = self.recent.earliest(now)
-        return max(self.last_sent + self.gap, self.paused_until, budget)
+        return max(self.last_sent + self.gap, self.paused_until, self._lull.until, budget)
 
     def sent(self, now: float) -> int:
         self.last_sent = now
@@ -389,13 +470,25 @@ class Schedule:
             return  # an older answer overtaken by a newer one says nothing new
         ours = seq - self._seen_seq - sum(1 for s in self._refused if s > self._seen_seq)
         self._refused = {s for s in self._refused if s > seq}
+        unclassified = self.counting == "fixed"
+        was_bucket = self.counting == "bucket"
         self._classify(limit, sent_at=sent_at, now=now, ours=ours)
+        if self._before is not None:
+            self._lull.looked(
+                sent_at=sent_at,
+                now=now,
+                interval=limit.interval,
+                came_back=limit.remaining - (self._before[1] - ours),
+                bucket=not was_bucket and self.counting == "bucket",
+            )
         self.recent.observe(seq, limit, sent_at=sent_at, now=now, before=self._before, ours=ours)
         self.windows.observe(seq, limit, sent_at=sent_at, now=now)
         self._seen_seq = seq
         self._before = (now, limit.remaining)
         if self._first is None:
             self._first = (now, limit.remaining)
+        if unclassified and not self._background:
+            self._lull.start_if_due(limit, seq=seq, first=self._first, now=now)
 
     def pause_until(self, deadline: float) -> None:
         if deadline > self.paused_until:
