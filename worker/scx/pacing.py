@@ -42,11 +42,14 @@ Four rules decide when the next request of this process may go (``Schedule``, pu
    saved-up bucket and its refill, about twice the limit, keep to those calls for one more
    interval, and each learn "bucket" from a 429. What tells them apart is a moment when
    nobody calls: within the first interval a window gives nothing back, a bucket refills.
-   Nobody coordinates the callers, but they all read the same counter, so each pauses for
-   0.3 interval at its first answer of its first half-interval that shows ``Remaining`` at
-   half the limit or below, if the others used at least half as many calls as it did (alone,
-   a process tells a bucket by itself, and a pause would cost calls it cannot make up at the
-   full rate). The pauses overlap; the first answer after one shows the refill. A caller
+   Nobody coordinates the callers, but they all read the same counter, so each pauses at
+   its first answer of its first half-interval that shows ``Remaining`` at half the limit or
+   below: for 0.3 interval if the others used at least half as many calls as it did, else
+   for two calls' worth of the refill. Two replicas at the full limit that share a bucket
+   each see ``Remaining`` fall by exactly their own calls (each takes the refill the other
+   leaves), as a process alone under a window does; a process alone tells a bucket by itself,
+   but cannot make up a pause at the full rate, so the short pause costs it two calls, once.
+   The pauses overlap; the first answer after one shows the refill. A caller
    that saw some capacity back, but not more than the calls counted before its first one
    could give back by aging out, looks once more 0.1 interval later; one that saw the bucket
    holds back 0.1 interval so that the refill stays visible to those still looking. Under
@@ -62,11 +65,10 @@ the others' calls are counted from how ``Remaining`` moves between two of our an
 of our own calls and of the refill (``limit / interval`` a second, up to the capacity), and
 we hold no more than the limit leaves beside them.
 
-What this cannot tell: two replicas at the full limit each see ``Remaining`` fall by
-exactly their own calls under a shared bucket (each takes the refill the other leaves),
-as a process alone under a window does, so neither pauses; one learns from 429s and the
-other keeps the whole refill. With only 20 calls per interval, four or more replicas may
-refill too little in the pause to be sure (with 60, six were sure in every simulated run).
+What this cannot always tell: with only 20 calls per interval, the pause may refill too
+little to be sure for four or more replicas, or for two beside the events bridge (whose poll
+takes part of the refill); each such caller then learns from one 429. With 60 calls, up to
+six replicas were sure in every simulated run.
 ``tests/pacing_sim.py`` simulates replicas against the emulator's limiters
 (``worker/emulator/limits.py``); ``make bench`` measures real processes.
 
@@ -353,6 +355,10 @@ def _growth(seen: list[_Answer], bucket: bool) -> int:
 # at 20 per 10 s, with the callers pausing up to one of their gaps apart), and stay short
 # enough for three callers to make it up within the interval.
 LULL = 0.3
+# Alone as far as the answers show: two replicas that each take the refill the other leaves
+# look like that. Two calls' worth of refill shows them the bucket, and costs a process that
+# is alone (which cannot make up a pause at the full rate) two calls, once.
+LONE_LULL = 2
 LOOK_AGAIN = 0.1  # a second look, when the first saw some capacity back but not enough
 HOLD = 0.1  # how long a caller that saw the bucket leaves the refill to those still looking
 
@@ -376,21 +382,21 @@ class Lull:
         self, limit: RateLimit, *, seq: int, first: tuple[float, int], now: float
     ) -> None:
         """Pause if this answer is the first of our first half-interval at half the limit or
-        below, and the others used at least half as many calls as our ``seq`` so far.
-        Alone, a process tells a bucket by itself, and a pause would cost calls it cannot
-        make up at the full rate; the events bridge's polls beside one worker are too few to
-        hide a refill."""
+        below: for ``LULL`` of the interval if the others used at least half as many calls
+        as our ``seq`` so far, else for ``LONE_LULL`` calls' worth."""
         first_at, first_remaining = first
         half = limit.limit // 2
         if (
             not self._started
             and now < first_at + 0.5 * limit.interval
             and first_remaining > half >= limit.remaining
-            and 2 * (limit.limit - limit.remaining - seq) >= seq
         ):
             self._started = True
             self._looks = 2
-            self.until = now + LULL * limit.interval
+            if 2 * (limit.limit - limit.remaining - seq) >= seq:
+                self.until = now + LULL * limit.interval
+            else:
+                self.until = now + LONE_LULL * limit.interval / limit.limit
 
     def looked(
         self, *, sent_at: float, now: float, interval: float, came_back: int, bucket: bool
@@ -470,7 +476,7 @@ class Schedule:
             return  # an older answer overtaken by a newer one says nothing new
         ours = seq - self._seen_seq - sum(1 for s in self._refused if s > self._seen_seq)
         self._refused = {s for s in self._refused if s > seq}
-        unclassified = self.counting == "fixed"
+        unclassified = self.counting != "bucket"
         was_bucket = self.counting == "bucket"
         self._classify(limit, sent_at=sent_at, now=now, ours=ours)
         if self._before is not None:
