@@ -37,6 +37,7 @@ class Outcome:
     admitted: int
     limited: int
     sustained: float  # what the limit sustains in the measured time
+    longest_poll_gap: float = 0.0  # the most time between two polls of one poller
 
     @property
     def goodput(self) -> float:
@@ -45,6 +46,19 @@ class Outcome:
     @property
     def share_429(self) -> float:
         return self.limited / self.calls if self.calls else 0.0
+
+
+class _Polls:
+    """When each poller last polled, and the longest wait between two polls of one."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, float] = {}
+        self.longest_gap = 0.0
+
+    def polled(self, poller: int, now: float) -> None:
+        if poller in self._last:
+            self.longest_gap = max(self.longest_gap, now - self._last[poller])
+        self._last[poller] = now
 
 
 def simulate(
@@ -81,6 +95,7 @@ def simulate(
         at(rng.uniform(0.0, start_spread), replica)
     end = math.inf
     calls = admitted = limited = 0
+    polls = _Polls()
     while events:
         now, _, replica, call = heapq.heappop(events)
         if now > end:
@@ -94,6 +109,8 @@ def simulate(
             at(now + rng.uniform(*latency), replica, _Call(schedule.sent(now), now))
             if replica < replicas:
                 at(now, replica)  # the next message in line takes its turn
+            else:
+                polls.polled(replica, now)
         elif call.decision is None:
             if end == math.inf:
                 end = now + seconds
@@ -111,4 +128,4 @@ def simulate(
                 schedule.pause_until(now + math.ceil(decision.retry_after or 0.0))
             if replica >= replicas:  # a poller: its next poll (sooner after a 429)
                 at(now + (1.0 if refused else poll_every), replica)
-    return Outcome(calls, admitted, limited, limit * seconds / interval)
+    return Outcome(calls, admitted, limited, limit * seconds / interval, polls.longest_gap)

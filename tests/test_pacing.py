@@ -346,6 +346,21 @@ def test_replicas_started_apart_share_the_production_limit(
         assert outcome.goodput >= 0.96, (seed, outcome)
 
 
+# The bridge leaves a fixed window's last calls to the busy workers: a poll waits for the
+# next window at most, so seller events are at most an interval late (README, "Pacing").
+@pytest.mark.parametrize("algorithm", ["fixed", "sliding", "bucket"])
+@pytest.mark.parametrize(("limit", "interval"), [(20, 10.0), (60, 30.0), (60, 60.0)])
+def test_beside_busy_workers_the_bridge_polls_at_most_an_interval_late(
+    algorithm: Algorithm, limit: int, interval: float
+) -> None:
+    for seed in range(3):
+        outcome = simulate(
+            algorithm, limit, interval, 3, seconds=6 * interval, seed=seed, pollers=1
+        )
+        assert outcome.longest_poll_gap >= 10.0, (seed, outcome)  # it did poll again
+        assert outcome.longest_poll_gap <= 10.0 + interval + 1.0, (seed, outcome)
+
+
 # deploy/k8s: two workers and the events bridge, at the production limit.
 @pytest.mark.parametrize("algorithm", ["fixed", "sliding", "bucket"])
 def test_the_deployed_two_workers_and_the_bridge_share_the_production_limit(
