@@ -130,8 +130,8 @@ class Broker:
     @staticmethod
     async def _publish(
         raw: aiormq.abc.AbstractChannel, settings: Settings, body: bytes, message_id: str
-    ) -> None:
-        await raw.basic_publish(
+    ) -> aiormq.abc.ConfirmationFrameType | None:
+        return await raw.basic_publish(
             body,
             exchange=settings.amqp_exchange,
             routing_key=settings.amqp_binding_key,
@@ -150,13 +150,24 @@ class Broker:
         """Publish every body (over a few channels at once), then wait until the queue holds
         all of them."""
         assert self._connection is not None
-        channels = [await self._connection.channel(publisher_confirms=False) for _ in range(3)]
+        # Confirmed, so that a publish the quorum queue refuses (reject-publish) is sent again
+        # rather than lost; many in flight per channel keep it fast.
+        channels = [await self._connection.channel(publisher_confirms=True) for _ in range(3)]
         try:
+
+            async def publish_one(raw: aiormq.abc.AbstractChannel, i: int) -> None:
+                for attempt in range(100):
+                    confirmed = await self._publish(raw, settings, bodies[i], f"bench-{i}")
+                    if isinstance(confirmed, Basic.Ack):
+                        return
+                    await asyncio.sleep(0.05 * attempt)  # the queue refused it: let it catch up
+                raise RuntimeError(f"the broker refused message {i} 100 times")
 
             async def publish_share(k: int) -> None:
                 raw = await channels[k].get_underlay_channel()
-                for i in range(k, len(bodies), len(channels)):
-                    await self._publish(raw, settings, bodies[i], f"bench-{i}")
+                share = range(k, len(bodies), len(channels))
+                for start in range(0, len(share), 256):
+                    await asyncio.gather(*(publish_one(raw, i) for i in share[start : start + 256]))
 
             await asyncio.gather(*(publish_share(k) for k in range(len(channels))))
         finally:
