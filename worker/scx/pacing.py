@@ -476,7 +476,6 @@ class Schedule:
             return  # an older answer overtaken by a newer one says nothing new
         ours = seq - self._seen_seq - sum(1 for s in self._refused if s > self._seen_seq)
         self._refused = {s for s in self._refused if s > seq}
-        unclassified = self.counting != "bucket"
         was_bucket = self.counting == "bucket"
         self._classify(limit, sent_at=sent_at, now=now, ours=ours)
         if self._before is not None:
@@ -493,7 +492,7 @@ class Schedule:
         self._before = (now, limit.remaining)
         if self._first is None:
             self._first = (now, limit.remaining)
-        if unclassified and not self._background:
+        if not was_bucket and not self._background:
             self._lull.start_if_due(limit, seq=seq, first=self._first, now=now)
 
     def pause_until(self, deadline: float) -> None:
