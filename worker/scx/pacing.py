@@ -438,7 +438,6 @@ class Schedule:
         self._limit_seen, self._interval_seen = 0, 0.0
         self._came_back = 0  # calls' worth of capacity that came back within our first interval
         self._refused: set[int] = set()
-        self._background = background
         self._lull = Lull()
 
     @property
@@ -477,13 +476,15 @@ class Schedule:
         ours = seq - self._seen_seq - sum(1 for s in self._refused if s > self._seen_seq)
         self._refused = {s for s in self._refused if s > seq}
         was_bucket = self.counting == "bucket"
-        self._classify(limit, sent_at=sent_at, now=now, ours=ours)
-        if self._before is not None:
+        # Capacity back since our previous answer, net of our own calls (None: no previous).
+        came_back = None if self._before is None else limit.remaining - (self._before[1] - ours)
+        self._classify(limit, sent_at=sent_at, now=now, ours=ours, came_back=came_back)
+        if came_back is not None:
             self._lull.looked(
                 sent_at=sent_at,
                 now=now,
                 interval=limit.interval,
-                came_back=limit.remaining - (self._before[1] - ours),
+                came_back=came_back,
                 bucket=not was_bucket and self.counting == "bucket",
             )
         self.recent.observe(seq, limit, sent_at=sent_at, now=now, before=self._before, ours=ours)
@@ -492,7 +493,7 @@ class Schedule:
         self._before = (now, limit.remaining)
         if self._first is None:
             self._first = (now, limit.remaining)
-        if not was_bucket and not self._background:
+        if not was_bucket and not self.windows.background:
             self._lull.start_if_due(limit, seq=seq, first=self._first, now=now)
 
     def pause_until(self, deadline: float) -> None:
@@ -503,12 +504,14 @@ class Schedule:
     def window_end(self) -> float | None:
         return self.windows.window_end if self.counting == "fixed" else None
 
-    def _classify(self, limit: RateLimit, *, sent_at: float, now: float, ours: int) -> None:
-        if self._before is None:
+    def _classify(
+        self, limit: RateLimit, *, sent_at: float, now: float, ours: int, came_back: int | None
+    ) -> None:
+        if came_back is None:
             return
         remaining, interval = limit.remaining, limit.interval
         self._limit_seen, self._interval_seen = limit.limit, interval
-        up = remaining > self._before[1] - ours
+        up = came_back > 0
         slack = min(limit.limit // 2, 2 * self.windows.reserve + 2)
         reset = up and remaining >= limit.limit - ours - slack
         if reset:
@@ -516,7 +519,7 @@ class Schedule:
                 self._switch(bucket=True)  # two "resets" within an interval: tokens
             self._last_reset = now
         elif up:
-            self._switch(bucket=self._refilled_early(remaining - (self._before[1] - ours), now))
+            self._switch(bucket=self._refilled_early(came_back, now))
         end = self.windows.window_end
         # An end that a pause set (Retry-After, maybe shorter than the window) proves nothing.
         over = end is not None and end != self.paused_until and sent_at >= end
