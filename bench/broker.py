@@ -24,6 +24,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from pamqp.commands import Basic
 
+from worker.publish import CONFIRM_WINDOW
 from worker.settings import Settings
 from worker.topology import declare_topology
 
@@ -151,7 +152,7 @@ class Broker:
         all of them."""
         assert self._connection is not None
         # Confirmed, so that a publish the quorum queue refuses (reject-publish) is sent again
-        # rather than lost; many in flight per channel keep it fast.
+        # rather than lost; a window in flight per channel (as in `scx-forwarder publish`) is fast.
         channels = [await self._connection.channel(publisher_confirms=True) for _ in range(3)]
         try:
 
@@ -166,8 +167,9 @@ class Broker:
             async def publish_share(k: int) -> None:
                 raw = await channels[k].get_underlay_channel()
                 share = range(k, len(bodies), len(channels))
-                for start in range(0, len(share), 256):
-                    await asyncio.gather(*(publish_one(raw, i) for i in share[start : start + 256]))
+                for start in range(0, len(share), CONFIRM_WINDOW):
+                    window = share[start : start + CONFIRM_WINDOW]
+                    await asyncio.gather(*(publish_one(raw, i) for i in window))
 
             await asyncio.gather(*(publish_share(k) for k in range(len(channels))))
         finally:
