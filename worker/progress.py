@@ -110,7 +110,7 @@ class StateRecord:
         from redis.asyncio import Redis
         from redis.backoff import NoBackoff
         from redis.exceptions import RedisError
-        from redis.retry import Retry
+        from redis.asyncio.retry import Retry
 
         self._failures: tuple[type[Exception], ...] = (RedisError, OSError)
         self._redis: Redis = Redis.from_url(
