@@ -37,7 +37,7 @@ from bench.contenders import PEERS_DIR, WORKER
 from bench.measure import Session
 from bench.procs import usage
 from bench.target import free_port
-from worker.settings import MAX_ATTACHMENT_BYTES, Settings
+from worker.core.settings import MAX_ATTACHMENT_BYTES, Settings
 
 MiB = 1024 * 1024
 TICKETS = 32

@@ -24,9 +24,9 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from pamqp.commands import Basic
 
-from worker.publish import CONFIRM_WINDOW
-from worker.settings import Settings
-from worker.topology import declare_topology
+from worker.amqp.topology import declare_topology
+from worker.core.settings import Settings
+from worker.ops.publish import CONFIRM_WINDOW
 
 # What a lost or restarted broker raises somewhere in aio-pika / aiormq.
 BROKER_ERRORS: tuple[type[Exception], ...] = (

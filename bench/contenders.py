@@ -9,7 +9,7 @@ from enum import Enum
 from pathlib import Path
 
 from bench.target import free_port
-from worker.settings import Settings
+from worker.core.settings import Settings
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 REFRESH_TOKEN = "bench-refresh-token"

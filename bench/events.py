@@ -27,7 +27,7 @@ import aio_pika
 from bench.contenders import WORKER
 from bench.measure import Session
 from bench.pacing import Emulator
-from worker.settings import Settings
+from worker.core.settings import Settings
 
 EVENT_TYPES = (
     "Seller:Order.Shipping",

@@ -18,7 +18,7 @@ from bench.broker import Broker
 from bench.contenders import Contender
 from bench.procs import Children, usage
 from bench.target import LogTail
-from worker.settings import Settings
+from worker.core.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ import httpx
 from bench.contenders import Contender
 from bench.measure import Session
 from bench.target import free_port
-from worker.samples import sample_lines
+from worker.ops.samples import sample_lines
 
 ALGORITHMS = ("fixed", "sliding", "bucket")
 BRIDGE_MISSING = "not run: events bridge not available"

@@ -19,7 +19,7 @@ from bench.contenders import Contender
 from bench.measure import Run, Session, finish, start_and_sample
 from bench.procs import usage
 from bench.target import LogTail, NginxTarget
-from worker.samples import sample_lines, valid_event
+from worker.ops.samples import sample_lines, valid_event
 
 MIB = 1024 * 1024
 

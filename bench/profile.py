@@ -18,7 +18,7 @@ from pathlib import Path
 from bench.contenders import WORKER
 from bench.measure import Session, finish, start_and_sample
 from bench.target import LogTail, NginxTarget
-from worker.samples import sample_lines
+from worker.ops.samples import sample_lines
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 

@@ -486,7 +486,7 @@ How it measures (details in the docstrings of `bench/*.py`):
   CPU burnt, nothing else slowed). Every answered ticket is one unbuffered access-log line with
   nginx's `$msec`.
 - **Contenders**, each its own OS process, each run on a fresh quorum queue declared with the
-  worker's own topology and preloaded with valid sample events (`worker/samples.py`):
+  worker's own topology and preloaded with valid sample events (`worker/ops/samples.py`):
   - *scx-forwarder (defaults)*: `scx-forwarder run` with default settings; only the queue, the
     URL, the token and `SCX_MAX_REQUESTS_PER_MINUTE=0` (the target is not rate limited) are set,
     and `METRICS_PORT` gets a free port. `--variant` rows: the same with the settings shown.{before}

@@ -24,11 +24,11 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from pydantic import SecretStr
 
-from worker.consumer import Forwarder
+from worker.core.settings import Settings
 from worker.emulator import Emulator, EmulatorConfig
-from worker.mapping import Mapper
+from worker.forward.consumer import Forwarder
+from worker.forward.mapping import Mapper
 from worker.scx import ScxClient
-from worker.settings import Settings
 
 # Generation speed depends on how busy the machine is; correctness does not.
 hypothesis_settings.register_profile(

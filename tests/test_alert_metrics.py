@@ -17,11 +17,12 @@ from tests.conftest import AMQP_URL, Names, publish, wait_for
 from tests.test_cli import spawn, worker_env
 from tests.test_end_to_end import event
 from tests.test_metrics import Samples, scrape, value
-from worker import metrics, queue_stats
+from worker.core.settings import load_settings
 from worker.emulator import Emulator
+from worker.forward import queue_stats
+from worker.obs import metrics
 from worker.scx.breaker import Breaker
 from worker.scx.waits import Waits
-from worker.settings import load_settings
 
 
 async def test_a_worker_exports_queue_depths_429s_and_the_breaker_state(

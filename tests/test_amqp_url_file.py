@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.settings import ConfigError, load_settings
+from worker.core.settings import ConfigError, load_settings
 
 PASSWORD = "s3cret-pa55"
 

@@ -1,5 +1,5 @@
-"""worker.attachments.fetch_all against a real local HTTP server: every file arrives whole and
-checked, or the message fails the way the README says, before any SCX call."""
+"""worker.forward.attachments.fetch_all against a real local HTTP server: every file
+arrives whole and checked, or the message fails the way the README says, before any SCX call."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.fileserver import FileServer
-from worker.attachments import AttachmentSource, clear_spool, fetch_all, source_client
-from worker.attachments import fetch as fetch_module
-from worker.errors import InvalidTicket, RetryLater, ShuttingDown
+from worker.core.errors import InvalidTicket, RetryLater, ShuttingDown
+from worker.core.settings import Settings, load_settings
+from worker.forward.attachments import AttachmentSource, clear_spool, fetch_all, source_client
+from worker.forward.attachments import fetch as fetch_module
 from worker.scx.waits import Waits
-from worker.settings import Settings, load_settings
 
 MiB = 1024 * 1024
 SECRET = "X-Amz-Signature=s3cr3t"

@@ -1,4 +1,4 @@
-"""worker.attachments.names: one upload name per file, deterministic and unique in a ticket."""
+"""worker.forward.attachments.names: one upload name per file, deterministic, unique."""
 
 from __future__ import annotations
 
@@ -6,8 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.attachments.content_types import allowed_type, extension_for, media_type, same_kind
-from worker.attachments.names import (
+from worker.forward.attachments.content_types import (
+    allowed_type,
+    extension_for,
+    media_type,
+    same_kind,
+)
+from worker.forward.attachments.names import (
     UPLOAD_NAME,
     NameRequest,
     UnusableName,

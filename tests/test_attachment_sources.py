@@ -1,11 +1,11 @@
-"""worker.attachments.sources: URL normal form, the allow-list, redaction."""
+"""worker.core.sources: URL normal form, the allow-list, redaction."""
 
 from __future__ import annotations
 
 import pytest
 
-from worker.attachments.sources import AllowList, RefusedUrl, normalise, prefix_url, redact
-from worker.settings import ConfigError, load_settings
+from worker.core.settings import ConfigError, load_settings
+from worker.core.sources import AllowList, RefusedUrl, normalise, prefix_url, redact
 
 ALLOW = AllowList.parse(["https://files.example.com/tickets/", "http://127.0.0.1:8080/f"])
 

@@ -12,7 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests.conftest import wait_for
-from worker.errors import CredentialsRejected, TransientError
+from worker.core.errors import CredentialsRejected, TransientError
 from worker.scx.auth import TokenAuth
 
 REFRESH = "refresh-secret-123"

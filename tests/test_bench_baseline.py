@@ -12,7 +12,7 @@ from bench.baseline import BaselineUnavailable, extract
 from bench.contenders import WORKER
 from bench.pacing import PacingResult
 from bench.report import pacing_table
-from worker.settings import Settings
+from worker.core.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 # Each contender gets a free port of its own; the rest must be the same for both.

@@ -1,4 +1,4 @@
-"""SCX seller events -> marketplace messages (``worker.bridge_mapping``), without I/O."""
+"""SCX seller events -> marketplace messages (``worker.events.mapping``), without I/O."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from worker.bridge_mapping import (
+from worker.core.spool import Spooled
+from worker.emulator.events import seller_event, ticket_reply
+from worker.events.mapping import (
     ATTACHMENT_KEY,
     FileOutcome,
     NoId,
@@ -22,8 +24,6 @@ from worker.bridge_mapping import (
     routing_key,
     unmappable_message,
 )
-from worker.emulator.events import seller_event, ticket_reply
-from worker.spool import Spooled
 
 
 def reply(**changes: Any) -> dict[str, Any]:

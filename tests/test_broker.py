@@ -1,4 +1,4 @@
-"""worker.broker: a list of nodes, tried in turn, and a worker that stops while they are gone.
+"""worker.amqp.broker: a list of nodes, tried in turn, and a worker that stops while they are gone.
 
 The nodes here are TCP proxies to the one real broker (``tests/proxy.py``): cutting a proxy
 is losing that node, for this client only.
@@ -22,10 +22,10 @@ from yarl import URL
 from tests.conftest import AMQP_URL, Names, publish, queue_depth, wait_for
 from tests.proxy import TcpProxy
 from tests.test_cli import Process, spawn, worker_env
-from worker import broker
+from worker.amqp import broker
+from worker.core.settings import Settings
 from worker.emulator import Emulator
-from worker.samples import valid_event
-from worker.settings import Settings
+from worker.ops.samples import valid_event
 
 REAL = URL(AMQP_URL)
 

@@ -8,8 +8,8 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from tests.conftest import AMQP_URL, REDIS_URL, REFRESH_TOKEN, Names
 from tests.test_dlq import Result, cli, settings_for
+from worker.amqp.topology import declare_topology
 from worker.emulator import Emulator
-from worker.topology import declare_topology
 
 
 def api_env(emulator: Emulator, **extra: str) -> dict[str, str]:

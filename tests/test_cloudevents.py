@@ -26,10 +26,10 @@ from tests.conftest import (
     wait_for,
 )
 from tests.examples import SEED_EVENT_DATA
-from worker import dlq
 from worker.emulator import Emulator
-from worker.publish import publish_lines
-from worker.samples import sample_lines
+from worker.ops import dlq
+from worker.ops.publish import publish_lines
+from worker.ops.samples import sample_lines
 
 
 def ticket_event(ticket_id: str, event_id: str, *, raw: bool = False) -> CloudEvent:

@@ -31,11 +31,11 @@ from aio_pika.abc import AbstractChannel
 from tests.conftest import Names, StartWorker, collect, publish
 from tests.examples import SEED_EVENT_DATA, SEED_TICKET
 from tests.test_end_to_end import event
+from worker.core.errors import MessageError
+from worker.core.settings import Settings
 from worker.emulator import Emulator
-from worker.errors import MessageError
-from worker.mapping import decode_message
-from worker.samples import invalid_events, valid_event
-from worker.settings import Settings
+from worker.forward.mapping import decode_message
+from worker.ops.samples import invalid_events, valid_event
 
 ROOT = Path(__file__).parent.parent
 DOCS = ROOT / "docs"

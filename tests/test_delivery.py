@@ -29,10 +29,10 @@ from tests.conftest import (
 )
 from tests.fileserver import FileServer
 from tests.test_outcomes import data_of, outcome_queue, read_outcome  # noqa: F401 (a fixture)
-from worker import dlq
-from worker.attachments import spool_directory
 from worker.emulator import Emulator
-from worker.samples import valid_event
+from worker.forward.attachments import spool_directory
+from worker.ops import dlq
+from worker.ops.samples import valid_event
 
 PNG = b"\x89PNG\r\n\x1a\n" + random.Random(1).randbytes(700 * 1024)  # rolls over to disk
 PDF = b"%PDF-1.7\n" + random.Random(2).randbytes(40 * 1024)

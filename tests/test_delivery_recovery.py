@@ -26,7 +26,7 @@ from tests.conftest import (
 from tests.proxy import TcpProxy
 from tests.test_cli import Process, processes, spawn, worker_env  # noqa: F401 (a fixture)
 from worker.emulator import Emulator
-from worker.samples import valid_event
+from worker.ops.samples import valid_event
 
 
 def event(index: int, files: int) -> bytes:

@@ -25,8 +25,8 @@ import yaml
 from prometheus_client import REGISTRY
 
 from tests import kustomize
-from worker import metrics
-from worker.settings import Settings, load_settings
+from worker.core.settings import Settings, load_settings
+from worker.obs import metrics
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"

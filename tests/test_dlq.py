@@ -29,10 +29,10 @@ from aio_pika.abc import (
 
 from tests.conftest import AMQP_URL, Names, StartWorker, publish, wait_for
 from tests.test_end_to_end import event
-from worker import dlq
+from worker.amqp.topology import declare_topology
+from worker.core.settings import Settings
 from worker.emulator import Emulator
-from worker.settings import Settings
-from worker.topology import declare_topology
+from worker.ops import dlq
 
 ERROR_HEADERS = {
     "x-error-kind",
@@ -116,7 +116,7 @@ def dead_letter(
     at: datetime | None = None,
     extra: dict[str, Any] | None = None,
 ) -> aio_pika.Message:
-    """A copy as ``worker.consumer`` makes it."""
+    """A copy as ``worker.forward.consumer`` makes it."""
     return aio_pika.Message(
         body,
         message_id=message_id,

@@ -26,7 +26,7 @@ from tests.conftest import (
 from tests.examples import SEED_EVENT_DATA, SEED_TICKET
 from tests.proxy import TcpProxy
 from worker.emulator import Emulator
-from worker.samples import INVALID_SAMPLES, valid_event
+from worker.ops.samples import INVALID_SAMPLES, valid_event
 
 
 def event(index: int, **data: Any) -> bytes:
@@ -493,8 +493,8 @@ async def test_queue_type_is_configurable(
     await publish(channel, names, [event(1)])
     await wait_for(lambda: len(emulator.state.accepted) == 1, what="accepted")
     # Re-declaring with the type's own arguments succeeds only if the type matches.
-    from worker.settings import Settings
-    from worker.topology import queue_arguments
+    from worker.amqp.topology import queue_arguments
+    from worker.core.settings import Settings
 
     expected = Settings(amqp_queue=names.queue, amqp_queue_type=queue_type)
     await channel.declare_queue(names.queue, durable=True, arguments=queue_arguments(expected))

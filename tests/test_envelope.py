@@ -1,4 +1,4 @@
-"""CloudEvents content modes (worker.envelope) through decode_message, and the mapper's headers.
+"""CloudEvents content modes (worker.forward.envelope) via decode_message; the mapper's headers.
 
 Messages are written by the ``cloudevents`` SDK wherever it writes them (its RabbitMQ and AMQP
 bindings, binary and structured), so the worker is held to what real publishers send.
@@ -20,15 +20,15 @@ from hypothesis import strategies as st
 
 from tests.conftest import modules_loaded
 from tests.examples import SEED_EVENT_DATA, SEED_TICKET
-from worker.envelope import (
+from worker.core.errors import InvalidTicket, MalformedMessage, MessageError
+from worker.forward.envelope import (
     BATCH_CONTENT_TYPE,
     HEADER_PREFIXES,
     MAX_ID_CHARS,
     STRUCTURED_CONTENT_TYPE,
     read_envelope,
 )
-from worker.errors import InvalidTicket, MalformedMessage, MessageError
-from worker.mapping import Decoded, Mapper, decode_message, load_mapper, message_mapper
+from worker.forward.mapping import Decoded, Mapper, decode_message, load_mapper, message_mapper
 from worker.models import Ticket
 
 DATA: dict[str, Any] = copy.deepcopy(SEED_EVENT_DATA)
@@ -352,9 +352,9 @@ def test_the_names_spelled_out_are_the_sdks() -> None:
 def test_reading_cloudevents_does_not_load_the_sdk() -> None:
     """Only outcome events (``WORKER_OUTCOME_EVENTS=1``) need it; every worker would carry it."""
     code = (
-        "import orjson, worker.cli, worker.consumer, worker.outcomes\n"
+        "import orjson, worker.cli, worker.forward.consumer, worker.forward.outcomes\n"
         "from tests.examples import SEED_EVENT_DATA\n"
-        "from worker.mapping import decode_message\n"
+        "from worker.forward.mapping import decode_message\n"
         "decoded = decode_message(orjson.dumps(SEED_EVENT_DATA), "
         "headers={'ce-specversion': '1.0', 'ce-id': 'e-1'}, content_type=None, mapper=None)\n"
         "assert decoded.event_id == 'e-1', decoded"

@@ -14,8 +14,8 @@ from aiohttp import web
 from tests.conftest import Names, close_broker_connections, publish, wait_for
 from tests.test_cli import Process, spawn, worker_env
 from tests.test_end_to_end import event
-from worker import health
 from worker.emulator import Emulator
+from worker.obs import health
 
 
 async def probe(port: int, path: str) -> httpx.Response | None:

@@ -15,9 +15,10 @@ from pydantic import SecretStr
 
 from tests.conftest import REFRESH_TOKEN, Names, StartWorker, make_settings, publish, wait_for
 from tests.examples import SEED_TICKET
-from worker import USER_AGENT, __version__, metrics
-from worker.check import check_token
+from worker import USER_AGENT, __version__
 from worker.emulator import Emulator
+from worker.obs import metrics
+from worker.ops.check import check_token
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ import orjson
 import pytest
 import structlog
 
-from worker.logging import configure_logging
+from worker.obs.logging import configure_logging
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.examples import SEED_EVENT_DATA, SEED_TICKET
-from worker.errors import InvalidTicket, MalformedMessage
-from worker.mapping import Mapper, decode_message, load_mapper, message_mapper
+from worker.core.errors import InvalidTicket, MalformedMessage
+from worker.forward.mapping import Mapper, decode_message, load_mapper, message_mapper
 from worker.models import Ticket
 
 SEED = SEED_TICKET

@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from tests.examples import SEED_EVENT_DATA, SEED_TICKET
-from worker.attachments import AttachmentSource
-from worker.errors import InvalidTicket
-from worker.mapping import Mapper, decode_message, message_mapper
+from worker.core.errors import InvalidTicket
+from worker.forward.attachments import AttachmentSource
+from worker.forward.mapping import Mapper, decode_message, message_mapper
 
 URL = "https://files.example.com/tickets/4711/red.png?X-Amz-Signature=s3cr3t"
 

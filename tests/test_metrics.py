@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import REFRESH_TOKEN, Names, collect, publish, wait_for
 from tests.test_cli import spawn, worker_env
 from tests.test_end_to_end import event
-from worker import metrics
 from worker.emulator import Emulator
+from worker.obs import metrics
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -30,9 +30,9 @@ from tests.conftest import (
 )
 from tests.examples import SEED_EVENT_DATA, SEED_TICKET
 from tests.test_contract import schema
+from worker.core.settings import ConfigError, load_settings, topic_matches
 from worker.emulator import Emulator
-from worker.outcomes import DEAD_LETTERED, FORWARDED, DeadLetteredData, ForwardedData
-from worker.settings import ConfigError, load_settings, topic_matches
+from worker.forward.outcomes import DEAD_LETTERED, FORWARDED, DeadLetteredData, ForwardedData
 
 OUTCOME_KEYS = (FORWARDED, DEAD_LETTERED)
 

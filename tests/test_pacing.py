@@ -15,14 +15,14 @@ from structlog.testing import capture_logs
 from tests.conftest import REFRESH_TOKEN, wait_for
 from tests.examples import SEED_TICKET
 from tests.pacing_sim import simulate
+from worker.core.errors import RetryLater, ShuttingDown
+from worker.core.settings import Settings
 from worker.emulator import Emulator
 from worker.emulator.limits import Algorithm
-from worker.errors import RetryLater, ShuttingDown
 from worker.scx import ScxClient
 from worker.scx.pacing import MAX_RESERVE, Pacer, Schedule, WindowBudget
 from worker.scx.responses import RateLimit
 from worker.scx.waits import Waits
-from worker.settings import Settings
 
 
 async def stamps(pacer: Pacer, n: int) -> list[float]:

@@ -1,4 +1,4 @@
-"""worker.progress: the x-scx-progress header and the Redis record (the machine's Redis)."""
+"""worker.forward.progress: the x-scx-progress header and the Redis record (the machine's Redis)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from redis.asyncio import Redis
 
 from tests.conftest import REDIS_URL
 from tests.proxy import TcpProxy
-from worker.errors import RetryLater
-from worker.progress import RECORD_ATTEMPTS, StateRecord, Steps
-from worker.settings import ConfigError, Settings, load_settings
+from worker.core.errors import RetryLater
+from worker.core.settings import ConfigError, Settings, load_settings
+from worker.forward.progress import RECORD_ATTEMPTS, StateRecord, Steps
 
 
 def test_the_header_says_what_is_done_and_reads_back() -> None:

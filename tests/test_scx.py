@@ -10,11 +10,11 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from worker.errors import CredentialsRejected, RetryLater, TicketRejected
+from worker.core.errors import CredentialsRejected, RetryLater, TicketRejected
+from worker.core.settings import Settings
 from worker.scx import ScxClient
 from worker.scx.breaker import State
 from worker.scx.responses import retry_after
-from worker.settings import Settings
 
 Handler = Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
 ERRORS = {"errorList": [{"code": "VAL100", "message": "bad", "severity": "error", "hint": None}]}

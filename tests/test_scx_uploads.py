@@ -19,10 +19,10 @@ from pydantic import SecretStr
 
 from tests.examples import SEED_TICKET
 from tests.test_scx import ERRORS, client, scripted
+from worker.core.errors import RetryLater, TicketRejected, UploadRejected
+from worker.core.settings import Settings
 from worker.emulator import Emulator, EmulatorConfig
-from worker.errors import RetryLater, TicketRejected, UploadRejected
 from worker.scx import ScxClient
-from worker.settings import Settings
 
 PDF = b"%PDF-1.7\n" + bytes(range(256)) * 1000
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.settings import SANDBOX_URL, ConfigError, load_settings
+from worker.core.settings import SANDBOX_URL, ConfigError, load_settings
 
 
 @pytest.fixture(autouse=True)

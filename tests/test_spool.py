@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.spool import MEMORY_THRESHOLD, TooLarge, clear_spool_dir, spool
+from worker.core.spool import MEMORY_THRESHOLD, TooLarge, clear_spool_dir, spool
 
 
 async def _stream(*parts: bytes) -> AsyncIterator[bytes]:

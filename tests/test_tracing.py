@@ -28,9 +28,9 @@ from tests.test_cli import processes as processes  # the fixture
 from tests.test_end_to_end import event
 from tests.test_logging import restore_logging as restore_logging  # the fixture
 from tests.test_outcomes import outcome_queue as outcome_queue  # the fixture
-from worker import tracing
 from worker.emulator import Emulator
-from worker.logging import add_trace_ids, configure_logging
+from worker.obs import tracing
+from worker.obs.logging import add_trace_ids, configure_logging
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -336,7 +336,7 @@ async def test_off_nothing_is_traced_and_headers_pass_through(
 
 
 def test_an_unknown_exporter_is_a_configuration_error() -> None:
-    from worker.settings import ConfigError
+    from worker.core.settings import ConfigError
 
     with pytest.raises(ConfigError, match="OTEL_TRACES_EXPORTER: no span exporter 'nosuch'"):
         tracing.configure("nosuch", None)
@@ -349,7 +349,7 @@ def test_otlp_means_http_protobuf_unless_the_protocol_says_grpc(
 ) -> None:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    from worker import _otel
+    from worker.obs import _otel
 
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_PROTOCOL", raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", raising=False)
@@ -360,7 +360,7 @@ def test_otlp_means_http_protobuf_unless_the_protocol_says_grpc(
 
 
 def test_the_service_name_defaults_to_scx_forwarder(monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker import _otel
+    from worker.obs import _otel
 
     monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
     monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
@@ -501,7 +501,7 @@ def test_new_trace_starts_a_trace_of_its_own_under_any_current_span(
 
 
 def test_the_settings_read_the_exporter_list_and_the_service_name() -> None:
-    from worker.settings import ConfigError, load_settings
+    from worker.core.settings import ConfigError, load_settings
 
     assert load_settings(otel_traces_exporter=" Console, OTLP ").otel_traces_exporter == (
         "console,otlp"
@@ -514,7 +514,8 @@ def test_the_settings_read_the_exporter_list_and_the_service_name() -> None:
 
 def test_the_worker_does_not_import_opentelemetry_while_tracing_is_off() -> None:
     code = (
-        "import worker.cli, worker.consumer, worker.logging, worker.scx, worker.tracing\n"
-        "assert not worker.tracing.configure('none', None)"
+        "import worker.cli, worker.forward.consumer, worker.obs.logging, worker.scx\n"
+        "import worker.obs.tracing\n"
+        "assert not worker.obs.tracing.configure('none', None)"
     )
     assert modules_loaded(code, "opentelemetry") == []

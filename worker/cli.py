@@ -1,6 +1,6 @@
 """``scx-forwarder`` (also ``python -m worker``): the worker and its companions.
 
-Exit codes of ``run`` are listed in ``worker.errors`` (``EXIT_*``) and in the README.
+Exit codes of ``run`` are listed in ``worker.core.errors`` (``EXIT_*``) and in the README.
 The operations commands share them: ``check`` and ``dlq ...`` exit 0 when done, 1 when a
 check failed or the command could not run (broker unreachable, a queue missing, a
 replayed copy refused), 2 for a bad configuration or usage (``dlq purge`` without
@@ -25,12 +25,12 @@ import orjson
 import structlog
 
 from worker import __version__
-from worker.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
-from worker.logging import configure_logging
-from worker.settings import ConfigError, load_settings
+from worker.core.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from worker.core.settings import ConfigError, load_settings
+from worker.obs.logging import configure_logging
 
 if TYPE_CHECKING:
-    from worker.dlq import Filter
+    from worker.ops.dlq import Filter
 
 _T = TypeVar("_T")
 
@@ -178,14 +178,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     mapper_spec = args.mapper or settings.worker_mapper
     mapper = None
     if mapper_spec:
-        from worker.mapping import load_mapper
+        from worker.forward.mapping import load_mapper
 
         try:
             mapper = load_mapper(mapper_spec)
         except ValueError as exc:
             raise ConfigError(f"WORKER_MAPPER / --mapper: {exc}") from None
-    from worker import tracing
-    from worker.service import serve
+    from worker.forward.service import serve
+    from worker.obs import tracing
 
     with tracing.started(settings.otel_traces_exporter, settings.otel_service_name):
         return asyncio.run(serve(settings, refresh_token, mapper))
@@ -195,8 +195,8 @@ def _cmd_events(args: argparse.Namespace) -> int:
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     refresh_token = settings.refresh_token()
-    from worker import tracing
-    from worker.bridge_service import serve_events
+    from worker.events.service import serve_events
+    from worker.obs import tracing
 
     with tracing.started(settings.otel_traces_exporter, settings.otel_service_name):
         return asyncio.run(serve_events(settings, refresh_token))
@@ -226,7 +226,7 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
-    from worker.publish import Unroutable, publish_lines
+    from worker.ops.publish import Unroutable, publish_lines
 
     settings = load_settings()
     stream = sys.stdin.buffer if args.file == "-" else Path(args.file).open("rb")  # noqa: SIM115
@@ -249,7 +249,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from worker.samples import sample_lines
+    from worker.ops.samples import sample_lines
 
     out = sys.stdout.buffer
     for line in sample_lines(args.count, invalid=args.invalid, seed=args.seed):
@@ -259,7 +259,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from worker.check import check
+    from worker.ops.check import check
 
     settings = load_settings()
     passed, report = asyncio.run(check(settings, events=args.events))
@@ -268,7 +268,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_dlq_stats(args: argparse.Namespace) -> int:
-    from worker import dlq, dlq_report
+    from worker.ops import dlq, dlq_report
 
     settings = load_settings()
     by_kind = _dlq_run(dlq.stats(settings))
@@ -282,7 +282,7 @@ def _cmd_dlq_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_dlq_list(args: argparse.Namespace) -> int:
-    from worker import dlq, dlq_report
+    from worker.ops import dlq, dlq_report
 
     settings = load_settings()
     outcome = _dlq_run(dlq.list_entries(settings, _filter(args), args.limit))
@@ -310,7 +310,7 @@ def _cmd_dlq_list(args: argparse.Namespace) -> int:
 def _cmd_dlq_replay(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from worker import dlq
+    from worker.ops import dlq
 
     settings = load_settings()
     # A bar on a terminal only (disable=None); scripts and logs get the summary line.
@@ -342,7 +342,7 @@ def _cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_dlq_purge(args: argparse.Namespace) -> int:
-    from worker import dlq
+    from worker.ops import dlq
 
     if not args.yes:
         print(
@@ -363,7 +363,7 @@ def _cmd_dlq_purge(args: argparse.Namespace) -> int:
 
 
 def _cmd_dlq_export(args: argparse.Namespace) -> int:
-    from worker import dlq
+    from worker.ops import dlq
 
     settings = load_settings()
     to_stdout = args.file == "-"
@@ -388,7 +388,7 @@ def _cmd_dlq_export(args: argparse.Namespace) -> int:
 
 def _dlq_run(coro: Coroutine[Any, Any, _T]) -> _T | None:
     """Run a dlq command; print why it could not run (None), never a URL's password."""
-    from worker.dlq import DlqError
+    from worker.ops.dlq import DlqError
 
     try:
         return asyncio.run(coro)
@@ -410,7 +410,7 @@ def _dlq_run(coro: Coroutine[Any, Any, _T]) -> _T | None:
 
 
 def _filter(args: argparse.Namespace) -> Filter:
-    from worker.dlq import Filter
+    from worker.ops.dlq import Filter
 
     return Filter(kind=args.kind, ticket_id=args.ticket_id)
 

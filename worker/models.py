@@ -152,9 +152,9 @@ class EventReference(_Model):
     id: ReferenceId
 
 
-# Where an attachment's bytes come from (worker.attachments). Only the shape is checked here;
-# the allow-list, the base64 alphabet and the content-type rules are checked before any
-# download or SCX call, in worker.mapping and worker.attachments.fetch.
+# Where an attachment's bytes come from (worker.forward.attachments). Only its shape is checked
+# here; the allow-list, the base64 alphabet and the content-type rules are checked before any
+# download or SCX call, in worker.forward.mapping and worker.forward.attachments.fetch.
 SourceUrl = Annotated[str, Str(strict=True, min_length=1, max_length=8192)]
 Base64Text = Annotated[str, Str(strict=True, min_length=1)]
 
@@ -181,7 +181,7 @@ class EventAttachment(_Source):
 
 
 class MapperSource(_Source):
-    """The sources a mapper's camelCase ``attachment[]`` item may carry (``worker.mapping``)."""
+    """The sources a mapper's camelCase ``attachment[]`` item may carry (forward.mapping)."""
 
     content_base64: Base64Text | None = Field(default=None, alias="contentBase64", repr=False)
 

@@ -1,6 +1,6 @@
 """What every reliability scenario shares: a backlog, a fleet of workers, the reconciliation.
 
-A scenario publishes a backlog through the worker's own topology (``worker.publish``), runs
+A scenario publishes a backlog through the worker's own topology (``worker.ops.publish``), runs
 one to three ``scx-forwarder run`` processes against the in-process emulator, injects its
 fault, waits until every event has an outcome, and then reconciles the books:
 
@@ -34,11 +34,11 @@ from aio_pika.abc import AbstractRobustConnection
 
 from tests.conftest import AMQP_URL, Names, rabbitmqctl
 from tests.test_cli import Process, spawn, worker_env
-from worker.broker import connect, connect_robust
+from worker.amqp.broker import connect, connect_robust
+from worker.core.settings import Settings, load_settings
 from worker.emulator import Emulator
-from worker.publish import publish_lines
-from worker.samples import valid_event
-from worker.settings import Settings, load_settings
+from worker.ops.publish import publish_lines
+from worker.ops.samples import valid_event
 
 # The circuit breaker and delay-queue settings scale the production defaults (5 s cool-down,
 # delays of 10 s, 1 min, 10 min) down to test time.

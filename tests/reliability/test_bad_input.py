@@ -33,7 +33,7 @@ from tests.conftest import AMQP_URL, Names
 from tests.reliability.conftest import MakeFleet, Record
 from tests.reliability.harness import DeadLetters, Fleet, leftovers
 from worker.emulator import Emulator
-from worker.samples import ROLES, TOPICS, valid_event
+from worker.ops.samples import ROLES, TOPICS, valid_event
 
 EXAMPLES = 24
 BATCH = (80, 100)  # bodies per example: at least 1,920 in all, about 2,160 on average

@@ -49,9 +49,9 @@ from tests.test_bridge import (  # noqa: F401 (the processes fixture)
 )
 from tests.test_bridge import make_backlog as make_events
 from tests.test_cli import Process
-from worker.broker import connect, connect_robust
+from worker.amqp.broker import connect, connect_robust
+from worker.core.settings import Settings
 from worker.emulator import Emulator
-from worker.settings import Settings
 
 FULL = os.environ.get("CLUSTER_FULL") == "1"
 BACKLOG = 3000 if FULL else 1000

@@ -687,7 +687,9 @@ async def serve(
 
 @cache
 def _validator() -> Draft202012Validator:
-    schema = orjson.loads(resources.files("worker").joinpath("ticket.schema.json").read_bytes())
+    schema = orjson.loads(
+        resources.files("worker.emulator").joinpath("ticket.schema.json").read_bytes()
+    )
     Draft202012Validator.check_schema(schema)
     checker = Draft202012Validator.FORMAT_CHECKER
     # jsonschema silently skips formats whose checker library is missing.

@@ -35,7 +35,7 @@ from worker.emulator.files import FileStore
 # reading, so the emulator never refuses what the real API might accept. The worker's own
 # ATTACHMENT_MAX_BYTES defaults to the same number.
 MAX_FILE_BYTES = 16 * 1024 * 1024
-# Written from API-FACTS.md on purpose, not imported from worker.attachments: like
+# Written from API-FACTS.md on purpose, not imported from worker.forward.attachments: like
 # ticket.schema.json, the emulator's rules are a second reading of the API that catches the
 # worker's mistakes instead of sharing them.
 ALLOWED_TYPES = frozenset(

@@ -32,8 +32,9 @@ import orjson
 import structlog
 from pydantic import SecretStr
 
-from worker import USER_AGENT, metrics
-from worker.errors import CredentialsRejected, TransientError
+from worker import USER_AGENT
+from worker.core.errors import CredentialsRejected, TransientError
+from worker.obs import metrics
 from worker.scx.responses import error_list, is_transient_status, retry_after
 
 log = structlog.get_logger(__name__)

@@ -29,8 +29,8 @@ from enum import Enum
 
 import structlog
 
-from worker import metrics
-from worker.errors import CircuitOpen
+from worker.core.errors import CircuitOpen
+from worker.obs import metrics
 from worker.scx.waits import Waits
 
 log = structlog.get_logger(__name__)

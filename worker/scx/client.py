@@ -48,9 +48,8 @@ from tenacity import (
     retry_if_not_exception_type,
 )
 
-from worker import USER_AGENT, metrics, tracing
-from worker.backoff import Backoff, give_up
-from worker.errors import (
+from worker import USER_AGENT
+from worker.core.errors import (
     CircuitOpen,
     MessageError,
     RequestRejected,
@@ -59,13 +58,15 @@ from worker.errors import (
     TransientError,
     UploadRejected,
 )
+from worker.core.retry import Backoff, give_up
+from worker.core.settings import Settings
+from worker.core.spool import Spooled, TooLarge, spool
+from worker.obs import metrics, tracing
 from worker.scx.auth import TokenAuth
 from worker.scx.breaker import Breaker
 from worker.scx.pacing import Pacer
 from worker.scx.responses import error_list, is_transient_status, rate_limit, retry_after
 from worker.scx.waits import Waits
-from worker.settings import Settings
-from worker.spool import Spooled, TooLarge, spool
 
 log = structlog.get_logger(__name__)
 
@@ -204,7 +205,7 @@ class ScxClient:
             # (profiled: has_expired -> anyio extra attributes on every pool scan), which made
             # more concurrency slower; aiohttp's connector does the same job for a fraction.
             # Traced here, below the auth flow and the retries, when tracing is on: a client
-            # span and a traceparent for every request on the wire (worker.tracing).
+            # span and a traceparent for every request on the wire (worker.obs.tracing).
             transport=tracing.traced_transport(transport or AiohttpTransport(limits=limits)),
         )
         # An absolute URL object: httpx skips joining it with base_url on every call (half

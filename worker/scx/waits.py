@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from worker.errors import ShuttingDown
+from worker.core.errors import ShuttingDown
 
 
 class Waits:

@@ -1,0 +1,1 @@
+"""The broker side shared by both services: connecting, topology, header names, copies."""

@@ -1,0 +1,178 @@
+"""What is done for a ticket: created, which files uploaded; so a retry does only the rest.
+
+Two memories, both optional to the worker's correctness (without them delivery is
+at-least-once, as the README says), both consulted before each step:
+
+- ``Steps``: travels with the message. A message that leaves the worker after the ticket
+  exists (to the delay stage, to the DLQ, back to the work queue on shutdown) carries the
+  header ``x-scx-progress`` = ``{"ticket": true, "uploaded": ["a.png"]}``; the next attempt,
+  or a ``dlq replay``, starts from there. A header that does not parse is ignored (everything
+  is done again: at-least-once, never a skipped step on a guess).
+- ``StateRecord``: Redis (``WORKER_STATE_REDIS_URL``), one hash per seller and ticket id
+  (``<WORKER_STATE_KEY_PREFIX>:<sellerId>:<ticketId>``, fields ``ticket`` and
+  ``file:<name>``), each write renewing ``WORKER_STATE_TTL``. It covers what the header
+  cannot: a redelivery after a kill -9, a broker restart or a lost connection, when the
+  message comes back as it was first published.
+
+If Redis is configured but does not answer, a step is never skipped or done on a guess: the
+record is tried ``RECORD_ATTEMPTS`` times, then the message goes to the delay stage like any
+transient failure (``RetryLater``), carrying in its header what it did get done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+import structlog
+
+from worker.amqp import headers as h
+from worker.core.errors import RetryLater
+from worker.core.settings import Settings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = structlog.get_logger(__name__)
+
+# Quick in-process retries of the record before the message goes to the delay stage.
+RECORD_ATTEMPTS = 3
+RECORD_WAITS = (0.2, 0.5)
+# Per Redis operation: the record is a side-table, it must not hold up a message for long.
+RECORD_TIMEOUT = 2.0
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass
+class Steps:
+    """What is done for one message's ticket; ``header()`` is what travels with it."""
+
+    ticket: bool = False
+    uploaded: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_headers(cls, message_headers: Mapping[str, Any] | None) -> Steps:
+        raw = (message_headers or {}).get(h.PROGRESS)
+        if isinstance(raw, bytes | bytearray):
+            raw = bytes(raw).decode("utf-8", "replace")
+        if not isinstance(raw, str):
+            return cls()
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            log.warning("progress.header_ignored", why="not JSON")
+            return cls()
+        ticket = data.get("ticket") if isinstance(data, dict) else None
+        uploaded = data.get("uploaded", []) if isinstance(data, dict) else None
+        if (
+            not isinstance(ticket, bool)
+            or not isinstance(uploaded, list)
+            or not all(isinstance(name, str) for name in uploaded)
+        ):
+            log.warning("progress.header_ignored", why="not {ticket: bool, uploaded: [str]}")
+            return cls()
+        # A file cannot have been uploaded to a ticket that does not exist.
+        return cls(ticket, list(dict.fromkeys(uploaded)) if ticket else [])
+
+    def __bool__(self) -> bool:
+        return self.ticket or bool(self.uploaded)
+
+    def merge(self, ticket: bool, uploaded: Iterable[str]) -> None:
+        self.ticket = self.ticket or ticket
+        for name in uploaded:
+            self.add_upload(name)
+
+    def add_upload(self, filename: str) -> None:
+        if filename not in self.uploaded:
+            self.uploaded.append(filename)
+
+    def header(self) -> dict[str, str]:
+        """The ``x-scx-progress`` header for a copy of the message; empty when nothing is done."""
+        if not self:
+            return {}
+        return {
+            h.PROGRESS: orjson.dumps({"ticket": self.ticket, "uploaded": self.uploaded}).decode()
+        }
+
+
+class StateRecord:
+    """The progress record in Redis; see the module docstring for keys and failure handling."""
+
+    def __init__(self, settings: Settings, *, sleep: Sleep = asyncio.sleep) -> None:
+        assert settings.worker_state_redis_url is not None
+        # Imported only when the record is used: redis-py loads OpenTelemetry whenever that is
+        # installed, which a worker without the record (or with tracing off) must not carry.
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import RedisError
+
+        self._failures: tuple[type[Exception], ...] = (RedisError, OSError)
+        self._redis: Redis = Redis.from_url(
+            settings.worker_state_redis_url.get_secret_value(),
+            socket_connect_timeout=RECORD_TIMEOUT,
+            socket_timeout=RECORD_TIMEOUT,
+            # Our own retries (below) decide; redis-py's default would add seconds of its own.
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._where = settings.state_redis_url_redacted
+        self._prefix = settings.worker_state_key_prefix
+        self._ttl = settings.worker_state_ttl
+        self._sleep = sleep
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    def key(self, seller_id: str, ticket_id: str) -> str:
+        # sellerId is ^\w{1,50}$, so the first colon after the prefix ends it.
+        return f"{self._prefix}:{seller_id}:{ticket_id}"
+
+    async def recall(self, seller_id: str, ticket_id: str) -> tuple[bool, list[str]]:
+        """(ticket created?, files uploaded) as recorded; ``RetryLater`` if Redis is away."""
+        key = self.key(seller_id, ticket_id)
+        fields = await self._do("read", lambda: self._redis.hgetall(key))
+        found = [f.decode() if isinstance(f, bytes) else f for f in fields]
+        names = [f.removeprefix("file:") for f in found if f.startswith("file:")]
+        return "ticket" in found, names
+
+    async def ticket_created(self, seller_id: str, ticket_id: str) -> None:
+        await self._write(self.key(seller_id, ticket_id), "ticket")
+
+    async def file_uploaded(self, seller_id: str, ticket_id: str, filename: str) -> None:
+        await self._write(self.key(seller_id, ticket_id), f"file:{filename}")
+
+    async def _write(self, key: str, name: str) -> None:
+        async def write() -> Any:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, name, "1")
+                pipe.expire(key, self._ttl)
+                return await pipe.execute()
+
+        await self._do("write", write)
+
+    async def _do(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        for attempt in range(1, RECORD_ATTEMPTS + 1):
+            try:
+                return await operation()
+            except self._failures as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "progress.record_unavailable",
+                    operation=what,
+                    attempt=attempt,
+                    redis=self._where,
+                    error=error,
+                )
+                if attempt == RECORD_ATTEMPTS:
+                    raise RetryLater(
+                        0,
+                        f"progress record (Redis) unavailable: {type(exc).__name__}",
+                        {"status": None, "errorList": []},
+                    ) from None
+                await self._sleep(RECORD_WAITS[min(attempt, len(RECORD_WAITS)) - 1])
+        raise AssertionError("unreachable")

@@ -1,0 +1,95 @@
+"""structlog set-up: JSON lines on stdout in production, a readable console on a TTY.
+
+The standard library's loggers (aio-pika, aiormq, httpx) are routed through the same
+processors, so every line on stdout is one JSON object. Nothing here knows any secret:
+secrets are kept out of log calls at the source (``SecretStr``, redacted URLs), and
+``drop_secrets`` is a last guard that blanks well-known secret keys should one slip in.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal
+
+import orjson
+import structlog
+from structlog.typing import Processor
+
+from worker.obs import tracing
+
+_SECRET_KEYS = frozenset(
+    {"authorization", "auth_token", "authtoken", "refresh_token", "refreshtoken", "password"}
+)
+
+
+def drop_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in event_dict.keys() & _SECRET_KEYS:
+        event_dict[key] = "***"
+    return event_dict
+
+
+def add_trace_ids(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """``trace_id`` and ``span_id`` of the current span (32 and 16 lower-case hex digits,
+    as in ``traceparent``), so a log line leads to its trace; nothing while tracing is off."""
+    ids = tracing.current_ids()
+    if ids is not None:
+        event_dict["trace_id"], event_dict["span_id"] = ids
+    return event_dict
+
+
+def configure_logging(
+    level: str = "INFO", fmt: Literal["auto", "json", "console"] = "auto"
+) -> None:
+    """Configure structlog and the standard library logging once per process."""
+    console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        add_trace_ids,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        drop_secrets,
+    ]
+    renderer: Processor
+    if console:
+        renderer = structlog.dev.ConsoleRenderer()
+        logger_factory: Any = structlog.PrintLoggerFactory()
+    else:
+        shared.append(structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        logger_factory = structlog.BytesLoggerFactory()
+
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=logger_factory,
+        cache_logger_on_first_use=True,
+    )
+
+    # Foreign (stdlib) records take the same road; the formatter renders to str, so the
+    # JSON serializer there must produce str too.
+    foreign_renderer: Processor = (
+        renderer
+        if console
+        else structlog.processors.JSONRenderer(serializer=lambda o, **_: orjson.dumps(o).decode())
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                foreign_renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # httpx logs every request at INFO with its URL: one line per ticket is the canonical
+    # outcome line's job, not the transport's.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -1,0 +1,1 @@
+"""Operator tools: ``check``, ``dlq``, ``publish`` and ``sample``."""
