@@ -330,19 +330,26 @@ def test_compose_environment_ports_and_secrets_match_the_worker() -> None:
     assert "scx-forwarder publish -" in publisher
 
 
-def test_dockerfile_builds_from_constraints_runs_as_non_root_in_exec_form() -> None:
+def test_dockerfile_builds_from_the_lock_runs_as_non_root_in_exec_form() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"^USER (?!root|0\b)\S+", text, re.MULTILINE)
     assert 'ENTRYPOINT ["scx-forwarder"]' in text
     assert 'CMD ["run"]' in text
     assert len(re.findall(r"^FROM ", text, re.MULTILINE)) >= 2, "multi-stage"
-    assert "--constraint constraints.txt '.[otel]'" in text
+    assert re.search(r"^COPY .*\buv\.lock\b", text, re.MULTILINE)
+    sync = re.search(r"^RUN uv sync (.*)$", text, re.MULTILINE)
+    assert sync, "the image installs from uv.lock"
+    assert {"--locked", "--no-dev", "--extra otel"} <= set(re.findall(r"--\S+(?: otel)?", sync[1]))
+    # One uv for the image and for `make install`, so both read the lock the same way.
+    uv_version = re.search(r"^UV_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert uv_version
+    assert f"uv=={uv_version[1]}" in text
     assert f"EXPOSE {Settings().metrics_port}" in text
     assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", text, re.MULTILINE)
 
 
-def test_constraints_pin_every_runtime_dependency() -> None:
-    """deploy/freeze-constraints.sh regenerates the file after a dependency change."""
+def test_the_lock_pins_every_runtime_dependency_with_hashes() -> None:
+    """`make upgrade` (or `uv lock`) refreshes uv.lock after a dependency change."""
 
     def normal(name: str) -> str:
         return re.sub(r"[-_.]+", "-", name).lower()
@@ -353,13 +360,17 @@ def test_constraints_pin_every_runtime_dependency() -> None:
         normal(re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0])
         for dep in [*project["dependencies"], *project["optional-dependencies"]["otel"]]
     }
-    pins = {}
-    for line in (DEPLOY / "constraints.txt").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            assert version, f"not pinned: {line}"
-            pins[normal(name)] = version
-    assert wanted <= set(pins), f"run deploy/freeze-constraints.sh: {wanted - set(pins)}"
+    locked = {
+        normal(package["name"]): package
+        for package in tomllib.loads((ROOT / "uv.lock").read_text())["package"]
+    }
+    assert wanted <= set(locked), f"run make upgrade: {wanted - set(locked)}"
+    for name in wanted:
+        package = locked[name]
+        assert package["version"], name
+        files = [*package.get("wheels", []), *([package["sdist"]] if "sdist" in package else [])]
+        assert files, name
+        assert all(f["hash"].startswith("sha256:") for f in files), name
 
 
 def test_dashboard_uses_only_metrics_the_worker_exports() -> None:

@@ -139,6 +139,11 @@ async def connect(
                     error=settings.scrub(f"{type(exc).__name__}: {exc}"),
                 )
             continue
+        except BaseException:
+            # Cancelled mid-connect (a shutdown): close what was opened, or its socket is left
+            # to the garbage collector and warns wherever that happens to run.
+            await connection.close()
+            raise
         return connection
     assert error is not None
     raise error

@@ -38,6 +38,7 @@ import aiormq
 import httpx
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection
+from pamqp.common import FieldTable
 from pydantic import SecretStr
 from yarl import URL
 
@@ -158,16 +159,17 @@ async def _other_nodes(settings: Settings, connected: URL) -> Result:
     for node in settings.amqp_nodes:
         if node == connected:
             continue
+        properties: FieldTable = {"connection_name": broker.connection_name(settings, "check")}
+        connection = aio_pika.Connection(node, client_properties=properties)
         try:
-            connection = await aio_pika.connect(
-                node,
-                timeout=broker.CONNECT_TIMEOUT,
-                client_properties={"connection_name": broker.connection_name(settings, "check")},
-            )
+            await connection.connect(timeout=broker.CONNECT_TIMEOUT)
         except broker.CONNECT_ERRORS as exc:
             silent.append(f"{redact_url(node)} ({_safe_error(exc, settings)})")
             continue
-        await connection.close()
+        finally:
+            # Closed on failure too: a node that accepted the socket but refused the login
+            # would otherwise leave it to the garbage collector.
+            await connection.close()
     nodes = len(settings.amqp_nodes)
     if silent:
         detail = f"{nodes - len(silent)} of {nodes} answer; not: " + ", ".join(silent)
