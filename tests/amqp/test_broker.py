@@ -1,6 +1,6 @@
 """worker.amqp.broker: a list of nodes, tried in turn, and a worker that stops while they are gone.
 
-The nodes here are TCP proxies to the one real broker (``tests/proxy.py``): cutting a proxy
+The nodes here are TCP proxies to the one real broker (``tests/support/proxy.py``): cutting a proxy
 is losing that node, for this client only.
 """
 
@@ -19,9 +19,11 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from structlog.testing import capture_logs
 from yarl import URL
 
-from tests.conftest import AMQP_URL, Names, publish, queue_depth, wait_for
-from tests.proxy import TcpProxy
-from tests.test_cli import Process, spawn, worker_env
+from tests.support.broker import Names, publish, queue_depth
+from tests.support.endpoints import AMQP_URL
+from tests.support.polling import wait_for
+from tests.support.processes import Process, spawn, worker_env
+from tests.support.proxy import TcpProxy
 from worker.amqp import broker
 from worker.core.settings import Settings
 from worker.emulator import Emulator

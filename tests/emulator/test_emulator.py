@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import wait_for
-from tests.examples import SEED_TICKET
+from tests.support.examples import SEED_TICKET
+from tests.support.polling import wait_for
 from worker.emulator import DROPPED, Emulator, EmulatorConfig, serve
 
 REFRESH_TOKEN = "test-refresh-token"

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import wait_for
+from tests.support.polling import wait_for
 from worker.emulator import Emulator, EmulatorConfig
 from worker.emulator.events import seller_event, ticket_reply
 

@@ -13,9 +13,10 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import REFRESH_TOKEN, wait_for
-from tests.examples import SEED_TICKET
-from tests.test_cli import spawn
+from tests.support.endpoints import REFRESH_TOKEN
+from tests.support.examples import SEED_TICKET
+from tests.support.polling import wait_for
+from tests.support.processes import spawn
 from worker.emulator import Emulator
 from worker.emulator.uploads import MAX_FILE_BYTES, allowed_content_type
 

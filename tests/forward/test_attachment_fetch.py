@@ -13,7 +13,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from tests.fileserver import FileServer
+from tests.support.fileserver import FileServer
 from worker.core.errors import InvalidTicket, RetryLater, ShuttingDown
 from worker.core.settings import Settings, load_settings
 from worker.forward.attachments import AttachmentSource, clear_spool, fetch_all, source_client

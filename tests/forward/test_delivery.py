@@ -17,18 +17,12 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from prometheus_client import REGISTRY
 
-from tests.conftest import (
-    Names,
-    StartWorker,
-    collect,
-    make_settings,
-    no_leftovers,
-    publish,
-    queue_depth,
-    wait_for,
-)
-from tests.fileserver import FileServer
-from tests.test_outcomes import data_of, outcome_queue, read_outcome  # noqa: F401 (a fixture)
+from tests.support.broker import Names, collect, no_leftovers, publish, queue_depth
+from tests.support.fileserver import FileServer
+from tests.support.forwarder import StartWorker
+from tests.support.outcomes import data_of, read_outcome
+from tests.support.polling import wait_for
+from tests.support.settings import make_settings
 from worker.emulator import Emulator
 from worker.forward.attachments import spool_directory
 from worker.ops import dlq
@@ -381,7 +375,7 @@ async def test_the_outcome_event_of_a_ticket_with_files_names_them(
     channel: AbstractChannel,
     amqp: AbstractRobustConnection,
     names: Names,
-    outcome_queue: str,  # noqa: F811 (the fixture)
+    outcome_queue: str,
 ) -> None:
     await start_worker(
         attachment_allowed_urls=allowed(files), worker_outcome_events=True, scx_retry_attempts=1

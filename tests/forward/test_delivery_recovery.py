@@ -13,18 +13,12 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from prometheus_client import REGISTRY
 
-from tests.conftest import (
-    REDIS_URL,
-    Names,
-    StartWorker,
-    close_broker_connections,
-    no_leftovers,
-    publish,
-    queue_depth,
-    wait_for,
-)
-from tests.proxy import TcpProxy
-from tests.test_cli import Process, processes, spawn, worker_env  # noqa: F401 (a fixture)
+from tests.support.broker import Names, close_broker_connections, no_leftovers, publish, queue_depth
+from tests.support.endpoints import REDIS_URL
+from tests.support.forwarder import StartWorker
+from tests.support.polling import wait_for
+from tests.support.processes import Process, spawn, worker_env
+from tests.support.proxy import TcpProxy
 from worker.emulator import Emulator
 from worker.ops.samples import valid_event
 
@@ -155,7 +149,7 @@ async def test_kill_9_in_the_middle_of_uploads_repeats_no_ticket_and_at_most_the
     amqp: AbstractRobustConnection,
     names: Names,
     redis_prefix: str,
-    processes: list[Process],  # noqa: F811
+    processes: list[Process],
 ) -> None:
     emulator.configure(latency=0.4)
     env = worker_env(

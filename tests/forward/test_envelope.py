@@ -18,8 +18,8 @@ from cloudevents.core.v1.event import CloudEvent
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import modules_loaded
-from tests.examples import SEED_EVENT_DATA, SEED_TICKET
+from tests.support.examples import SEED_EVENT_DATA, SEED_TICKET
+from tests.support.imports import modules_loaded
 from worker.core.errors import InvalidTicket, MalformedMessage, MessageError
 from worker.forward.envelope import (
     BATCH_CONTENT_TYPE,
@@ -310,7 +310,7 @@ def test_the_signature_is_read_once() -> None:
 
 
 def test_load_mapper_reads_the_signature_at_load_time() -> None:
-    mapper = load_mapper("tests.mappers:crash_on_poison")  # a one-argument mapper
+    mapper = load_mapper("tests.support.mappers:crash_on_poison")  # a one-argument mapper
     ticket = decode_message(orjson.dumps({"case": 12}), headers={"ce-id": "e"}, mapper=mapper)
     assert ticket.ticket.ticket_id == "12"
 
@@ -353,7 +353,7 @@ def test_reading_cloudevents_does_not_load_the_sdk() -> None:
     """Only outcome events (``WORKER_OUTCOME_EVENTS=1``) need it; every worker would carry it."""
     code = (
         "import orjson, worker.cli, worker.forward.consumer, worker.forward.outcomes\n"
-        "from tests.examples import SEED_EVENT_DATA\n"
+        "from tests.support.examples import SEED_EVENT_DATA\n"
         "from worker.forward.mapping import decode_message\n"
         "decoded = decode_message(orjson.dumps(SEED_EVENT_DATA), "
         "headers={'ce-specversion': '1.0', 'ce-id': 'e-1'}, content_type=None, mapper=None)\n"

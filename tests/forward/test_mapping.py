@@ -1,6 +1,6 @@
 """decode_message and load_mapper: a message in, a Ticket or a MessageError out.
 
-The CloudEvents content modes have their own file, tests/test_envelope.py."""
+The CloudEvents content modes have their own file, tests/forward/test_envelope.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.examples import SEED_EVENT_DATA, SEED_TICKET
+from tests.support.examples import SEED_EVENT_DATA, SEED_TICKET
 from worker.core.errors import InvalidTicket, MalformedMessage
 from worker.forward.mapping import Mapper, decode_message, load_mapper, message_mapper
 from worker.models import Ticket

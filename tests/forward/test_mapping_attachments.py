@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.examples import SEED_EVENT_DATA, SEED_TICKET
+from tests.support.examples import SEED_EVENT_DATA, SEED_TICKET
 from worker.core.errors import InvalidTicket
 from worker.forward.attachments import AttachmentSource
 from worker.forward.mapping import Mapper, decode_message, message_mapper

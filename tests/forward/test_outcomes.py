@@ -14,62 +14,20 @@ import aio_pika
 import orjson
 import pytest
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from cloudevents.core.bindings import rabbitmq
 from cloudevents.core.v1.event import CloudEvent
 from prometheus_client import REGISTRY
 
-from tests.conftest import (
-    Names,
-    StartWorker,
-    collect,
-    no_leftovers,
-    publish,
-    queue_depth,
-    wait_for,
-)
-from tests.examples import SEED_EVENT_DATA, SEED_TICKET
-from tests.test_contract import schema
+from tests.support.broker import Names, collect, no_leftovers, publish, queue_depth
+from tests.support.contract import schema
+from tests.support.examples import SEED_EVENT_DATA, SEED_TICKET
+from tests.support.forwarder import StartWorker
+from tests.support.outcomes import data_of, read_outcome
+from tests.support.polling import wait_for
 from worker.core.settings import ConfigError, load_settings, topic_matches
 from worker.emulator import Emulator
 from worker.forward.outcomes import DEAD_LETTERED, FORWARDED, DeadLetteredData, ForwardedData
-
-OUTCOME_KEYS = (FORWARDED, DEAD_LETTERED)
-
-
-@pytest.fixture
-async def outcome_queue(
-    amqp: AbstractRobustConnection, channel: AbstractChannel, names: Names
-) -> AsyncIterator[str]:
-    """A queue bound for both outcome types, as the marketplace would bind one."""
-    name = f"{names.queue}.outcomes"
-    exchange = await channel.declare_exchange(
-        names.exchange, aio_pika.ExchangeType.TOPIC, durable=True
-    )
-    queue = await channel.declare_queue(name, durable=True)
-    for key in OUTCOME_KEYS:
-        await queue.bind(exchange, routing_key=key)
-    yield name
-    cleanup = await amqp.channel()
-    await cleanup.queue_delete(name)
-    await cleanup.close()
-
-
-def read_outcome(message: AbstractIncomingMessage) -> CloudEvent:
-    """Parse an outcome with the SDK, which checks every required attribute."""
-    structured = rabbitmq.RabbitMQMessage(
-        headers={}, content_type=message.content_type, body=message.body
-    )
-    event = rabbitmq.from_structured_event(structured)
-    assert message.message_id == event.get_id()
-    assert message.type == event.get_type()
-    return event
-
-
-def data_of(event: CloudEvent) -> dict[str, Any]:
-    data = event.get_data()
-    assert isinstance(data, dict)
-    return data
 
 
 def binary_event(ticket_id: str, event_id: str, **data: Any) -> rabbitmq.RabbitMQMessage:

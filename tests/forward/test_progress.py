@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import REDIS_URL
-from tests.proxy import TcpProxy
+from tests.support.endpoints import REDIS_URL
+from tests.support.proxy import TcpProxy
 from worker.core.errors import RetryLater
 from worker.core.settings import ConfigError, Settings, load_settings
 from worker.forward.progress import RECORD_ATTEMPTS, StateRecord, Steps

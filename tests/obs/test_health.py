@@ -11,9 +11,10 @@ import pytest
 from aio_pika.abc import AbstractChannel
 from aiohttp import web
 
-from tests.conftest import Names, close_broker_connections, publish, wait_for
-from tests.test_cli import Process, spawn, worker_env
-from tests.test_end_to_end import event
+from tests.support.broker import Names, close_broker_connections, publish
+from tests.support.events import event
+from tests.support.polling import wait_for
+from tests.support.processes import Process, spawn, worker_env
 from worker.emulator import Emulator
 from worker.obs import health
 

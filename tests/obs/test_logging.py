@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import orjson
 import pytest
 import structlog
 
 from worker.obs.logging import configure_logging
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.reset_defaults()
-    root.handlers[:], root.level = handlers, level
 
 
 def lines(out: str) -> list[dict[str, object]]:

@@ -10,30 +10,15 @@ import httpx
 import pytest
 from aio_pika.abc import AbstractChannel
 from prometheus_client import REGISTRY
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import REFRESH_TOKEN, Names, collect, publish, wait_for
-from tests.test_cli import spawn, worker_env
-from tests.test_end_to_end import event
+from tests.support.broker import Names, collect, publish
+from tests.support.endpoints import REFRESH_TOKEN
+from tests.support.events import event
+from tests.support.metrics import scrape, value
+from tests.support.polling import wait_for
+from tests.support.processes import spawn, worker_env
 from worker.emulator import Emulator
 from worker.obs import metrics
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def scrape(port: int) -> Samples:
-    async with httpx.AsyncClient(timeout=2) as client:
-        page = await client.get(f"http://127.0.0.1:{port}/metrics")
-    page.raise_for_status()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(page.text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 async def test_a_worker_process_counts_what_it_forwards_and_dead_letters(

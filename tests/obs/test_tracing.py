@@ -22,12 +22,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from tests.conftest import Names, StartWorker, collect, modules_loaded, publish, wait_for
-from tests.test_cli import Process, worker_env
-from tests.test_cli import processes as processes  # the fixture
-from tests.test_end_to_end import event
-from tests.test_logging import restore_logging as restore_logging  # the fixture
-from tests.test_outcomes import outcome_queue as outcome_queue  # the fixture
+from tests.support.broker import Names, collect, publish
+from tests.support.events import event
+from tests.support.forwarder import StartWorker
+from tests.support.imports import modules_loaded
+from tests.support.polling import wait_for
+from tests.support.processes import Process, worker_env
 from worker.emulator import Emulator
 from worker.obs import tracing
 from worker.obs.logging import add_trace_ids, configure_logging

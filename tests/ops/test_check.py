@@ -6,8 +6,10 @@ import aiormq
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from tests.conftest import AMQP_URL, REDIS_URL, REFRESH_TOKEN, Names
-from tests.test_dlq import Result, cli, settings_for
+from tests.support.broker import Names
+from tests.support.endpoints import AMQP_URL, REDIS_URL, REFRESH_TOKEN
+from tests.support.processes import Result, cli
+from tests.support.settings import settings_for
 from worker.amqp.topology import declare_topology
 from worker.emulator import Emulator
 

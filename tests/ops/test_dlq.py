@@ -8,11 +8,8 @@ like the worker's for volume.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections import Counter
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,8 +24,12 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from tests.conftest import AMQP_URL, Names, StartWorker, publish, wait_for
-from tests.test_end_to_end import event
+from tests.support.broker import Names, publish
+from tests.support.events import event
+from tests.support.forwarder import StartWorker
+from tests.support.polling import wait_for
+from tests.support.processes import cli, start_cli
+from tests.support.settings import settings_for
 from worker.amqp.topology import declare_topology
 from worker.core.settings import Settings
 from worker.emulator import Emulator
@@ -44,56 +45,6 @@ ERROR_HEADERS = {
     "x-original-queue",
     "x-dead-lettered-at",
 }
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json_lines(self) -> list[Any]:
-        return [orjson.loads(line) for line in self.out.splitlines() if line.strip()]
-
-
-def cli_env(names: Names, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AMQP_", "SCX_", "WORKER_", "METRICS_"))
-    }
-    env.update(AMQP_URL=AMQP_URL, AMQP_EXCHANGE=names.exchange, AMQP_QUEUE=names.queue)
-    env.update(extra)
-    return env
-
-
-async def start_cli(names: Names, *args: str, **env: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        *args,
-        env=cli_env(names, **env),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def cli(names: Names, *args: str, **env: str) -> Result:
-    process = await start_cli(names, *args, **env)
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return Result(process.returncode, out.decode(), err.decode())
-
-
-def settings_for(names: Names, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "amqp_url": AMQP_URL,
-        "amqp_exchange": names.exchange,
-        "amqp_queue": names.queue,
-        "amqp_binding_key": names.binding_key,
-    }
-    return Settings(**(values | overrides))
 
 
 @pytest.fixture

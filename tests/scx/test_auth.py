@@ -11,7 +11,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from tests.conftest import wait_for
+from tests.support.polling import wait_for
 from worker.core.errors import CredentialsRejected, TransientError
 from worker.scx.auth import TokenAuth
 

@@ -12,9 +12,10 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from tests.conftest import REFRESH_TOKEN, wait_for
-from tests.examples import SEED_TICKET
-from tests.pacing_sim import simulate
+from tests.support.endpoints import REFRESH_TOKEN
+from tests.support.examples import SEED_TICKET
+from tests.support.pacing_sim import simulate
+from tests.support.polling import wait_for
 from worker.core.errors import RetryLater, ShuttingDown
 from worker.core.settings import Settings
 from worker.emulator import Emulator
@@ -299,7 +300,7 @@ def test_a_little_back_after_the_pause_is_looked_at_once_more() -> None:
     assert (after_one_look, schedule.counting) == ("sliding", "bucket")
 
 
-# The simulation: many replicas, each limit algorithm, no coordinator (tests/pacing_sim.py).
+# The simulation: many replicas, each limit algorithm, no coordinator (tests/support/pacing_sim.py).
 @pytest.mark.parametrize("algorithm", ["fixed", "sliding", "bucket"])
 @pytest.mark.parametrize(("limit", "interval"), [(20, 10.0), (60, 30.0)])
 @pytest.mark.parametrize("replicas", [1, 2, 3, 4])

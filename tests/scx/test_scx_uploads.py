@@ -17,8 +17,8 @@ import structlog
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
-from tests.examples import SEED_TICKET
-from tests.test_scx import ERRORS, client, scripted
+from tests.support.examples import SEED_TICKET
+from tests.support.scx import ERRORS, client, scripted
 from worker.core.errors import RetryLater, TicketRejected, UploadRejected
 from worker.core.settings import Settings
 from worker.emulator import Emulator, EmulatorConfig

@@ -30,7 +30,7 @@ def kustomization(directory: Path) -> Doc:
     assert isinstance(data, dict)
     unknown = set(data) - KNOWN
     if unknown:
-        raise Unsupported(f"{directory}: {sorted(unknown)} (teach tests/kustomize.py)")
+        raise Unsupported(f"{directory}: {sorted(unknown)} (teach tests/support/kustomize.py)")
     return data
 
 

@@ -1,4 +1,4 @@
-"""Mapper hooks used by tests through ``--mapper tests.mappers:<name>``."""
+"""Mapper hooks used by tests through ``--mapper tests.support.mappers:<name>``."""
 
 from __future__ import annotations
 
