@@ -13,10 +13,12 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from prometheus_client import REGISTRY
 
-from tests.conftest import AMQP_URL, Names, publish, wait_for
-from tests.test_cli import spawn, worker_env
-from tests.test_end_to_end import event
-from tests.test_metrics import Samples, scrape, value
+from tests.support.broker import Names, publish
+from tests.support.endpoints import AMQP_URL
+from tests.support.events import event
+from tests.support.metrics import Samples, scrape, value
+from tests.support.polling import wait_for
+from tests.support.processes import spawn, worker_env
 from worker.core.settings import load_settings
 from worker.emulator import Emulator
 from worker.forward import queue_stats

@@ -5,103 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
-import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from tests.conftest import (
-    AMQP_URL,
-    REFRESH_TOKEN,
-    Names,
-    StartWorker,
-    collect,
-    publish,
-    queue_depth,
-    wait_for,
-)
-from tests.test_end_to_end import event
+from tests.support.broker import Names, collect, publish, queue_depth
+from tests.support.endpoints import REFRESH_TOKEN
+from tests.support.events import event
+from tests.support.forwarder import StartWorker
+from tests.support.polling import wait_for
+from tests.support.processes import Process, spawn, worker_env
 from worker.emulator import Emulator
-
-
-def worker_env(names: Names, emulator: Emulator, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AMQP_", "SCX_", "WORKER_", "METRICS_"))
-    }
-    env.update(
-        # Many workers run side by side in these tests; the ones that test the metrics
-        # server choose a free port themselves.
-        METRICS_PORT="0",
-        AMQP_URL=AMQP_URL,
-        AMQP_EXCHANGE=names.exchange,
-        AMQP_QUEUE=names.queue,
-        SCX_API_URL=emulator.base_url,
-        SCX_REFRESH_TOKEN=REFRESH_TOKEN,
-        SCX_MAX_REQUESTS_PER_MINUTE="0",
-        LOG_FORMAT="json",
-    )
-    env.update(extra)
-    return env
-
-
-class Process:
-    """A child process whose stdout is collected while it runs."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.lines: list[bytes] = []
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.process.stdout is not None
-        async for line in self.process.stdout:
-            self.lines.append(line)
-
-    def events(self) -> list[dict[str, Any]]:
-        """Every stdout line parsed as JSON (fails the test on a line that is not)."""
-        return [orjson.loads(line) for line in self.lines]
-
-    def has_event(self, name: str) -> bool:
-        return any(b'"event":"' + name.encode() + b'"' in line for line in self.lines)
-
-    @property
-    def output(self) -> str:
-        return b"".join(self.lines).decode()
-
-    async def wait(self, timeout: float = 30.0) -> int:
-        code = await asyncio.wait_for(self.process.wait(), timeout)
-        await self._reader
-        return code
-
-
-async def spawn(*args: str, env: dict[str, str]) -> Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    return Process(process)
-
-
-@pytest.fixture
-async def processes() -> AsyncIterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for proc in started:
-        if proc.process.returncode is None:
-            proc.process.kill()
-            await proc.wait()
 
 
 async def test_sigterm_finishes_in_flight_messages_and_loses_none(
@@ -376,7 +292,7 @@ async def test_a_message_that_kills_the_worker_ends_in_the_dlq_by_the_delivery_l
     env = worker_env(
         names,
         emulator,
-        WORKER_MAPPER="tests.mappers:crash_on_poison",
+        WORKER_MAPPER="tests.support.mappers:crash_on_poison",
         AMQP_DELIVERY_LIMIT="2",
         AMQP_PREFETCH="1",
         WORKER_CONCURRENCY="1",
@@ -398,7 +314,7 @@ async def test_a_poison_message_does_not_drag_the_messages_around_it_into_the_dl
     env = worker_env(
         names,
         emulator,
-        WORKER_MAPPER="tests.mappers:crash_on_poison",
+        WORKER_MAPPER="tests.support.mappers:crash_on_poison",
         AMQP_DELIVERY_LIMIT="2",
         PYTHONPATH=str(Path(__file__).parent.parent),
     )

@@ -16,16 +16,11 @@ from cloudevents.core.bindings import amqp as amqp_binding
 from cloudevents.core.bindings import rabbitmq
 from cloudevents.core.v1.event import CloudEvent
 
-from tests.conftest import (
-    Names,
-    StartWorker,
-    collect,
-    make_settings,
-    no_leftovers,
-    publish,
-    wait_for,
-)
-from tests.examples import SEED_EVENT_DATA
+from tests.support.broker import Names, collect, no_leftovers, publish
+from tests.support.examples import SEED_EVENT_DATA
+from tests.support.forwarder import StartWorker
+from tests.support.polling import wait_for
+from tests.support.settings import make_settings
 from worker.emulator import Emulator
 from worker.ops import dlq
 from worker.ops.publish import publish_lines

@@ -28,9 +28,11 @@ import pytest
 import yaml
 from aio_pika.abc import AbstractChannel
 
-from tests.conftest import Names, StartWorker, collect, publish
-from tests.examples import SEED_EVENT_DATA, SEED_TICKET
-from tests.test_end_to_end import event
+from tests.support.broker import Names, collect, publish
+from tests.support.contract import SCHEMAS, schema
+from tests.support.events import event
+from tests.support.examples import SEED_EVENT_DATA, SEED_TICKET
+from tests.support.forwarder import StartWorker
 from worker.core.errors import MessageError
 from worker.core.settings import Settings
 from worker.emulator import Emulator
@@ -39,17 +41,8 @@ from worker.ops.samples import invalid_events, valid_event
 
 ROOT = Path(__file__).parent.parent
 DOCS = ROOT / "docs"
-SCHEMAS = DOCS / "schemas"
 ASYNCAPI = DOCS / "asyncapi.yaml"
 CHECKER = ROOT / "tools" / "asyncapi"
-
-
-def schema(name: str, fragment: str = "") -> jsonschema.Draft7Validator:
-    """A validator for ``name`` (a file in docs/schemas), or for one of its definitions."""
-    document = json.loads((SCHEMAS / name).read_text())
-    if fragment:
-        document = {"$ref": "#" + fragment, "definitions": document["definitions"]}
-    return jsonschema.Draft7Validator(document)
 
 
 INPUT = schema("ticket-created.schema.json")

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from tests import kustomize
+from tests.support import kustomize
 from worker.core.settings import Settings, load_settings
 from worker.obs import metrics
 

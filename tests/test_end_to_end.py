@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import MutableMapping
 from typing import Any
@@ -13,26 +12,21 @@ import pytest
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from tests.conftest import (
+from tests.support.broker import (
     Names,
-    StartWorker,
     close_broker_connections,
     collect,
     no_leftovers,
     publish,
     queue_depth,
-    wait_for,
 )
-from tests.examples import SEED_EVENT_DATA, SEED_TICKET
-from tests.proxy import TcpProxy
+from tests.support.events import event
+from tests.support.examples import SEED_EVENT_DATA, SEED_TICKET
+from tests.support.forwarder import StartWorker
+from tests.support.polling import wait_for
+from tests.support.proxy import TcpProxy
 from worker.emulator import Emulator
-from worker.ops.samples import INVALID_SAMPLES, valid_event
-
-
-def event(index: int, **data: Any) -> bytes:
-    body = valid_event(index, random.Random(index))
-    body["data"].update(data)
-    return orjson.dumps(body)
+from worker.ops.samples import INVALID_SAMPLES
 
 
 def by_id(messages: list[AbstractIncomingMessage]) -> dict[str, AbstractIncomingMessage]:

@@ -13,8 +13,12 @@ from aio_pika.abc import AbstractChannel
 from prometheus_client import REGISTRY, generate_latest
 from pydantic import SecretStr
 
-from tests.conftest import REFRESH_TOKEN, Names, StartWorker, make_settings, publish, wait_for
-from tests.examples import SEED_TICKET
+from tests.support.broker import Names, publish
+from tests.support.endpoints import REFRESH_TOKEN
+from tests.support.examples import SEED_TICKET
+from tests.support.forwarder import StartWorker
+from tests.support.polling import wait_for
+from tests.support.settings import make_settings
 from worker import USER_AGENT, __version__
 from worker.emulator import Emulator
 from worker.obs import metrics

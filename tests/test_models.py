@@ -9,7 +9,7 @@ import orjson
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from tests.examples import SEED_EVENT_DATA, SEED_TICKET
+from tests.support.examples import SEED_EVENT_DATA, SEED_TICKET
 from worker.models import Ticket, TicketEvent, TicketEventData
 
 SEED = SEED_TICKET

@@ -11,8 +11,7 @@ import platform
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Generator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,9 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import Names
 from tests.reliability.cluster import Cluster, start_cluster
-from tests.reliability.harness import DeadLetters, Fleet, delete_broker_objects
+from tests.reliability.harness import DeadLetters, Fleet, MakeFleet, Record, delete_broker_objects
+from tests.support.broker import Names
 from worker.emulator import Emulator
 
 REPORT_ENV = "RELIABILITY_REPORT"
@@ -37,15 +36,6 @@ def pytest_runtest_makereport(
     if report.when == "call":
         item.stash[_CALL_REPORT] = report
     return report
-
-
-@dataclass
-class Record:
-    """What one scenario reports: figures, and the bounds it asserted on them."""
-
-    title: str
-    figures: dict[str, Any] = field(default_factory=dict)
-    bounds: dict[str, str] = field(default_factory=dict)
 
 
 @pytest.fixture
@@ -126,9 +116,6 @@ async def dead(broker: Names) -> AsyncIterator[DeadLetters]:
     reader = DeadLetters(broker.dlq)
     yield reader
     await reader.close()
-
-
-MakeFleet = Callable[..., Fleet]
 
 
 @pytest.fixture

@@ -32,8 +32,9 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.conftest import AMQP_URL, Names, rabbitmqctl
-from tests.test_cli import Process, spawn, worker_env
+from tests.support.broker import Names, rabbitmqctl
+from tests.support.endpoints import AMQP_URL
+from tests.support.processes import Process, spawn, worker_env
 from worker.amqp.broker import connect, connect_robust
 from worker.core.settings import Settings, load_settings
 from worker.emulator import Emulator
@@ -195,6 +196,9 @@ class Fleet:
                 worker.process.kill()
             with contextlib.suppress(TimeoutError):
                 await worker.wait(timeout=10)
+
+
+MakeFleet = Callable[..., Fleet]
 
 
 # --- the dead-letter queue -----------------------------------------------------------------
@@ -497,3 +501,15 @@ async def finish(
         share_429=share(state.statuses[429], state.ticket_calls),
     )
     return books
+
+
+# --- the scenario's record ---------------------------------------------------------------------
+
+
+@dataclass
+class Record:
+    """What one scenario reports: figures, and the bounds it asserted on them."""
+
+    title: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    bounds: dict[str, str] = field(default_factory=dict)

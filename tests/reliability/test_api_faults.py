@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from tests.conftest import Names
-from tests.reliability.conftest import MakeFleet, Record
 from tests.reliability.harness import (
     FAST_RETRIES,
     DeadLetters,
+    MakeFleet,
+    Record,
     finish,
     make_backlog,
     publish_backlog,
@@ -20,6 +20,7 @@ from tests.reliability.harness import (
     share,
     wait_until,
 )
+from tests.support.broker import Names
 from worker.emulator import Emulator
 
 BACKLOG = 2000

@@ -10,17 +10,19 @@ from collections import Counter
 import orjson
 import pytest
 
-from tests.conftest import REDIS_URL, Names
-from tests.reliability.conftest import MakeFleet, Record
 from tests.reliability.harness import (
     FAST_RETRIES,
     Backlog,
     DeadLetters,
+    MakeFleet,
+    Record,
     finish,
     make_backlog,
     publish_backlog,
     wait_until,
 )
+from tests.support.broker import Names
+from tests.support.endpoints import REDIS_URL
 from worker.emulator import Emulator
 
 BACKLOG = 200

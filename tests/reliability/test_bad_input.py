@@ -29,9 +29,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import AMQP_URL, Names
-from tests.reliability.conftest import MakeFleet, Record
-from tests.reliability.harness import DeadLetters, Fleet, leftovers
+from tests.reliability.harness import DeadLetters, Fleet, MakeFleet, Record, leftovers
+from tests.support.broker import Names
+from tests.support.endpoints import AMQP_URL
 from worker.emulator import Emulator
 from worker.ops.samples import ROLES, TOPICS, valid_event
 

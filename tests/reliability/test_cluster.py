@@ -26,13 +26,13 @@ import aio_pika
 import orjson
 import pytest
 
-from tests.conftest import Names, wait_for
 from tests.reliability.cluster import Cluster
-from tests.reliability.conftest import MakeFleet, Record
 from tests.reliability.harness import (
     FAST_RETRIES,
     DeadLetters,
     Fleet,
+    MakeFleet,
+    Record,
     delete_broker_objects,
     finish,
     make_backlog,
@@ -40,15 +40,11 @@ from tests.reliability.harness import (
     seconds,
     wait_until,
 )
-from tests.test_bridge import (  # noqa: F401 (the processes fixture)
-    Tap,
-    bridge_env,
-    check_published,
-    processes,
-    start_bridge,
-)
-from tests.test_bridge import make_backlog as make_events
-from tests.test_cli import Process
+from tests.support.bridge import Tap, bridge_env, check_published, start_bridge
+from tests.support.bridge import make_backlog as make_events
+from tests.support.broker import Names
+from tests.support.polling import wait_for
+from tests.support.processes import Process
 from worker.amqp.broker import connect, connect_robust
 from worker.core.settings import Settings
 from worker.emulator import Emulator
@@ -281,7 +277,7 @@ async def test_node_of_the_events_bridge_stopped_mid_backlog(
     emulator: Emulator,
     record: Record,
     on_cluster: Cluster,
-    processes: list[Process],  # noqa: F811
+    processes: list[Process],
 ) -> None:
     """Cluster: the node the events bridge is connected to stopped mid-backlog of seller events."""
     cluster = on_cluster

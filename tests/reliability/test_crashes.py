@@ -8,18 +8,20 @@ import time
 import pytest
 from yarl import URL
 
-from tests.conftest import AMQP_URL, Names
-from tests.proxy import TcpProxy
-from tests.reliability.conftest import MakeFleet, Record
 from tests.reliability.harness import (
     FAST_RETRIES,
     DeadLetters,
+    MakeFleet,
+    Record,
     finish,
     make_backlog,
     publish_backlog,
     seconds,
     wait_until,
 )
+from tests.support.broker import Names
+from tests.support.endpoints import AMQP_URL
+from tests.support.proxy import TcpProxy
 from worker.emulator import Emulator
 
 BACKLOG = 2000

@@ -18,17 +18,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Names, wait_for
-from tests.reliability.conftest import Record
-from tests.test_bridge import (  # noqa: F401 (fixtures)
-    bridge_env,
-    check_published,
-    make_backlog,
-    processes,
-    start_bridge,
-    taps,
-)
-from tests.test_cli import Process
+from tests.reliability.harness import Record
+from tests.support.bridge import bridge_env, check_published, make_backlog, start_bridge
+from tests.support.broker import Names
+from tests.support.polling import wait_for
+from tests.support.processes import Process
 from worker.emulator import Emulator
 from worker.emulator.events import EventLedger
 
@@ -40,8 +34,8 @@ KILLS = 2 if EVENTS <= 300 else 5
 async def test_events_bridge_sigkilled_at_random_points(
     broker: Names,
     emulator: Emulator,
-    taps: Any,  # noqa: F811
-    processes: list[Process],  # noqa: F811
+    taps: Any,
+    processes: list[Process],
     record: Record,
 ) -> None:
     """Events bridge SIGKILLed at random points of a backlog of seller events, restarted."""

@@ -78,7 +78,7 @@ from worker.scx.client import MAX_ACK_IDS
 log = structlog.get_logger(__name__)
 
 # Seconds; proposed to the broker, which takes the lower of its own and ours. The broker
-# dropped a connection that went silent about 8 s after it did (tests/test_bridge.py).
+# dropped a connection that went silent about 8 s after it did (tests/events/test_bridge.py).
 HEARTBEAT = 3
 LOCK_RETRY = 1.0
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)

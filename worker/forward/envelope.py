@@ -54,8 +54,8 @@ ContentMode = Literal["binary", "structured"]
 
 # The SDK's own names (cloudevents.core: ``JSONFormat.CONTENT_TYPE``, ``rabbitmq.CE_PREFIX``,
 # ``amqp.CE_PREFIX_COLON`` and ``_UNDERSCORE``), spelled out so that reading a message does not
-# load the SDK, with ctypes and dateutil 3 MiB of every worker's memory; tests/test_envelope.py
-# checks that they agree.
+# load the SDK, with ctypes and dateutil 3 MiB of every worker's memory;
+# tests/forward/test_envelope.py checks that they agree.
 STRUCTURED_CONTENT_TYPE: Final = "application/cloudevents+json"
 BATCH_CONTENT_TYPE: Final = "application/cloudevents-batch+json"
 HEADER_PREFIXES: Final = ("ce-", "cloudEvents:", "cloudEvents_")

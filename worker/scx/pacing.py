@@ -69,7 +69,7 @@ What this cannot always tell: with only 20 calls per interval, the pause may ref
 little to be sure for four or more replicas, or for two beside the events bridge (whose poll
 takes part of the refill); each such caller then learns from one 429. With 60 calls, up to
 six replicas were sure in every simulated run.
-``tests/pacing_sim.py`` simulates replicas against the emulator's limiters
+``tests/support/pacing_sim.py`` simulates replicas against the emulator's limiters
 (``worker/emulator/limits.py``); ``make bench`` measures real processes.
 
 A 429 pauses every sender of the process (``pause_until``) so that in-flight messages do

@@ -1,0 +1,140 @@
+"""/healthz and /readyz as the kubelet sees them: a worker process, real HTTP, the real broker."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from aio_pika.abc import AbstractChannel
+from aiohttp import web
+
+from tests.support.broker import Names, close_broker_connections, publish
+from tests.support.events import event
+from tests.support.polling import wait_for
+from tests.support.processes import Process, spawn, worker_env
+from worker.emulator import Emulator
+from worker.obs import health
+
+
+async def probe(port: int, path: str) -> httpx.Response | None:
+    """One probe; None while nothing listens yet."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as client:
+        try:
+            return await client.get(path)
+        except httpx.TransportError:
+            return None
+
+
+async def answers(port: int, path: str, status: int) -> bool:
+    response = await probe(port, path)
+    return response is not None and response.status_code == status
+
+
+async def start(names: Names, emulator: Emulator, port: int, **extra: str) -> Process:
+    worker = await spawn("run", env=worker_env(names, emulator, METRICS_PORT=str(port), **extra))
+    await wait_for(lambda: worker.has_event("worker.consuming"), what="the worker to consume")
+    return worker
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+async def test_probes_follow_the_worker_through_a_lost_broker_connection_and_its_stop(
+    names: Names,
+    emulator: Emulator,
+    channel: AbstractChannel,
+    unused_tcp_port: int,
+) -> None:
+    port = unused_tcp_port
+    worker = await start(names, emulator, port)
+    try:
+        await wait_for(lambda: answers(port, "/readyz", 200), what="ready")
+        ready = await probe(port, "/readyz")
+        assert ready is not None
+        body = ready.json()
+        assert body["ready"] is True
+        assert {name: check["ok"] for name, check in body["checks"].items()} == {
+            "broker": True,
+            "consumer": True,
+            "token": True,
+        }
+        assert await answers(port, "/healthz", 200)
+
+        assert await close_broker_connections(f"scx-forwarder {names.queue}") == 1
+        await wait_for(lambda: answers(port, "/readyz", 503), what="not ready without a broker")
+        down = await probe(port, "/readyz")
+        assert down is not None
+        assert down.json()["checks"]["broker"] == {"ok": False, "detail": "not connected"}
+        assert await answers(port, "/healthz", 200), "alive all the same: no restart wanted"
+
+        # The robust connection comes back by itself, and so does readiness.
+        await wait_for(lambda: answers(port, "/readyz", 200), timeout=30, what="ready again")
+        await publish(channel, names, [event(1)])
+        await wait_for(lambda: len(emulator.state.accepted) == 1, what="forwarded after it")
+        ready_again = await probe(port, "/readyz")
+        assert ready_again is not None
+        assert ready_again.json()["checks"]["token"]["detail"].startswith("held, expires in")
+    finally:
+        worker.process.send_signal(signal.SIGTERM)
+        assert await worker.wait() == 0
+    assert await probe(port, "/healthz") is None, "the server stops with the worker"
+
+
+async def test_a_port_in_use_is_logged_and_the_worker_forwards_anyway(
+    names: Names, emulator: Emulator, channel: AbstractChannel, taken_port: int
+) -> None:
+    worker = await start(names, emulator, taken_port)
+    try:
+        [line] = [e for e in worker.events() if e["event"] == "health.unavailable"]
+        assert line["port"] == taken_port
+        await publish(channel, names, [event(1)])
+        await wait_for(lambda: len(emulator.state.accepted) == 1, what="the ticket")
+    finally:
+        worker.process.send_signal(signal.SIGTERM)
+        assert await worker.wait() == 0
+
+
+async def test_metrics_port_0_serves_nothing(
+    names: Names, emulator: Emulator, channel: AbstractChannel
+) -> None:
+    worker = await start(names, emulator, 0)
+    worker.process.send_signal(signal.SIGTERM)
+    assert await worker.wait() == 0
+    assert not worker.has_event("health.listening")
+    assert not worker.has_event("health.unavailable")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_healthz_fails_once_the_loop_heartbeat_is_stale(unused_tcp_port: int) -> None:
+    clock = FakeClock()
+    heartbeat = health.Heartbeat(clock)
+    runner = web.AppRunner(health.make_app(heartbeat))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    try:
+        assert await answers(unused_tcp_port, "/healthz", 200)
+        clock.now += health.STALE_AFTER + 1  # the loop did not beat for that long
+        stale = await probe(unused_tcp_port, "/healthz")
+        assert stale is not None
+        assert stale.status_code == 503
+        assert stale.json() == {"alive": False, "heartbeat_age_s": health.STALE_AFTER + 1}
+        metrics_page = await probe(unused_tcp_port, "/metrics")
+        assert metrics_page is not None
+        assert "scx_forwarder_tickets_forwarded_total" in metrics_page.text
+    finally:
+        await runner.cleanup()
