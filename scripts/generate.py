@@ -332,6 +332,10 @@ def cli_page() -> str:
         "Every command reads its settings from the environment ([Settings](settings.md)); "
         "`python -m worker` is the same program as `scx-forwarder`.",
         "",
+        "| argument | meaning |",
+        "|---|---|",
+        *_option_rows(parser),
+        "",
         "| command | does |",
         "|---|---|",
     ]
