@@ -1,8 +1,8 @@
 """Configuration from the environment, validated once at start-up.
 
-Every setting is an environment variable; the README has them in one table. A bad value
-stops the worker before it touches the broker, with one line per bad variable
-(``ConfigError``), and exit code 2.
+Every setting is an environment variable, described by its field here (``make reference``
+turns them into docs/reference/settings.md). A bad value stops the worker before it touches
+the broker, with one line per bad variable (``ConfigError``), and exit code 2.
 """
 
 from __future__ import annotations
@@ -44,108 +44,297 @@ class Settings(BaseSettings):
     # --- broker -----------------------------------------------------------------------
     # One URL, or the nodes of a cluster separated by commas (worker.amqp.broker tries them in
     # turn); every password stays secret.
-    amqp_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
+    amqp_url: SecretStr = Field(
+        SecretStr("amqp://guest:guest@localhost:5672/"),
+        description="Broker URL (`amqp://` or `amqps://`); for a cluster, every node's URL "
+        "separated by commas, tried in turn (same virtual host in each).",
+    )
     # The broker URL (it holds the password) from a file, e.g. a mounted Secret; read and
     # validated as AMQP_URL at start-up. Set one of the two.
-    amqp_url_file: Path | None = None
-    amqp_exchange: str = Field("marketplace", min_length=1)
-    amqp_binding_key: str = Field("ticket.created", min_length=1)
+    amqp_url_file: Path | None = Field(
+        None,
+        description="File holding the broker URL or list (a mounted secret), read at start-up "
+        "and checked like `AMQP_URL`; set one of the two.",
+    )
+    amqp_exchange: str = Field(
+        "marketplace",
+        min_length=1,
+        description="Durable topic exchange the marketplace publishes to.",
+    )
+    amqp_binding_key: str = Field(
+        "ticket.created", min_length=1, description="Routing key bound to the work queue."
+    )
     # Short enough for the derived names (<queue>.retry.600s, <queue>.dlq) to fit in 255.
-    amqp_queue: str = Field("scx.tickets", min_length=1, max_length=220)
-    amqp_queue_type: Literal["quorum", "classic"] = "quorum"
+    amqp_queue: str = Field(
+        "scx.tickets",
+        min_length=1,
+        max_length=220,
+        description="Work queue; the dead-letter queue is `<AMQP_QUEUE>.dlq`.",
+    )
+    amqp_queue_type: Literal["quorum", "classic"] = Field(
+        "quorum", description="`quorum`, or `classic` for an existing classic queue."
+    )
     # A message returned this many times (worker crash, nack) goes to the DLQ by the
     # broker's own hand, so a poison message cannot crash-loop the fleet forever.
-    amqp_delivery_limit: int = Field(5, ge=1, le=1000)
-    # Defaults chosen with `make bench` (docs/BENCHMARKS.md, README "Tuning"): on the aiohttp
+    amqp_delivery_limit: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Quorum queues only: returns after which the broker dead-letters a message.",
+    )
+    # Defaults chosen with `make bench` (docs/BENCHMARKS.md, the tuning guide): on the aiohttp
     # transport 32 concurrent requests cost no more CPU per message than 16 and double
     # what one process can have in flight against a slow API; prefetch = 2 x concurrency.
-    amqp_prefetch: int = Field(64, ge=1, le=65535)
+    amqp_prefetch: int = Field(
+        64,
+        ge=1,
+        le=65535,
+        description="Unacked messages the broker hands to one worker; also the bound on "
+        "duplicates per worker per lost connection.",
+    )
 
     # --- worker -----------------------------------------------------------------------
-    worker_concurrency: int = Field(32, ge=1, le=10_000)
-    worker_shutdown_grace: PositiveFloat = 25.0
-    worker_mapper: str | None = None
+    worker_concurrency: int = Field(32, ge=1, le=10_000, description="Messages worked on at once.")
+    worker_shutdown_grace: PositiveFloat = Field(
+        25.0, description="Seconds in-flight messages get to finish on SIGTERM."
+    )
+    worker_mapper: str | None = Field(
+        None,
+        description="`module:function` of your own event mapping (same as `run --mapper`).",
+    )
     # The delay stage: a message whose in-process retries ran out waits this long in
     # <queue>.retry.<N>s (the n-th time: the n-th delay, then the last one again) before
     # it is tried again, until WORKER_RETRY_MAX_AGE after its first failure. Empty: none.
-    worker_retry_delays: Annotated[tuple[PositiveFloat, ...], NoDecode] = (10.0, 60.0, 600.0)
-    worker_retry_max_age: PositiveFloat = 24 * 3600.0
+    worker_retry_delays: Annotated[tuple[PositiveFloat, ...], NoDecode] = Field(
+        (10.0, 60.0, 600.0),
+        description="Seconds in the delay queues, comma-separated: the n-th delay for the "
+        "n-th time, then the last one again; empty turns the delay stage off.",
+    )
+    worker_retry_max_age: PositiveFloat = Field(
+        24 * 3600.0,
+        description="Seconds after its first failure that a still-failing message is "
+        "dead-lettered as `exhausted`.",
+    )
     # Messages downloading attachments or uploading them at once (each holds its files on
     # disk, at most ATTACHMENT_MAX_BYTES each); tickets without files do not count.
-    worker_attachment_concurrency: int = Field(4, ge=1, le=1000)
+    worker_attachment_concurrency: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="Messages downloading or uploading attachment files at once (each holds "
+        "its files on disk until its last upload).",
+    )
 
     # --- SCX API ----------------------------------------------------------------------
-    scx_api_url: str = SANDBOX_URL
-    scx_refresh_token: SecretStr | None = None
-    scx_refresh_token_file: Path | None = None
-    scx_max_requests_per_minute: float = Field(60, ge=0)
-    scx_connect_timeout: PositiveFloat = 5.0
-    scx_request_timeout: PositiveFloat = 30.0
-    scx_pool_size: int | None = Field(None, ge=1, le=10_000)
-    scx_token_refresh_margin: float = Field(60.0, ge=0)
+    scx_api_url: str = Field(
+        SANDBOX_URL,
+        description="The API's base URL; the default is the sandbox, production is "
+        "`https://scx.api.jtl-software.com`.",
+    )
+    scx_refresh_token: SecretStr | None = Field(
+        None,
+        description="The channel's refresh token; this or `SCX_REFRESH_TOKEN_FILE` is "
+        "required for `run` and `events`.",
+    )
+    scx_refresh_token_file: Path | None = Field(
+        None, description="File holding the refresh token (a mounted secret)."
+    )
+    scx_max_requests_per_minute: float = Field(
+        60,
+        ge=0,
+        description="Client-side pacing of `/v1/channel*` calls, per process; keep it at the "
+        "credential's whole limit on every replica (the rate-limit headers share it out); "
+        "`0` turns pacing off.",
+    )
+    scx_connect_timeout: PositiveFloat = Field(
+        5.0, description="Seconds to open a connection to the API."
+    )
+    scx_request_timeout: PositiveFloat = Field(
+        30.0, description="Seconds for reading, writing and waiting for a pooled connection."
+    )
+    scx_pool_size: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="Keep-alive connections to the API; unset: `WORKER_CONCURRENCY`.",
+    )
+    scx_token_refresh_margin: float = Field(
+        60.0,
+        ge=0,
+        description="Refresh the access token this many seconds before it expires (at most "
+        "a fifth of its lifetime).",
+    )
     # The in-process budget is short on purpose: a message that keeps failing moves to
     # the delay stage instead of occupying a concurrency slot (and memory) for minutes.
-    scx_retry_attempts: int = Field(5, ge=1, le=100)
-    scx_retry_budget: PositiveFloat = 30.0
-    scx_retry_initial_wait: PositiveFloat = 0.5
-    scx_retry_max_wait: PositiveFloat = 10.0
-    scx_breaker_failures: int = Field(5, ge=1, le=10_000)
-    scx_breaker_cooldown: PositiveFloat = 5.0
-    scx_breaker_max_cooldown: PositiveFloat = 60.0
+    scx_retry_attempts: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="In-process attempts per delivery for transient failures.",
+    )
+    scx_retry_budget: PositiveFloat = Field(
+        30.0,
+        description="Seconds per delivery for all attempts and waits, then the delay stage.",
+    )
+    scx_retry_initial_wait: PositiveFloat = Field(
+        0.5, description="First backoff ceiling in seconds (doubles per attempt)."
+    )
+    scx_retry_max_wait: PositiveFloat = Field(
+        10.0,
+        description="Largest backoff in seconds (a server's `Retry-After` may exceed it).",
+    )
+    scx_breaker_failures: int = Field(
+        5,
+        ge=1,
+        le=10_000,
+        description="Transient failures in a row that open the circuit breaker.",
+    )
+    scx_breaker_cooldown: PositiveFloat = Field(
+        5.0, description="Seconds the breaker stays open before one probe call."
+    )
+    scx_breaker_max_cooldown: PositiveFloat = Field(
+        60.0, description="Longest open period (it doubles after each failed probe)."
+    )
 
     # --- attachments (worker/forward/attachments/) ---------------------------------------------
     # URL sources are downloaded only from under these prefixes (comma-separated, compared
     # in normal form, see worker/core/sources.py). Empty: every URL source is refused.
-    attachment_allowed_urls: Annotated[tuple[str, ...], NoDecode] = ()
+    attachment_allowed_urls: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated URL prefixes that attachment `url` sources must start "
+        "with, compared in normal form; empty refuses every URL source.",
+    )
     # The API takes at most 16 MiB per file; a lower limit is allowed, a higher one is not.
-    attachment_max_bytes: int = Field(MAX_ATTACHMENT_BYTES, ge=1, le=MAX_ATTACHMENT_BYTES)
-    attachment_connect_timeout: PositiveFloat = 5.0
+    attachment_max_bytes: int = Field(
+        MAX_ATTACHMENT_BYTES,
+        ge=1,
+        le=MAX_ATTACHMENT_BYTES,
+        description="Largest file in bytes (16 MiB, the API's limit; may be lowered, not "
+        "raised), checked against `Content-Length` and while streaming.",
+    )
+    attachment_connect_timeout: PositiveFloat = Field(
+        5.0, description="Seconds to open a connection to an attachment source."
+    )
     # Longest silence while reading a download (per read, not for the whole file).
-    attachment_read_timeout: PositiveFloat = 30.0
+    attachment_read_timeout: PositiveFloat = Field(
+        30.0, description="Longest silence in seconds while reading a download."
+    )
     # One download from its request to its last byte, redirects included.
-    attachment_download_timeout: PositiveFloat = 300.0
+    attachment_download_timeout: PositiveFloat = Field(
+        300.0,
+        description="Seconds for one whole download, redirects included (a timeout is transient).",
+    )
 
     # --- state record (Redis) ---------------------------------------------------------
     # Optional: record each step done (ticket created, file uploaded) so a redelivered
     # message skips it (worker/forward/progress.py). A URL such as redis://:password@host:6379/0.
-    worker_state_redis_url: SecretStr | None = None
+    worker_state_redis_url: SecretStr | None = Field(
+        None,
+        description="`redis://[:password@]host:6379/0` (or `rediss://`): the optional progress "
+        "record, so a redelivered message skips the steps done; unreachable means retry, "
+        "then the delay stage. Unset: off.",
+    )
     # How long a record is kept (seconds): longer than a message can live in the delay
     # stage (WORKER_RETRY_MAX_AGE) and the DLQ before a replay.
-    worker_state_ttl: int = Field(7 * 24 * 3600, ge=60)
+    worker_state_ttl: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description="Seconds a progress record is kept after its last write (7 days).",
+    )
     # Keys are <prefix>:<sellerId>:<ticketId>; several deployments can share one Redis.
-    worker_state_key_prefix: str = Field("scx-forwarder", min_length=1, max_length=100)
+    worker_state_key_prefix: str = Field(
+        "scx-forwarder",
+        min_length=1,
+        max_length=100,
+        description="First part of the record's keys (`<prefix>:<sellerId>:<ticketId>`), for "
+        "deployments sharing one Redis.",
+    )
 
     # --- events bridge (scx-forwarder events) -------------------------------------------
     # Events asked for per GET /v1/channel/event; a full page is followed by the next poll
     # at once (paced), a short one by EVENTS_POLL_INTERVAL of waiting.
-    events_batch_size: int = Field(100, ge=1, le=1000)
-    events_poll_interval: PositiveFloat = 10.0
-    events_ticket_reply_key: str = Field("ticket.replied", min_length=1, max_length=255)
+    events_batch_size: int = Field(
+        100,
+        ge=1,
+        le=1000,
+        description="Events asked for per `GET /v1/channel/event`; a full page is followed "
+        "by the next poll at once.",
+    )
+    events_poll_interval: PositiveFloat = Field(
+        10.0, description="Seconds between polls when the last page was not full."
+    )
+    events_ticket_reply_key: str = Field(
+        "ticket.replied",
+        min_length=1,
+        max_length=255,
+        description="Routing key of a seller's ticket reply (its files use "
+        "`ticket.replied.attachment`).",
+    )
     # Messages no queue is bound for, and events that cannot be mapped, are kept here.
-    events_unrouted_queue: str = Field("scx.events.unrouted", min_length=1, max_length=255)
+    events_unrouted_queue: str = Field(
+        "scx.events.unrouted",
+        min_length=1,
+        max_length=255,
+        description="Durable queue for messages no queue is bound for and for unmappable events.",
+    )
     # The exclusive queue whose holder is the one replica that polls.
-    events_lock_name: str = Field("scx.events.lock", min_length=1, max_length=255)
+    events_lock_name: str = Field(
+        "scx.events.lock",
+        min_length=1,
+        max_length=255,
+        description="Exclusive queue whose holder is the one bridge replica that polls.",
+    )
 
     # --- outcome events, CloudEvents, tracing -------------------------------------------
     # OpenTelemetry traces (worker.obs.tracing, the `otel` extra): the exporters by name, or none.
     # The SDK and its exporters read the other standard OTEL_* variables themselves.
-    otel_traces_exporter: str = "none"
-    otel_service_name: str | None = None
+    otel_traces_exporter: str = Field(
+        "none",
+        description="Span exporters, comma-separated: `otlp`, `console`, or any other "
+        "installed one; `none` (or unset) turns tracing off (needs the `otel` extra).",
+    )
+    otel_service_name: str | None = Field(
+        None,
+        description="`service.name` of the spans; unset: a `service.name` in "
+        "`OTEL_RESOURCE_ATTRIBUTES`, else `scx-forwarder`.",
+    )
     # Publish ticket.forwarded / ticket.dead_lettered to AMQP_EXCHANGE (worker.forward.outcomes).
-    worker_outcome_events: bool = False
+    worker_outcome_events: bool = Field(
+        False,
+        description="`1`: publish `ticket.forwarded` / `ticket.dead_lettered` to `AMQP_EXCHANGE`.",
+    )
 
     # --- observability ----------------------------------------------------------------
     # One port serves /metrics, /healthz and /readyz (worker.obs.health); 0 turns it off.
-    metrics_port: int = Field(9090, ge=0, le=65535)
+    metrics_port: int = Field(
+        9090,
+        ge=0,
+        le=65535,
+        description="Port of `/metrics`, `/healthz` and `/readyz`; `0` turns the server off.",
+    )
     # All interfaces by default: the kubelet probes and Prometheus scrapes the pod's IP.
-    metrics_host: str = Field("0.0.0.0", min_length=1)  # noqa: S104
+    metrics_host: str = Field(
+        "0.0.0.0",  # noqa: S104
+        min_length=1,
+        description="Address that server binds (`127.0.0.1` keeps it local).",
+    )
     # Seconds between the passive declares that export the queues' depths
     # (worker.forward.queue_stats).
-    metrics_queue_interval: float = Field(30.0, ge=1, le=3600)
+    metrics_queue_interval: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="Seconds between the passive declares that export the queues' depths "
+        "(`scx_forwarder_queue_messages`).",
+    )
 
     # --- logging ----------------------------------------------------------------------
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Least severe level logged (any case)."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="`json`, `console`, or `auto` (console on a TTY, else JSON)."
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
