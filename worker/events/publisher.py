@@ -33,20 +33,9 @@ import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
+from worker.amqp.errors import BROKER_GONE
 from worker.events.mapping import Outgoing
 from worker.obs import tracing
-
-# Every way a publish can fail because the channel or connection is gone (not the message).
-BROKER_GONE: tuple[type[BaseException], ...] = (
-    aiormq.exceptions.AMQPConnectionError,
-    aiormq.exceptions.AMQPChannelError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-)
-# ... and what connecting or declaring can raise besides.
-BROKER_ERRORS: tuple[type[BaseException], ...] = (*BROKER_GONE, aiormq.exceptions.AMQPError)
 
 
 class Result(enum.Enum):

@@ -8,6 +8,7 @@ Everything else in the worker imports the public names from here.
 from worker.scx.auth import auth_request
 from worker.scx.client import (
     ATTACHMENT_PATH,
+    MAX_ACK_IDS,
     TICKET_PATH,
     Answered,
     Call,
@@ -20,6 +21,7 @@ from worker.scx.client import (
 
 __all__ = [
     "ATTACHMENT_PATH",
+    "MAX_ACK_IDS",
     "TICKET_PATH",
     "Answered",
     "Call",

@@ -34,8 +34,8 @@ from pydantic import SecretStr
 
 from worker import USER_AGENT
 from worker.core.errors import CredentialsRejected, TransientError
-from worker.obs import metrics
-from worker.scx.responses import error_list, is_transient_status, retry_after
+from worker.core.retry import is_transient_status
+from worker.scx.responses import error_list, retry_after
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +49,11 @@ class TokenAuth(httpx.Auth):
         timeout: httpx.Timeout,
         margin: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        on_refreshed: Callable[[float], None] | None = None,
     ) -> None:
+        """``on_refreshed(lifetime)`` hears of every token stored (the client's
+        ``Instrumentation.token_refreshed``)."""
+        self._on_refreshed = on_refreshed
         self._refresh_token = refresh_token
         self._auth_url = auth_url
         self._timeout = timeout
@@ -156,7 +160,8 @@ class TokenAuth(httpx.Auth):
         self._bearer = bearer
         self._refresh_at = asked_at + lifetime - min(self._margin, lifetime / 5)
         self.refreshes += 1
-        metrics.token_refreshed(lifetime)
+        if self._on_refreshed is not None:
+            self._on_refreshed(lifetime)
         log.info("scx.token_refreshed", expires_in=lifetime, refreshes=self.refreshes)
 
 
