@@ -33,6 +33,7 @@ import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
+from worker.amqp import headers as h
 from worker.amqp.errors import BROKER_GONE
 from worker.events.mapping import Outgoing
 from worker.obs import tracing
@@ -67,11 +68,11 @@ class Publisher:
             return await self._keep(
                 out,
                 {
-                    "x-original-exchange": self._exchange.name,
-                    "x-original-routing-key": out.routing_key,
-                    "x-error-kind": "unroutable",
-                    "x-error-reason": "no queue is bound for the routing key",
-                    "x-error-detail": orjson.dumps(
+                    h.ORIGINAL_EXCHANGE: self._exchange.name,
+                    h.ORIGINAL_ROUTING_KEY: out.routing_key,
+                    h.ERROR_KIND: "unroutable",
+                    h.ERROR_REASON: "no queue is bound for the routing key",
+                    h.ERROR_DETAIL: orjson.dumps(
                         {"exchange": self._exchange.name, "routing_key": out.routing_key}
                     ).decode(),
                 },
