@@ -49,11 +49,7 @@ class TokenAuth(httpx.Auth):
         timeout: httpx.Timeout,
         margin: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
-        on_refreshed: Callable[[float], None] | None = None,
     ) -> None:
-        """``on_refreshed(lifetime)`` hears of every token stored (the client's
-        ``Instrumentation.token_refreshed``)."""
-        self._on_refreshed = on_refreshed
         self._refresh_token = refresh_token
         self._auth_url = auth_url
         self._timeout = timeout
@@ -67,6 +63,8 @@ class TokenAuth(httpx.Auth):
         self._last_failure: TransientError | None = None
         self.refreshes = 0
         """Successful token refreshes so far."""
+        self.on_refreshed: Callable[[float], None] | None = None
+        """Told the lifetime of every token stored (the client's ``Instrumentation``)."""
 
     def sync_auth_flow(self, request: httpx.Request) -> Any:
         raise RuntimeError("TokenAuth works with httpx.AsyncClient only")
@@ -160,8 +158,8 @@ class TokenAuth(httpx.Auth):
         self._bearer = bearer
         self._refresh_at = asked_at + lifetime - min(self._margin, lifetime / 5)
         self.refreshes += 1
-        if self._on_refreshed is not None:
-            self._on_refreshed(lifetime)
+        if self.on_refreshed is not None:
+            self.on_refreshed(lifetime)
         log.info("scx.token_refreshed", expires_in=lifetime, refreshes=self.refreshes)
 
 

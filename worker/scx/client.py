@@ -174,8 +174,8 @@ class ScxClient:
             auth_url=f"{settings.scx_api_url}/v1/auth",
             timeout=timeout,
             margin=settings.scx_token_refresh_margin,
-            on_refreshed=self.instrumentation.token_refreshed,
         )
+        self.auth.on_refreshed = self.instrumentation.token_refreshed
         self.waits = Waits()
         self.pacer = Pacer(
             settings.scx_max_requests_per_minute, waits=self.waits, background=background
