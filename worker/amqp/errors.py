@@ -16,17 +16,19 @@ uses these tuples rather than its own list::
 
 A caller that tells a refusal (``ChannelPreconditionFailed``) apart from a loss catches the
 refusal first: it is an ``AMQPChannelError`` too. ``ended_by`` is what ``run`` and ``events``
-do with an error that ends them: one log line and ``EXIT_FAILED``.
+do with an error that ends them: one log line and ``EXIT_FAILED`` (``exits`` binds it to a
+service for ``worker.core.runtime.Shutdown.failed``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import aiormq
 import structlog
 
 from worker.core.errors import EXIT_FAILED
+from worker.core.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -52,3 +54,8 @@ def ended_by(exc: BaseException, *, broker: str, topology: Mapping[str, str]) ->
         log.error("worker.broker_unreachable", broker=broker, error=f"{type(exc).__name__}: {exc}")
         return EXIT_FAILED
     return None
+
+
+def exits(settings: Settings, **topology: str) -> Callable[[BaseException], int | None]:
+    """``ended_by`` for one service: its broker, and what it declares (``topology``)."""
+    return lambda exc: ended_by(exc, broker=settings.amqp_url_redacted, topology=topology)

@@ -9,13 +9,11 @@ abandoned (SCX delivers its events again) and the process exits 0 all the same.
 
 from __future__ import annotations
 
-from functools import partial
-
 import structlog
 from pydantic import SecretStr
 
 from worker.amqp import broker
-from worker.amqp.errors import ended_by
+from worker.amqp.errors import exits
 from worker.core.runtime import Shutdown, until_signalled
 from worker.core.settings import Settings
 from worker.events.bridge import Bridge
@@ -49,14 +47,11 @@ async def serve_events(settings: Settings, refresh_token: SecretStr) -> int:
             grace=settings.worker_shutdown_grace,
             exit_code=lambda: bridge.exit_code,
             abandoned="batch in hand abandoned; SCX delivers it again",
-            failed=partial(
-                ended_by,
-                broker=settings.amqp_url_redacted,
-                topology={
-                    "exchange": settings.amqp_exchange,
-                    "queue": settings.events_unrouted_queue,
-                    "hint": "the exchange or the unrouted queue exists with other arguments",
-                },
+            failed=exits(
+                settings,
+                exchange=settings.amqp_exchange,
+                queue=settings.events_unrouted_queue,
+                hint="the exchange or the unrouted queue exists with other arguments",
             ),
         )
         async with health.serving(settings, readiness):

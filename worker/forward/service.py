@@ -9,17 +9,15 @@ Signals as every service takes them (``worker.core.runtime``): the first SIGTERM
 asks the forwarder to stop consuming and drain within ``WORKER_SHUTDOWN_GRACE`` (it bounds
 the drain itself); a second one cancels in-flight work at once (their messages return to
 the queue when the connection closes). A broker that cannot be reached, or a queue
-declared otherwise, ends it with ``EXIT_FAILED`` (``worker.amqp.errors.ended_by``).
+declared otherwise, ends it with ``EXIT_FAILED`` (``worker.amqp.errors``).
 """
 
 from __future__ import annotations
 
-from functools import partial
-
 from pydantic import SecretStr
 
 from worker.amqp import broker
-from worker.amqp.errors import ended_by
+from worker.amqp.errors import exits
 from worker.core.runtime import Shutdown, until_signalled
 from worker.core.settings import Settings
 from worker.forward import queue_stats
@@ -53,10 +51,6 @@ async def serve(settings: Settings, refresh_token: SecretStr, mapper: Mapper | N
                 drain=forwarder.stop,
                 exit_code=lambda: forwarder.exit_code,
                 abandoned="second signal: in-flight work abandoned",
-                failed=partial(
-                    ended_by,
-                    broker=settings.amqp_url_redacted,
-                    topology={"queue": settings.amqp_queue, "hint": _TOPOLOGY_HINT},
-                ),
+                failed=exits(settings, queue=settings.amqp_queue, hint=_TOPOLOGY_HINT),
             )
             return await until_signalled(forwarder.run(), shutdown)

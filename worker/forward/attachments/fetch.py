@@ -186,18 +186,18 @@ def refused(file: AttachmentSource, reason: str, kind: str, **extra: Any) -> Inv
     Detail: ``{"attachment": {"index", "filename" (the original), "name" (the upload name),
     "source" (redacted URL or "inline base64")}, "error": <reason>, "type": <kind>, ...}``.
     """
-    detail: dict[str, Any] = {
-        "attachment": {
-            "index": file.index,
-            "filename": file.original_filename,
-            "name": file.filename,
-            "source": file.where,
-        },
-        "error": reason,
-        "type": kind,
-        **extra,
-    }
+    detail: dict[str, Any] = {"attachment": _about(file), "error": reason, "type": kind, **extra}
     return InvalidTicket(f"attachment {file.original_filename!r}: {reason}", detail)
+
+
+def _about(file: AttachmentSource) -> dict[str, Any]:
+    """The file in a dead-letter or delay detail: where it stands, its names, its source."""
+    return {
+        "index": file.index,
+        "filename": file.original_filename,
+        "name": file.filename,
+        "source": file.where,
+    }
 
 
 def _checked_url(file: AttachmentSource, allow: AllowList) -> NormalUrl:
@@ -262,12 +262,7 @@ class _Fetcher:
         except SourceUnavailable as exc:
             reason = f"attachment {file.original_filename!r}: {exc.reason}"
             detail = {
-                "attachment": {
-                    "index": file.index,
-                    "filename": file.original_filename,
-                    "name": file.filename,
-                    "source": file.where,
-                },
+                "attachment": _about(file),
                 "status": exc.status,
                 "downloadAttempts": attempt_number,
             }
