@@ -23,6 +23,7 @@ from worker.core.settings import load_settings
 from worker.emulator import Emulator
 from worker.forward import queue_stats
 from worker.obs import metrics
+from worker.obs.labels import MAX_EVENT_TYPES, event_type_label
 from worker.scx.breaker import Breaker
 from worker.scx.waits import Waits
 
@@ -102,11 +103,10 @@ async def test_a_missing_queue_reads_as_unknown_and_the_others_still_count(
     for body in (b"a", b"b", b"c"):
         await channel.default_exchange.publish(aio_pika.Message(body), routing_key=names.dlq)
     missing = names.retry(600)
-    metrics.watch_connection(amqp)
     queues = {missing: "retry", names.dlq: "dlq"}
 
     async def polled(expected: float) -> bool:
-        await queue_stats.poll_once(queues)
+        await queue_stats.poll_once(queues, amqp)
         return sample("scx_forwarder_queue_messages", queue=names.dlq, role="dlq") == expected
 
     await wait_for(lambda: polled(3), what="the DLQ's depth of 3")
@@ -125,8 +125,7 @@ async def test_without_a_connection_every_depth_is_unknown(names: Names) -> None
         names.retry(10): "retry",
         names.retry(60): "retry",
     }
-    metrics._state.connection = None
-    await queue_stats.poll_once(queues)
+    await queue_stats.poll_once(queues, None)
     for name, role in queues.items():
         assert math.isnan(sample("scx_forwarder_queue_messages", queue=name, role=role))
 
@@ -161,11 +160,11 @@ def test_events_bridge_metrics_are_labelled_by_lock_and_bounded_by_type() -> Non
     assert sample("scx_forwarder_events_poll_errors_total", reason="http_503")
     assert sample("scx_forwarder_events_publish_delay_seconds_bucket", type=reply, le="5.0")
     # Types from outside cannot grow the label set without bound.
-    assert metrics.event_type_label("no type at all") == "invalid"
-    assert metrics.event_type_label(42) == "invalid"
-    labels = {metrics.event_type_label(f"Seller:Made.Up{i}") for i in range(200)}
+    assert event_type_label("no type at all") == "invalid"
+    assert event_type_label(42) == "invalid"
+    labels = {event_type_label(f"Seller:Made.Up{i}") for i in range(200)}
     assert "other" in labels
-    assert len(labels) <= metrics.MAX_EVENT_TYPES + 1
+    assert len(labels) <= MAX_EVENT_TYPES + 1
 
 
 async def test_every_breaker_transition_shows_in_the_state_gauge() -> None:

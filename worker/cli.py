@@ -13,19 +13,19 @@ import argparse
 import asyncio
 import contextlib
 import shutil
-import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiormq
 import orjson
 import structlog
 
 from worker import __version__
+from worker.amqp.errors import BROKER_ERRORS
 from worker.core.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from worker.core.runtime import until_signalled
 from worker.core.settings import ConfigError, load_settings
 from worker.obs.logging import configure_logging
 
@@ -222,7 +222,12 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         structlog.get_logger("worker.emulator").info("emulator.listening", url=url)
 
-    return _until_signal(serve(config, args.host, args.port, ready=ready))
+    async def emulate() -> int:
+        await serve(config, args.host, args.port, ready=ready)
+        return EXIT_OK
+
+    # No drain to wait for: the first signal stops it, and it exits 0.
+    return asyncio.run(until_signalled(emulate(), None))
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
@@ -394,11 +399,7 @@ def _dlq_run(coro: Coroutine[Any, Any, _T]) -> _T | None:
         return asyncio.run(coro)
     except DlqError as exc:
         print(f"scx-forwarder dlq: {exc}", file=sys.stderr)
-    except (
-        OSError,
-        aiormq.exceptions.AMQPError,
-        aiormq.exceptions.ChannelInvalidStateError,
-    ) as exc:
+    except BROKER_ERRORS as exc:
         # Unacked messages go back to the DLQ with the connection; nothing is lost. The
         # exception's text is not printed: it might quote a URL.
         print(
@@ -424,18 +425,3 @@ def _count(value: str) -> int:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _until_signal(coro: Coroutine[Any, Any, None]) -> int:
-    """Run ``coro`` until it ends or SIGTERM/SIGINT cancels it."""
-
-    async def runner() -> None:
-        task = asyncio.ensure_future(coro)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(runner())
-    return EXIT_OK

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -123,7 +123,7 @@ class FakeClock:
 async def test_healthz_fails_once_the_loop_heartbeat_is_stale(unused_tcp_port: int) -> None:
     clock = FakeClock()
     heartbeat = health.Heartbeat(clock)
-    runner = web.AppRunner(health.make_app(heartbeat))
+    runner = web.AppRunner(health.make_app(heartbeat, ready_when(lambda: True)))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
     try:
@@ -136,5 +136,36 @@ async def test_healthz_fails_once_the_loop_heartbeat_is_stale(unused_tcp_port: i
         metrics_page = await probe(unused_tcp_port, "/metrics")
         assert metrics_page is not None
         assert "scx_forwarder_tickets_forwarded_total" in metrics_page.text
+    finally:
+        await runner.cleanup()
+
+
+def ready_when(up: Callable[[], bool]) -> health.Readiness:
+    return health.Readiness(connected=up, consuming=up, token=lambda: (True, "held"))
+
+
+async def test_readyz_asks_the_providers_the_service_handed_over(unused_tcp_port: int) -> None:
+    connected, consuming = [False], [True]
+    token = (False, "the API refused the refresh token (HTTP 401)")
+    readiness = health.Readiness(
+        connected=lambda: connected[0], consuming=lambda: consuming[0], token=lambda: token
+    )
+    runner = web.AppRunner(health.make_app(health.Heartbeat(), readiness))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    try:
+        down = await probe(unused_tcp_port, "/readyz")
+        assert down is not None
+        assert down.status_code == 503
+        # Not connected means not consuming either, whatever the consumer says.
+        assert down.json()["checks"] == {
+            "broker": {"ok": False, "detail": "not connected"},
+            "consumer": {"ok": False, "detail": "not consuming"},
+            "token": {"ok": False, "detail": "the API refused the refresh token (HTTP 401)"},
+        }
+        connected[0], token = True, (True, "held, expires in 60 s")
+        assert await answers(unused_tcp_port, "/readyz", 200)
+        consuming[0] = False  # draining
+        assert await answers(unused_tcp_port, "/readyz", 503)
     finally:
         await runner.cleanup()

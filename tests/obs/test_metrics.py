@@ -18,7 +18,8 @@ from tests.support.metrics import scrape, value
 from tests.support.polling import wait_for
 from tests.support.processes import spawn, worker_env
 from worker.emulator import Emulator
-from worker.obs import metrics
+from worker.obs import labels, metrics
+from worker.scx.instrumentation import Instrumentation
 
 
 async def test_a_worker_process_counts_what_it_forwards_and_dead_letters(
@@ -90,7 +91,7 @@ def sample(name: str, **labels: str) -> float:
     ],
 )
 def test_reasons_become_a_small_fixed_set_of_labels(text: str, label: str) -> None:
-    assert metrics.reason_label(text) == label
+    assert labels.reason_label(text) == label
 
 
 def test_delayed_counts_by_reason_class() -> None:
@@ -110,29 +111,29 @@ def test_messages_without_a_timestamp_are_not_timed() -> None:
 
 
 async def test_http_hooks_record_answers_and_what_they_say_about_the_token(
-    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+    emulator: Emulator,
 ) -> None:
-    monkeypatch.setattr(metrics._state, "token_deadline", None)
-    monkeypatch.setattr(metrics._state, "last_auth_status", None)
-    assert metrics.token_status() == (True, "none yet; fetched before the first send")
+    now = [1000.0]
+    seen = Instrumentation(clock=lambda: now[0])
+    assert seen.token_status() == (True, "none yet; fetched before the first send")
     refused_before = sample("scx_forwarder_api_requests_total", route="auth", status_class="4xx")
-    async with httpx.AsyncClient(
-        base_url=emulator.base_url, event_hooks=metrics.http_hooks()
-    ) as client:
+    async with httpx.AsyncClient(base_url=emulator.base_url, event_hooks=seen.hooks()) as client:
         refused = await client.post("/v1/auth", data={"refreshToken": "wrong"})
         assert refused.status_code == 401
-        assert metrics.token_status() == (
+        assert seen.token_status() == (
             False,
             "the API refused the refresh token (HTTP 401)",
         )
         emulator.inject("auth", 503)
         await client.post("/v1/auth", data={"refreshToken": REFRESH_TOKEN})
-        assert metrics.token_status() == (False, "the last refresh failed with HTTP 503")
+        assert seen.token_status() == (False, "the last refresh failed with HTTP 503")
         await client.post("/v1/auth", data={"refreshToken": REFRESH_TOKEN})
-        assert metrics.token_status()[0]
+        assert seen.token_status()[0]
     after = sample("scx_forwarder_api_requests_total", route="auth", status_class="4xx")
     assert after == refused_before + 1
-    metrics.token_refreshed(60)
-    ok, detail = metrics.token_status()
-    assert ok
-    assert detail.startswith("held, expires in")
+    seen.token_refreshed(60)
+    assert seen.token_status() == (True, "held, expires in 60 s")
+    assert sample("scx_forwarder_token_expires_in_seconds") == 60
+    now[0] += 61
+    assert seen.token_status() == (True, "expired while idle; refreshed before the next send")
+    assert sample("scx_forwarder_token_expires_in_seconds") == 0

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import aio_pika
 import structlog
+from aio_pika.abc import AbstractConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from pamqp.common import FieldTable
 from yarl import URL
@@ -59,6 +60,11 @@ def connection_name(settings: Settings, command: Command, subject: str | None = 
     """
     subject = subject or settings.amqp_queue
     return f"scx-forwarder {subject} {command} {socket.gethostname()}:{os.getpid()}"
+
+
+def is_up(connection: AbstractConnection | None) -> bool:
+    """Whether ``connection`` is open now (a robust one may be between two attempts)."""
+    return connection is not None and not connection.is_closed and connection.connected.is_set()
 
 
 class ClusterConnection(aio_pika.RobustConnection):

@@ -25,6 +25,10 @@ LAST_ERROR = "x-last-error"
 # JSON text {"ticket": bool, "uploaded": [filename, ...]} (worker.forward.progress).
 PROGRESS = "x-scx-progress"
 
+# --- a seller event's message (worker.events.mapping) ---------------------------------------
+SCX_EVENT_ID = "x-scx-event-id"
+SCX_EVENT_TYPE = "x-scx-event-type"
+
 # --- dlq replay -----------------------------------------------------------------------------
 REPLAY_COUNT = "x-replay-count"
 

@@ -55,6 +55,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from worker.amqp import broker
+from worker.amqp.errors import BROKER_GONE
 from worker.core.errors import EXIT_OK, RequestRejected, RetryLater
 from worker.core.settings import Settings
 from worker.core.spool import Spooled, clear_spool_dir, spool_dir
@@ -70,10 +71,10 @@ from worker.events.mapping import (
     reply_messages,
     unmappable_message,
 )
-from worker.events.publisher import BROKER_GONE, Publisher, Result
+from worker.events.publisher import Publisher, Result
 from worker.obs import metrics, tracing
-from worker.scx import ScxClient, Unavailable
-from worker.scx.client import MAX_ACK_IDS
+from worker.obs.labels import event_type_label
+from worker.scx import MAX_ACK_IDS, ScxClient, Unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -102,7 +103,7 @@ class Planned:
     """One event of the batch in hand and the messages it becomes."""
 
     event_id: str
-    type: object  # as SCX sent it; metrics and logs bound it (metrics.event_type_label)
+    type: object  # as SCX sent it; metrics and logs bound it (event_type_label)
     created: datetime | None
     messages: list[Outgoing]
     unrouted: bool = False  # unmappable: straight to the unrouted queue
@@ -130,6 +131,8 @@ class Bridge:
         """True while this process holds the lock and polls."""
         self.running = False
         """True while connected with the exchange and unrouted queue declared (readiness)."""
+        self.connection: AbstractConnection | None = None
+        """The broker connection of the session, the last one after a loss (readiness)."""
 
     def stop(self, exit_code: int = 0) -> None:
         """Finish the batch in hand, then return; the first non-zero exit code sticks."""
@@ -195,7 +198,7 @@ class Bridge:
         self._lost = asyncio.Event()
         lost = self._lost
         connection.close_callbacks.add(lambda *_: lost.set())
-        metrics.watch_connection(connection)
+        self.connection = connection
         return connection
 
     async def _session(self, connection: AbstractConnection) -> None:
@@ -295,7 +298,7 @@ class Bridge:
         whose file could not be fetched now (SCX delivers those again)."""
         decoded = decode(item)
         metrics.event_polled(decoded.type)
-        label = metrics.event_type_label(decoded.type)
+        label = event_type_label(decoded.type)
         if isinstance(decoded, NoId):
             metrics.event_without_id()
             log.warning("events.without_id", reason=decoded.reason, type=label)
@@ -389,7 +392,7 @@ class Bridge:
                 kept.append(planned)
                 continue
             planned.close()
-            label = metrics.event_type_label(planned.type)
+            label = event_type_label(planned.type)
             if Result.NACKED in mine:
                 log.warning(
                     "events.refused",

@@ -37,6 +37,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError
 
+from worker.amqp import headers as h
 from worker.core.spool import Spooled
 from worker.models import (
     Attachments,
@@ -257,7 +258,7 @@ class FileOutcome:
 
 
 def _headers(event_id: str, event_type: str, **extra: Any) -> dict[str, Any]:
-    return {"x-scx-event-id": event_id, "x-scx-event-type": event_type, **extra}
+    return {h.SCX_EVENT_ID: event_id, h.SCX_EVENT_TYPE: event_type, **extra}
 
 
 def other_message(event: SellerEvent) -> Outgoing:
@@ -357,9 +358,9 @@ def unmappable_message(item: Unmappable) -> Outgoing:
             item.id,
             event_type[:_MAX_TYPE],
             **{
-                "x-error-kind": item.kind,
-                "x-error-reason": item.summary[:512],
-                "x-error-detail": detail,
+                h.ERROR_KIND: item.kind,
+                h.ERROR_REASON: item.summary[:512],
+                h.ERROR_DETAIL: detail,
             },
         ),
     )

@@ -33,20 +33,10 @@ import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
+from worker.amqp import headers as h
+from worker.amqp.errors import BROKER_GONE
 from worker.events.mapping import Outgoing
 from worker.obs import tracing
-
-# Every way a publish can fail because the channel or connection is gone (not the message).
-BROKER_GONE: tuple[type[BaseException], ...] = (
-    aiormq.exceptions.AMQPConnectionError,
-    aiormq.exceptions.AMQPChannelError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-)
-# ... and what connecting or declaring can raise besides.
-BROKER_ERRORS: tuple[type[BaseException], ...] = (*BROKER_GONE, aiormq.exceptions.AMQPError)
 
 
 class Result(enum.Enum):
@@ -78,11 +68,11 @@ class Publisher:
             return await self._keep(
                 out,
                 {
-                    "x-original-exchange": self._exchange.name,
-                    "x-original-routing-key": out.routing_key,
-                    "x-error-kind": "unroutable",
-                    "x-error-reason": "no queue is bound for the routing key",
-                    "x-error-detail": orjson.dumps(
+                    h.ORIGINAL_EXCHANGE: self._exchange.name,
+                    h.ORIGINAL_ROUTING_KEY: out.routing_key,
+                    h.ERROR_KIND: "unroutable",
+                    h.ERROR_REASON: "no queue is bound for the routing key",
+                    h.ERROR_DETAIL: orjson.dumps(
                         {"exchange": self._exchange.name, "routing_key": out.routing_key}
                     ).decode(),
                 },

@@ -79,6 +79,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from worker.amqp import broker
 from worker.amqp import headers as h
 from worker.amqp.copies import message_copy
+from worker.amqp.errors import BROKER_ERRORS
 from worker.amqp.topology import Topology, declare_topology
 from worker.core.errors import (
     EXIT_FAILED,
@@ -188,6 +189,8 @@ class Forwarder:
         self.exit_code = EXIT_OK
         self.consuming = asyncio.Event()
         """Set once the consumer is registered (tests and readiness wait for it)."""
+        self.connection: AbstractConnection | None = None
+        """The broker connection while ``run`` holds one (readiness, the queue gauges)."""
 
     def stop(self, exit_code: int = 0) -> None:
         """Ask the worker to drain and return; the first non-zero exit code sticks."""
@@ -201,7 +204,7 @@ class Forwarder:
         if removed := clear_spool():
             log.info("worker.spool_cleared", removed=removed)  # left by a crashed run
         connection = await broker.connect_robust(settings, "run")
-        metrics.watch_connection(connection)
+        self.connection = connection
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             await channel.set_qos(prefetch_count=1 if self._narrow else settings.amqp_prefetch)
@@ -241,11 +244,7 @@ class Forwarder:
             async with asyncio.timeout(CANCEL_TIMEOUT), self._consumer_lock:
                 if self._consumer_tag is not None:
                     await self._topology.queue.cancel(self._consumer_tag)
-        except (
-            TimeoutError,
-            aiormq.exceptions.AMQPError,
-            aiormq.exceptions.ChannelInvalidStateError,
-        ) as exc:
+        except BROKER_ERRORS as exc:
             # Lost meanwhile: as above, the broker takes the consumer and its messages back.
             log.warning("worker.cancel_failed", error=f"{type(exc).__name__}: {exc}")
 

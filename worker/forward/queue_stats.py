@@ -12,10 +12,10 @@ Cost, bounded by configuration: ``run`` declares its work queue, its DLQ and one
 per round, every interval, per replica. Each declare has a timeout, so a slow broker
 delays a round instead of stacking them.
 
-The declares go over the process's own broker connection (the one ``metrics`` watches for
-the probes), through its AMQP layer (aiormq) rather than an aio-pika robust channel: a
-passive declare of a missing queue closes its channel with 404, which a robust channel
-would "restore". When there is no open connection, or a declare fails, the queue's
+The declares go over the process's own broker connection (the forwarder's, which the
+service hands over as a callable), through its AMQP layer (aiormq) rather than an aio-pika
+robust channel: a passive declare of a missing queue closes its channel with 404, which a
+robust channel would "restore". When there is no open connection, or a declare fails, the queue's
 gauges are NaN: an alert must not read a stale depth as a current one.
 
 The events bridge reports its unrouted queue the same way: ``watching({name: "unrouted"})``.
@@ -26,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiormq
 import structlog
+from aio_pika.abc import AbstractConnection
 
+from worker.amqp.errors import BROKER_ERRORS
 from worker.core.settings import Settings
 from worker.obs import metrics
 
@@ -46,9 +48,8 @@ def worker_queues(settings: Settings) -> dict[str, str]:
     return queues
 
 
-async def poll_once(queues: Mapping[str, str]) -> None:
-    """Declare each queue passively on the watched connection and export the answers."""
-    connection = metrics.watched_connection()
+async def poll_once(queues: Mapping[str, str], connection: AbstractConnection | None) -> None:
+    """Declare each queue passively on ``connection`` and export the answers."""
     amqp = connection.transport.connection if connection and connection.transport else None
     if amqp is None or amqp.is_closed:
         _unknown(queues)
@@ -62,34 +63,39 @@ async def poll_once(queues: Mapping[str, str]) -> None:
                 ok = await asyncio.wait_for(
                     channel.queue_declare(name, passive=True), DECLARE_TIMEOUT
                 )
-            except (aiormq.exceptions.AMQPError, TimeoutError) as exc:
+            except BROKER_ERRORS as exc:
                 # A missing queue (404) closes the channel; the next one opens another.
                 log.debug("metrics.queue_unknown", queue=name, error=type(exc).__name__)
                 metrics.queue_stats(name, role, math.nan, math.nan)
                 continue
             metrics.queue_stats(name, role, ok.message_count or 0, ok.consumer_count or 0)
-    except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as exc:
+    except BROKER_ERRORS as exc:
         log.debug("metrics.queue_stats_failed", error=type(exc).__name__)
         _unknown(queues)
     finally:
         if channel is not None and not channel.is_closed:
-            with contextlib.suppress(aiormq.exceptions.AMQPError, OSError, TimeoutError):
+            with contextlib.suppress(*BROKER_ERRORS):
                 await asyncio.wait_for(channel.close(), DECLARE_TIMEOUT)
 
 
-async def watch(queues: Mapping[str, str], interval: float) -> None:
-    """Poll forever (until cancelled), ``interval`` seconds between the starts of rounds."""
+async def watch(
+    queues: Mapping[str, str], interval: float, connection: Callable[[], AbstractConnection | None]
+) -> None:
+    """Poll forever (until cancelled), ``interval`` seconds between the starts of rounds,
+    on the connection ``connection()`` returns then (None: every depth unknown)."""
     loop = asyncio.get_running_loop()
     while True:
         started = loop.time()
-        await poll_once(queues)
+        await poll_once(queues, connection())
         await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
 
 
 @contextlib.asynccontextmanager
-async def watching(queues: Mapping[str, str], interval: float) -> AsyncIterator[None]:
+async def watching(
+    queues: Mapping[str, str], interval: float, connection: Callable[[], AbstractConnection | None]
+) -> AsyncIterator[None]:
     """Keep the queue gauges current while the block runs."""
-    task = asyncio.create_task(watch(queues, interval), name="queue-stats")
+    task = asyncio.create_task(watch(queues, interval, connection), name="queue-stats")
     try:
         yield
     finally:

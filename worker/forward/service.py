@@ -2,77 +2,55 @@
 
 The metrics and probe server (``worker.obs.health``, ``METRICS_PORT``) starts before the
 forwarder connects, so ``/healthz`` answers during start-up and ``/readyz`` says why it
-is not ready yet, and it stops after the drain.
+is not ready yet, and it stops after the drain. Readiness reads the forwarder's own
+connection and consumer and the client's token.
 
-The first SIGTERM/SIGINT asks the forwarder to stop consuming and drain within
-``WORKER_SHUTDOWN_GRACE``; a second one cancels in-flight work at once (their messages
-return to the queue when the connection closes).
+Signals as every service takes them (``worker.core.runtime``): the first SIGTERM/SIGINT
+asks the forwarder to stop consuming and drain within ``WORKER_SHUTDOWN_GRACE`` (it bounds
+the drain itself); a second one cancels in-flight work at once (their messages return to
+the queue when the connection closes). A broker that cannot be reached, or a queue
+declared otherwise, ends it with ``EXIT_FAILED`` (``worker.amqp.errors``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import signal
-
-import aiormq
-import structlog
 from pydantic import SecretStr
 
-from worker.core.errors import EXIT_FAILED
+from worker.amqp import broker
+from worker.amqp.errors import exits
+from worker.core.runtime import Shutdown, until_signalled
 from worker.core.settings import Settings
 from worker.forward import queue_stats
 from worker.forward.consumer import Forwarder
 from worker.forward.mapping import Mapper
-from worker.obs import health, metrics
+from worker.obs import health
 from worker.scx import ScxClient
 
-log = structlog.get_logger(__name__)
+_TOPOLOGY_HINT = (
+    "the queue exists with other arguments (type, delivery limit, dead-letter settings); "
+    "set AMQP_QUEUE_TYPE to match or use a new AMQP_QUEUE"
+)
 
 
 async def serve(settings: Settings, refresh_token: SecretStr, mapper: Mapper | None) -> int:
-    async with (
-        ScxClient(settings, refresh_token) as client,
-        health.serving(settings),
-        queue_stats.watching(queue_stats.worker_queues(settings), settings.metrics_queue_interval),
-    ):
+    async with ScxClient(settings, refresh_token) as client:
         forwarder = Forwarder(settings, client, mapper=mapper)
-        metrics.watch_consumer(forwarder.consuming.is_set)
-        task = asyncio.ensure_future(forwarder.run())
-        signals = 0
-
-        def on_signal(sig: signal.Signals) -> None:
-            nonlocal signals
-            signals += 1
-            log.info("worker.signal", signal=sig.name, count=signals)
-            if signals == 1:
-                forwarder.stop()
-            else:
-                task.cancel()
-
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig)
-        try:
-            return await task
-        except asyncio.CancelledError:
-            log.warning("worker.cancelled", detail="second signal: in-flight work abandoned")
-            return forwarder.exit_code
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            log.error(
-                "worker.topology_mismatch",
-                queue=settings.amqp_queue,
-                error=str(exc),
-                hint="the queue exists with other arguments (type, delivery limit, "
-                "dead-letter settings); set AMQP_QUEUE_TYPE to match or use a new AMQP_QUEUE",
+        readiness = health.Readiness(
+            connected=lambda: broker.is_up(forwarder.connection),
+            consuming=forwarder.consuming.is_set,
+            token=client.instrumentation.token_status,
+        )
+        queues = queue_stats.worker_queues(settings)
+        async with (
+            health.serving(settings, readiness),
+            queue_stats.watching(
+                queues, settings.metrics_queue_interval, lambda: forwarder.connection
+            ),
+        ):
+            shutdown = Shutdown(
+                drain=forwarder.stop,
+                exit_code=lambda: forwarder.exit_code,
+                abandoned="second signal: in-flight work abandoned",
+                failed=exits(settings, queue=settings.amqp_queue, hint=_TOPOLOGY_HINT),
             )
-            return EXIT_FAILED
-        except (OSError, aiormq.exceptions.AMQPError) as exc:
-            log.error(
-                "worker.broker_unreachable",
-                broker=settings.amqp_url_redacted,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            return EXIT_FAILED
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+            return await until_signalled(forwarder.run(), shutdown)

@@ -9,9 +9,14 @@ route          answers
                the probe's own timeout catches that; the heartbeat catches a loop that was
                stuck and is only now catching up.
 ``/readyz``    readiness: 200 when connected to the broker, consuming, and a token is held
-               or obtainable (``metrics.token_status``), else 503. Draining after SIGTERM
-               and a lost broker connection make it 503.
+               or obtainable, else 503. Draining after SIGTERM and a lost broker
+               connection make it 503.
 =============  ==========================================================================
+
+The service that runs says what ready means: it hands ``serving`` a ``Readiness``, three
+callables over its own state (its connection, its consumer, its SCX client's token), and
+the same callables feed the ``broker_connected`` and ``consumer_up`` gauges. Nothing here
+reads process-wide state.
 
 Both probes answer JSON saying which check failed. The server runs on the worker's own
 event loop (an aiohttp app): the probes then test the loop that does the work, and the
@@ -28,6 +33,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -68,19 +74,36 @@ class Heartbeat:
         return self.age() < STALE_AFTER
 
 
-def readiness() -> dict[str, dict[str, Any]]:
-    """Each readiness check with ``ok`` and a short ``detail``."""
-    broker = metrics.broker_connected()
-    consuming = metrics.consumer_up()
-    token_ok, token_detail = metrics.token_status()
-    return {
-        "broker": {"ok": broker, "detail": "connected" if broker else "not connected"},
-        "consumer": {"ok": consuming, "detail": "consuming" if consuming else "not consuming"},
-        "token": {"ok": token_ok, "detail": token_detail},
-    }
+@dataclass(frozen=True, kw_only=True)
+class Readiness:
+    """What ``/readyz`` asks the running service; each a cheap call that does no I/O."""
+
+    connected: Callable[[], bool]
+    """The broker connection is open."""
+    consuming: Callable[[], bool]
+    """The service takes work (the worker's consumer, the bridge's session)."""
+    token: Callable[[], tuple[bool, str]]
+    """Whether an SCX token is held or obtainable, and why (``Instrumentation.token_status``)."""
+
+    def consumer_up(self) -> bool:
+        return self.connected() and self.consuming()
+
+    def checks(self) -> dict[str, dict[str, Any]]:
+        """Each readiness check with ``ok`` and a short ``detail``."""
+        broker = self.connected()
+        consuming = broker and self.consuming()
+        token_ok, token_detail = self.token()
+        return {
+            "broker": {"ok": broker, "detail": "connected" if broker else "not connected"},
+            "consumer": {
+                "ok": consuming,
+                "detail": "consuming" if consuming else "not consuming",
+            },
+            "token": {"ok": token_ok, "detail": token_detail},
+        }
 
 
-def make_app(heartbeat: Heartbeat) -> web.Application:
+def make_app(heartbeat: Heartbeat, readiness: Readiness) -> web.Application:
     async def metrics_page(request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         return web.Response(body=encoder(REGISTRY), headers={"Content-Type": content_type})
@@ -91,7 +114,7 @@ def make_app(heartbeat: Heartbeat) -> web.Application:
         return _json(body, 200 if alive else 503)
 
     async def readyz(_: web.Request) -> web.Response:
-        checks = readiness()
+        checks = readiness.checks()
         ready = all(check["ok"] for check in checks.values())
         return _json({"ready": ready, "checks": checks}, 200 if ready else 503)
 
@@ -103,13 +126,14 @@ def make_app(heartbeat: Heartbeat) -> web.Application:
 
 
 @asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[str | None]:
+async def serving(settings: Settings, readiness: Readiness) -> AsyncIterator[str | None]:
     """Serve metrics and probes while the block runs; yields the URL (None: not serving)."""
+    metrics.watch_probes(readiness.connected, readiness.consumer_up)
     if settings.metrics_port == 0:
         yield None
         return
     heartbeat = Heartbeat()
-    runner = web.AppRunner(make_app(heartbeat), access_log=None)
+    runner = web.AppRunner(make_app(heartbeat, readiness), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)

@@ -4,6 +4,13 @@ The standard library's loggers (aio-pika, aiormq, httpx) are routed through the 
 processors, so every line on stdout is one JSON object. Nothing here knows any secret:
 secrets are kept out of log calls at the source (``SecretStr``, redacted URLs), and
 ``drop_secrets`` is a last guard that blanks well-known secret keys should one slip in.
+
+One foreign line is translated rather than passed on: on a broker restart aio-pika logs
+``Callback <OneShotCallback ... RobustChannel._on_close> error: ChannelInvalidStateError``
+at error level, when a channel's restore meets a connection that closed again meanwhile.
+Nothing is lost by it (the robust connection restores the channel on its next connect),
+but an alert on error lines would fire on every restart, so it becomes a warning of our
+own, ``broker.channel_restore_failed`` (``BrokerRestartNoise``).
 """
 
 from __future__ import annotations
@@ -39,6 +46,41 @@ def add_trace_ids(
     if ids is not None:
         event_dict["trace_id"], event_dict["span_id"] = ids
     return event_dict
+
+
+class BrokerRestartNoise(logging.Filter):
+    """Turns aio-pika's callback errors about a closed channel into our own warning.
+
+    Installed on aio-pika's ``aio_pika.tools`` logger, which logs every failed callback as
+    ``"Callback %r error: %s: %s" % (callback, type name, error)``; other failures of a
+    callback stay errors.
+    """
+
+    _FORMAT = "Callback %r error: %s: %s"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.msg != self._FORMAT or not isinstance(args, tuple) or len(args) != 3:
+            return True
+        callback, kind, error = args
+        if kind != "ChannelInvalidStateError":
+            return True
+        structlog.get_logger("worker.amqp").warning(
+            "broker.channel_restore_failed",
+            callback=_callback_name(callback),
+            error=f"{kind}: {error}",
+            detail="the channel is restored on the next connect",
+        )
+        return False
+
+
+def _callback_name(callback: object) -> str:
+    """``RobustChannel._on_close`` for aio-pika's one-shot wrapper of that bound method."""
+    inner = getattr(callback, "callback", callback)
+    return str(getattr(inner, "__qualname__", type(inner).__qualname__))
+
+
+_RESTART_NOISE = BrokerRestartNoise()
 
 
 def configure_logging(
@@ -93,3 +135,6 @@ def configure_logging(
     # outcome line's job, not the transport's.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    tools = logging.getLogger("aio_pika.tools")
+    if _RESTART_NOISE not in tools.filters:
+        tools.addFilter(_RESTART_NOISE)

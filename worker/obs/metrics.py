@@ -1,4 +1,4 @@
-"""Prometheus metrics, and the small state the readiness probe reads (``worker.obs.health``).
+"""Prometheus metrics: their declarations, and one reporting function per fact.
 
 Every metric is named ``scx_forwarder_*`` and lives in prometheus-client's default
 registry, next to its ``process_*`` and ``python_*`` collectors:
@@ -40,13 +40,16 @@ metric                                         type        labels
 
 The hot path calls the plain functions below (``forwarded()``, ``dead_lettered(kind)``,
 ...), one line each, so worker modules never touch a metric object. Labels are bounded
-on purpose: a ``reason`` is reduced to a short class (``http_503``, ``timeout``,
-``connection``, ``circuit_open``, ``auth_http_503``, ``other``) by ``reason_label``, never
-the error text, which would make a new time series per distinct message.
+on purpose (``worker.obs.labels``): a ``reason`` is reduced to a short class (``http_503``,
+``timeout``, ``connection``, ``circuit_open``, ``auth_http_503``, ``other``), never the error
+text, which would make a new time series per distinct message.
 
-API requests are observed through httpx event hooks (``http_hooks()``), which see the
-ticket calls and the token refreshes alike; a request that got no answer at all (timeout,
-connection error) has no status class and shows up in ``retries_total`` instead.
+Nothing here imports what it observes. API requests are reported by the SCX client's own
+instrumentation (``worker.scx.instrumentation``: httpx hooks that see the ticket calls and
+the token refreshes alike; a request that got no answer at all has no status class and
+shows up in ``retries_total`` instead). The gauges read at scrape time (``broker_connected``,
+``consumer_up``, ``token_expires_in_seconds``) read callables the running service hands
+over (``watch_probes``, ``watch_token``); until then they read 0.
 
 The queue gauges come from ``worker.forward.queue_stats``: a passive declare of each of the
 worker's queues on a timer, so the dead-letter queue's depth (which no consumer drains)
@@ -61,19 +64,15 @@ several forwarders in one process share these counters and compare differences.
 from __future__ import annotations
 
 import math
-import re
 import time
-import weakref
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
-import httpx
-from aio_pika.abc import AbstractConnection
 from prometheus_client import Counter, Gauge, Histogram
 
 from worker import __version__
-from worker.scx.responses import is_transient_status
+from worker.obs.labels import event_type_label, reason_label
 
 PREFIX = "scx_forwarder_"
 KINDS = ("malformed", "invalid", "rejected", "exhausted")
@@ -81,10 +80,6 @@ ROUTES = ("ticket", "upload", "auth")
 CIRCUIT_STATES = ("closed", "open", "half-open")
 QUEUE_ROLES = ("work", "dlq", "retry", "unrouted")
 UNROUTED_REASONS = ("unroutable", "unmappable")
-# SCX event types come from outside: a label value per type is fine for the few dozen that
-# exist ("Seller:Ticket.Reply"), not for whatever a broken event carries.
-_EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9]{0,30}:[A-Za-z0-9.]{1,60}")
-MAX_EVENT_TYPES = 50
 
 TICKETS_FORWARDED = Counter(
     PREFIX + "tickets_forwarded_total", "Tickets the API accepted (2xx) and that were acked."
@@ -260,19 +255,6 @@ def circuit_state(state: str) -> None:
 _show_zeros()
 
 
-class _State:
-    """What the probes and function-backed gauges read; one instance per process."""
-
-    def __init__(self) -> None:
-        self.connection: weakref.ref[AbstractConnection] | None = None
-        self.consuming: Callable[[], bool] = lambda: False
-        self.token_deadline: float | None = None
-        self.last_auth_status: int | None = None
-
-
-_state = _State()
-
-
 # --- hooks for the hot path ----------------------------------------------------------
 
 
@@ -357,29 +339,24 @@ def loop_lag(seconds: float) -> None:
     LOOP_LAG.set(seconds)
 
 
-def token_refreshed(lifetime: float) -> None:
-    """A new access token was stored; it lives ``lifetime`` seconds from now."""
-    _state.token_deadline = time.monotonic() + lifetime
+def api_answered(route: str, status: int, seconds: float | None) -> None:
+    """The API answered a request on ``route`` with ``status``, ``seconds`` after it left."""
+    if seconds is not None:
+        API_DURATION.labels(route).observe(seconds)
+    API_REQUESTS.labels(route, f"{status // 100}xx").inc()
+    if status == 429:
+        API_RATE_LIMITED.labels(route).inc()
 
 
-def watch_connection(connection: AbstractConnection) -> None:
-    """Report this broker connection in ``broker_connected`` and the readiness probe."""
-    _state.connection = weakref.ref(connection)
+def watch_probes(broker_connected: Callable[[], bool], consumer_up: Callable[[], bool]) -> None:
+    """Have ``broker_connected`` and ``consumer_up`` read the running service's own state."""
+    BROKER_CONNECTED.set_function(lambda: float(broker_connected()))
+    CONSUMER_UP.set_function(lambda: float(consumer_up()))
 
 
-def watched_connection() -> AbstractConnection | None:
-    """The broker connection ``watch_connection`` was given, while it exists."""
-    return _state.connection() if _state.connection is not None else None
-
-
-def watch_consumer(consuming: Callable[[], bool]) -> None:
-    """Report the worker's consumer state (``Forwarder.consuming.is_set``)."""
-    _state.consuming = consuming
-
-
-def http_hooks() -> dict[str, list[Callable[..., Any]]]:
-    """httpx ``event_hooks`` that count and time every API request and read rate limits."""
-    return {"request": [_on_request], "response": [_on_response]}
+def watch_token(expires_in: Callable[[], float]) -> None:
+    """Have ``token_expires_in_seconds`` read the SCX client's token (0: none held)."""
+    TOKEN_EXPIRES_IN.set_function(expires_in)
 
 
 # --- hooks for the events bridge (scx-forwarder events) ------------------------------
@@ -432,112 +409,3 @@ def event_unrouted(event_type: object, reason: Literal["unroutable", "unmappable
 def event_without_id() -> None:
     """An event without an ``id``: it cannot be acknowledged; logged and skipped."""
     EVENTS_WITHOUT_ID.inc()
-
-
-_event_types: set[str] = set()
-
-
-def event_type_label(event_type: object) -> str:
-    """The type as a label: itself if it looks like an SCX type and fewer than
-    ``MAX_EVENT_TYPES`` were seen, ``other`` past that, ``invalid`` if it is not one."""
-    if not isinstance(event_type, str) or _EVENT_TYPE.fullmatch(event_type) is None:
-        return "invalid"
-    if event_type in _event_types:
-        return event_type
-    if len(_event_types) >= MAX_EVENT_TYPES:
-        return "other"
-    _event_types.add(event_type)
-    return event_type
-
-
-# --- what the probes read ------------------------------------------------------------
-
-
-def broker_connected() -> bool:
-    connection = watched_connection()
-    return connection is not None and not connection.is_closed and connection.connected.is_set()
-
-
-def consumer_up() -> bool:
-    return broker_connected() and _state.consuming()
-
-
-def token_status() -> tuple[bool, str]:
-    """Whether a token is held or obtainable, and why; never calls the API itself.
-
-    Probing ``/v1/auth`` would spend the rate-limited route's budget every few seconds, so
-    this judges by what the worker saw: a token held now, or the last refresh's answer.
-    The worker fetches its first token just before its first send, so "none yet" is fine.
-    """
-    deadline = _state.token_deadline
-    now = time.monotonic()
-    if deadline is not None and deadline > now:
-        return True, f"held, expires in {deadline - now:.0f} s"
-    status = _state.last_auth_status
-    if status is None:
-        return True, "none yet; fetched before the first send"
-    if status < 300:
-        return True, "expired while idle; refreshed before the next send"
-    if is_transient_status(status):
-        return False, f"the last refresh failed with HTTP {status}"
-    return False, f"the API refused the refresh token (HTTP {status})"
-
-
-def reason_label(text: str) -> str:
-    """A short, bounded label for an error text (see the module docstring)."""
-    lowered = text.lower()
-    prefix = "auth_" if "/v1/auth" in lowered else ""
-    if lowered.startswith("circuit open"):
-        return "circuit_open"
-    if status := re.search(r"\bhttp (\d{3})\b", lowered):
-        return f"{prefix}http_{status.group(1)}"
-    if "timeout" in lowered or "timed out" in lowered:
-        return f"{prefix}timeout"
-    if "connection" in lowered:
-        return f"{prefix}connection"
-    return f"{prefix}other"
-
-
-# --- internals -----------------------------------------------------------------------
-
-_sent_at: weakref.WeakKeyDictionary[httpx.Request, float] = weakref.WeakKeyDictionary()
-
-
-def _route(request: httpx.Request) -> str:
-    path = request.url.path
-    if path.endswith("/v1/auth"):
-        return "auth"
-    if path.endswith("/v1/channel/ticket/attachment") and request.method == "POST":
-        return "upload"
-    if path.startswith("/v1/channel/ticket"):
-        return "ticket"
-    if path.startswith("/v1/channel/event"):
-        return "events"
-    return "other"
-
-
-async def _on_request(request: httpx.Request) -> None:
-    _sent_at[request] = time.perf_counter()
-
-
-async def _on_response(response: httpx.Response) -> None:
-    request = response.request
-    route = _route(request)
-    sent = _sent_at.pop(request, None)
-    if sent is not None:
-        API_DURATION.labels(route).observe(time.perf_counter() - sent)
-    API_REQUESTS.labels(route, f"{response.status_code // 100}xx").inc()
-    if response.status_code == 429:
-        API_RATE_LIMITED.labels(route).inc()
-    if route == "auth":
-        _state.last_auth_status = response.status_code
-
-
-def _token_expires_in() -> float:
-    deadline = _state.token_deadline
-    return max(0.0, deadline - time.monotonic()) if deadline is not None else 0.0
-
-
-TOKEN_EXPIRES_IN.set_function(_token_expires_in)
-BROKER_CONNECTED.set_function(lambda: float(broker_connected()))
-CONSUMER_UP.set_function(lambda: float(consumer_up()))

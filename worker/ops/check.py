@@ -43,9 +43,9 @@ from pydantic import SecretStr
 from yarl import URL
 
 from worker.amqp import broker
+from worker.core.retry import is_transient_status
 from worker.core.settings import ConfigError, Settings, redact_url
 from worker.scx import auth_request
-from worker.scx.responses import is_transient_status
 
 Status = Literal["ok", "warn", "fail"]
 

@@ -34,8 +34,8 @@ from pydantic import SecretStr
 
 from worker import USER_AGENT
 from worker.core.errors import CredentialsRejected, TransientError
-from worker.obs import metrics
-from worker.scx.responses import error_list, is_transient_status, retry_after
+from worker.core.retry import is_transient_status
+from worker.scx.responses import error_list, retry_after
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +63,8 @@ class TokenAuth(httpx.Auth):
         self._last_failure: TransientError | None = None
         self.refreshes = 0
         """Successful token refreshes so far."""
+        self.on_refreshed: Callable[[float], None] | None = None
+        """Told the lifetime of every token stored (the client's ``Instrumentation``)."""
 
     def sync_auth_flow(self, request: httpx.Request) -> Any:
         raise RuntimeError("TokenAuth works with httpx.AsyncClient only")
@@ -156,7 +158,8 @@ class TokenAuth(httpx.Auth):
         self._bearer = bearer
         self._refresh_at = asked_at + lifetime - min(self._margin, lifetime / 5)
         self.refreshes += 1
-        metrics.token_refreshed(lifetime)
+        if self.on_refreshed is not None:
+            self.on_refreshed(lifetime)
         log.info("scx.token_refreshed", expires_in=lifetime, refreshes=self.refreshes)
 
 

@@ -42,7 +42,6 @@ import structlog
 from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 from tenacity import (
-    AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
     retry_if_not_exception_type,
@@ -58,14 +57,15 @@ from worker.core.errors import (
     TransientError,
     UploadRejected,
 )
-from worker.core.retry import Backoff, give_up
+from worker.core.retry import Backoff, is_transient_status, retrying
 from worker.core.settings import Settings
 from worker.core.spool import Spooled, TooLarge, spool
 from worker.obs import metrics, tracing
 from worker.scx.auth import TokenAuth
 from worker.scx.breaker import Breaker
+from worker.scx.instrumentation import Instrumentation
 from worker.scx.pacing import Pacer
-from worker.scx.responses import error_list, is_transient_status, rate_limit, retry_after
+from worker.scx.responses import error_list, rate_limit, retry_after
 from worker.scx.waits import Waits
 
 log = structlog.get_logger(__name__)
@@ -168,12 +168,14 @@ class ScxClient:
         """``background``: this process calls seldom beside busier callers on the same
         credential (the events bridge beside the workers); see ``Pacer``."""
         timeout = httpx.Timeout(settings.scx_request_timeout, connect=settings.scx_connect_timeout)
+        self.instrumentation = Instrumentation()
         self.auth = TokenAuth(
             refresh_token,
             auth_url=f"{settings.scx_api_url}/v1/auth",
             timeout=timeout,
             margin=settings.scx_token_refresh_margin,
         )
+        self.auth.on_refreshed = self.instrumentation.token_refreshed
         self.waits = Waits()
         self.pacer = Pacer(
             settings.scx_max_requests_per_minute, waits=self.waits, background=background
@@ -191,7 +193,7 @@ class ScxClient:
             base_url=settings.scx_api_url,
             auth=self.auth,
             timeout=timeout,
-            event_hooks=metrics.http_hooks(),
+            event_hooks=self.instrumentation.hooks(),
             # Everything a ticket call needs, merged once here rather than per request: the
             # auth flow builds its own (form-encoded) request and does not inherit these.
             headers={
@@ -362,18 +364,18 @@ class ScxClient:
         return await self._retry(call, deadline, first_failure)
 
     async def _retry(self, call: Call[T], deadline: float, first: TransientError) -> Answered[T]:
-        retrying = AsyncRetrying(
+        attempts = retrying(
+            self._settings,
             retry=retry_if_exception_type(TransientError)
             & retry_if_not_exception_type(CircuitOpen),
-            stop=give_up(self._settings, deadline - time.monotonic()),
+            seconds_left=deadline - time.monotonic(),
             wait=self._wait,
             sleep=self.waits.sleep,
             before_sleep=_log_retry,
-            reraise=True,
         )
         attempt_number = 0
         try:
-            async for attempt in retrying:
+            async for attempt in attempts:
                 attempt_number = attempt.retry_state.attempt_number
                 with attempt:
                     if attempt_number == 1:

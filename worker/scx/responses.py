@@ -1,25 +1,19 @@
-"""Reading SCX API answers: which statuses are transient, the server's wait hints, errorList.
+"""Reading SCX API answers: the server's wait hints, its rate-limit headers, errorList.
 
 These rules are shared by the token flow (``worker.scx.auth``) and the ticket client
-(``worker.scx``), so both classify a status the same way.
+(``worker.scx``), so both read an answer the same way. Which statuses are transient is
+HTTP's rule, not the API's: ``worker.core.retry.is_transient_status``, shared with the
+attachment downloads.
 """
 
 from __future__ import annotations
 
-import email.utils
-import time
 from typing import Any, NamedTuple
 
 import httpx
 import orjson
 
-# 408 Request Timeout, 425 Too Early, 429 Too Many Requests: the request itself was fine.
-_TRANSIENT_4XX = frozenset({408, 425, 429})
-
-
-def is_transient_status(status: int) -> bool:
-    """A status another attempt may cure: 408, 425, 429 and every 5xx."""
-    return status >= 500 or status in _TRANSIENT_4XX
+from worker.core.retry import retry_after_header
 
 
 def retry_after(response: httpx.Response) -> float | None:
@@ -28,19 +22,9 @@ def retry_after(response: httpx.Response) -> float | None:
     ``Retry-After`` may be delta-seconds or an HTTP date. Without it, a 429 that reports
     ``X-RateLimit-Remaining: 0`` is read as "wait for the next interval".
     """
+    if (hinted := retry_after_header(response)) is not None:
+        return hinted
     headers = response.headers
-    value = headers.get("retry-after")
-    if value is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            when = None
-        if when is not None and when.tzinfo is not None:
-            return max(0.0, when.timestamp() - time.time())
     if response.status_code == httpx.codes.TOO_MANY_REQUESTS:
         remaining = _number(headers.get("x-ratelimit-remaining"))
         interval = _number(headers.get("x-ratelimit-interval-length-seconds"))

@@ -57,19 +57,15 @@ import aiohttp
 import httpx
 import structlog
 from httpx_aiohttp import AiohttpTransport
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-)
+from tenacity import RetryCallState, retry_if_exception_type
 
 from worker.core.errors import InvalidTicket, RetryLater, TransientError
-from worker.core.retry import Backoff, give_up
+from worker.core.retry import is_transient_status, retry_after_header, retrying
 from worker.core.settings import Settings
 from worker.core.sources import AllowList, NormalUrl, RefusedUrl
 from worker.core.spool import Spooled, TooLarge, clear_spool_dir, spool, spool_dir
-from worker.forward.attachments import AttachmentSource, Fetched, FetchedFiles
 from worker.forward.attachments.content_types import allowed_type, media_type, same_kind
+from worker.forward.attachments.files import AttachmentSource, Fetched, FetchedFiles
 
 log = structlog.get_logger(__name__)
 
@@ -81,7 +77,9 @@ SPOOL_NAME = "worker"
 _BASE64_STEP = 4 * 16 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _OK = frozenset({200, 203})
-_TRANSIENT_4XX = frozenset({408, 425, 429})
+# A source's Retry-After is honoured up to this: longer than the retry budget is "later"
+# (the delay stage), not a reason to hold the message here.
+MAX_RETRY_AFTER = 60.0
 
 
 def spool_directory() -> Path:
@@ -188,18 +186,18 @@ def refused(file: AttachmentSource, reason: str, kind: str, **extra: Any) -> Inv
     Detail: ``{"attachment": {"index", "filename" (the original), "name" (the upload name),
     "source" (redacted URL or "inline base64")}, "error": <reason>, "type": <kind>, ...}``.
     """
-    detail: dict[str, Any] = {
-        "attachment": {
-            "index": file.index,
-            "filename": file.original_filename,
-            "name": file.filename,
-            "source": file.where,
-        },
-        "error": reason,
-        "type": kind,
-        **extra,
-    }
+    detail: dict[str, Any] = {"attachment": _about(file), "error": reason, "type": kind, **extra}
     return InvalidTicket(f"attachment {file.original_filename!r}: {reason}", detail)
+
+
+def _about(file: AttachmentSource) -> dict[str, Any]:
+    """The file in a dead-letter or delay detail: where it stands, its names, its source."""
+    return {
+        "index": file.index,
+        "filename": file.original_filename,
+        "name": file.filename,
+        "source": file.where,
+    }
 
 
 def _checked_url(file: AttachmentSource, allow: AllowList) -> NormalUrl:
@@ -248,29 +246,23 @@ class _Fetcher:
 
     async def fetch(self, file: AttachmentSource, url: NormalUrl) -> Spooled:
         settings = self._settings
-        retrying = AsyncRetrying(
+        attempts = retrying(
+            settings,
             retry=retry_if_exception_type(SourceUnavailable),
-            stop=give_up(settings, settings.scx_retry_budget),
-            wait=Backoff(settings),
+            seconds_left=settings.scx_retry_budget,
             sleep=self._sleep,
             before_sleep=_log_retry(file),
-            reraise=True,
         )
         attempt_number = 0
         try:
-            async for attempt in retrying:
+            async for attempt in attempts:
                 attempt_number = attempt.retry_state.attempt_number
                 with attempt:
                     return await self._once(file, url)
         except SourceUnavailable as exc:
             reason = f"attachment {file.original_filename!r}: {exc.reason}"
             detail = {
-                "attachment": {
-                    "index": file.index,
-                    "filename": file.original_filename,
-                    "name": file.filename,
-                    "source": file.where,
-                },
+                "attachment": _about(file),
                 "status": exc.status,
                 "downloadAttempts": attempt_number,
             }
@@ -365,20 +357,14 @@ def _check_served_type(file: AttachmentSource, served: str) -> None:
 
 
 def _status_error(file: AttachmentSource, status: int, response: httpx.Response) -> Exception:
-    if status >= 500 or status in _TRANSIENT_4XX:
+    if is_transient_status(status):
+        hint = retry_after_header(response)
         return SourceUnavailable(
-            f"the source answered HTTP {status}", status=status, retry_after=_retry_after(response)
+            f"the source answered HTTP {status}",
+            status=status,
+            retry_after=min(hint, MAX_RETRY_AFTER) if hint is not None else None,
         )
     return refused(file, f"the source answered HTTP {status}", "source_status", status=status)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return min(max(seconds, 0.0), 60.0)
 
 
 def _log_retry(file: AttachmentSource) -> Callable[[RetryCallState], None]:
