@@ -14,7 +14,7 @@ import aiormq
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import wait_for
+from tests.support.polling import wait_for
 from worker.amqp.errors import BROKER_ERRORS, BROKER_GONE, ended_by
 from worker.core.errors import EXIT_CREDENTIALS, EXIT_FAILED, EXIT_OK, CredentialsRejected
 from worker.core.runtime import Shutdown, until_signalled
