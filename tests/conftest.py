@@ -7,8 +7,9 @@ helpers these fixtures use, and the tests import, live in ``tests/support/``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aio_pika
@@ -35,6 +36,23 @@ hypothesis_settings.register_profile(
     "forwarder", deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 hypothesis_settings.load_profile("forwarder")
+
+
+# The fixtures that open sockets in the test process (the pure tests skip the collection,
+# about 50 ms each).
+_SOCKET_FIXTURES = frozenset({"amqp", "channel", "emulator", "start_worker"})
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A socket or connection a test leaves open is reported in that test.
+
+    Left to the collector, its ``ResourceWarning`` surfaces in whichever later test the
+    collector happens to run in, and fails that one: a flaky test that points nowhere.
+    """
+    yield
+    if _SOCKET_FIXTURES.intersection(request.fixturenames):
+        gc.collect()
 
 
 @pytest.fixture
