@@ -213,7 +213,7 @@ async def create_ticket(
         refused.attempts = forwarded.attempts
         log.warning("ticket.conflict_refused", status=forwarded.status)
         raise refused
-    steps.ticket = True
+    steps.ticket, steps.attempted = True, False
     return forwarded
 
 

@@ -67,7 +67,8 @@ class Steps:
     ticket: bool = False
     uploaded: list[str] = field(default_factory=list)
     attempted: bool = False
-    """A ticket call went out and was not refused: the ticket may exist (module docstring)."""
+    """A ticket call went out, its answer unknown: the ticket may exist (module docstring).
+    False once ``ticket`` is known."""
     message: str | None = None
     """The identity of the message these steps are of; None until known."""
 
@@ -86,7 +87,7 @@ class Steps:
         if not isinstance(data, dict):
             data = {"ticket": None}
         ticket, uploaded = data.get("ticket"), data.get("uploaded", [])
-        attempted, message = data.get("attempted", ticket), data.get("message")
+        attempted, message = data.get("attempted", False), data.get("message")
         if (
             not isinstance(ticket, bool)
             or not isinstance(attempted, bool)
@@ -101,7 +102,7 @@ class Steps:
             return cls()
         # A file cannot have been uploaded to a ticket that does not exist.
         names = list(dict.fromkeys(uploaded)) if ticket else []
-        return cls(ticket, names, attempted or ticket, message)
+        return cls(ticket, names, attempted and not ticket, message)
 
     def claim(self, identity: MessageIdentity) -> None:
         """Make these the steps of ``identity``: forget them if they are another message's."""
@@ -119,7 +120,7 @@ class Steps:
 
     def merge(self, ticket: bool, uploaded: Iterable[str]) -> None:
         self.ticket = self.ticket or ticket
-        self.attempted = self.attempted or ticket
+        self.attempted = self.attempted and not self.ticket
         for name in uploaded:
             self.add_upload(name)
 
@@ -132,7 +133,7 @@ class Steps:
         if not self:
             return {}
         data: dict[str, Any] = {"ticket": self.ticket, "uploaded": self.uploaded}
-        if self.attempted and not self.ticket:
+        if self.attempted:
             data["attempted"] = True
         if self.message is not None:
             data = {"message": self.message} | data
