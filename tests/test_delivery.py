@@ -215,7 +215,8 @@ async def test_a_400_on_an_upload_is_rejected_with_what_exists_and_a_replay_send
     assert refused["errorList"][0]["code"] == "EMU400"
     assert (found["status"], found["errorList"]) == (400, refused["errorList"])
     progress = orjson.loads(headers["x-scx-progress"])  # type: ignore[arg-type]
-    assert progress == {"ticket": True, "uploaded": [f["filename"] for f in found["uploaded"]]}
+    uploaded = [f["filename"] for f in found["uploaded"]]
+    assert progress == {"message": "evt-000003", "ticket": True, "uploaded": uploaded}
     assert headers["x-attempts"] == 4  # the ticket and three uploads
     assert len(stored(emulator)) == 2
 
