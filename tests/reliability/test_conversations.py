@@ -99,6 +99,6 @@ async def test_kill_9_between_the_ticket_call_and_the_upload_of_a_follow_up(
     assert emulator.state.duplicates <= (0 if redis else 1)
     if redis:
         assert repeated_calls == 0, "the record said message 2's ticket exists"
-    assert SELLER == held.seller_id
+    assert held.seller_id == SELLER
     successor.process.send_signal(signal.SIGTERM)
     assert await successor.wait() == 0
