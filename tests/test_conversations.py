@@ -6,6 +6,7 @@ What a seller would see is read from the emulator's conversation ledger and its 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import random
 from typing import Any
@@ -25,9 +26,11 @@ from tests.conftest import (
     queue_depth,
     wait_for,
 )
+from worker.core.errors import ShuttingDown
 from worker.emulator import Emulator
 from worker.emulator.tickets import Conversation
 from worker.forward.identity import MessageIdentity
+from worker.forward.turns import Turns
 from worker.ops import dlq
 from worker.ops.samples import valid_event
 
@@ -350,3 +353,42 @@ async def test_messages_of_one_conversation_in_flight_together_go_in_created_at_
     assert arrival.index(("CASE-X", "message other")) < arrival.index(("CASE-O", "message mid")), (
         "another conversation does not wait for this one"
     )
+
+
+async def test_turns_hold_no_memory_once_a_conversation_is_idle_and_end_on_stop() -> None:
+    stopping = asyncio.Event()
+    turns = Turns(stopping)
+    order: list[str] = []
+    entered = asyncio.Event()
+
+    async def send(name: str, created_at: str, hold: asyncio.Event | None = None) -> None:
+        async with turns.turn((SELLER, "CASE-T"), created_at):
+            order.append(name)
+            entered.set()
+            if hold is not None:
+                await hold.wait()
+
+    release = asyncio.Event()
+    first = asyncio.create_task(send("first", "2026-11-27T10:09:00Z", release))
+    await entered.wait()
+    later = asyncio.create_task(send("later", "2026-11-27T10:05:00Z"))
+    earlier = asyncio.create_task(send("earlier", "2026-11-27T10:01:00+00:00"))
+    unparsable = asyncio.create_task(send("unparsable", "yesterday"))
+    await wait_for(lambda: not (later.done() or earlier.done()), what="both waiting")
+    assert len(turns) == 1
+    release.set()
+    await asyncio.gather(first, later, earlier, unparsable)
+    assert order == ["first", "earlier", "later", "unparsable"]
+    assert len(turns) == 0, "an idle conversation holds no entry"
+
+    release.clear()
+    holder = asyncio.create_task(send("holder", "2026-11-27T10:00:00Z", release))
+    await wait_for(lambda: len(order) == 5, what="the holder")
+    waiter = asyncio.create_task(send("waiter", "2026-11-27T10:01:00Z"))
+    stopping.set()  # queued or not yet, it must not get the turn now
+    with pytest.raises(ShuttingDown):
+        await waiter
+    release.set()
+    await holder
+    assert order[-1] == "holder", "the waiter sent nothing"
+    assert len(turns) == 0
