@@ -35,8 +35,7 @@ async def test_kill_9_between_the_ticket_call_and_the_upload_of_a_follow_up(
     processes: list[Process],  # noqa: F811
     record: Record,
 ) -> None:
-    """Conversation of two messages, worker SIGKILLed after message 2's ticket call, before
-    its upload."""
+    """Conversation: worker SIGKILLed between a follow-up's ticket call and its upload."""
     names = broker
     emulator.configure(conflict_on_repeated_message=repeat_answer == 409)
     extra = (
