@@ -35,7 +35,8 @@ Every uploaded name of a message ends in ``_<its discriminator>.<ext>`` and the 
 has a fixed length, so names of two messages can only be equal if their discriminators are:
 the odds are those of a 48-bit digest (``worker.forward.identity``), with no state needed.
 The same message (redelivered, delayed, replayed) has the same identity, so the same names.
-The stem is cut so that the name stays within ``MAX_STEM`` characters before the suffix.
+The stem is cut to ``MAX_STEM`` characters before the suffixes are added, so a name is at
+most ``MAX_STEM`` + 17 characters and its extension (``_<n>`` aside).
 """
 
 from __future__ import annotations
