@@ -44,11 +44,10 @@ def _message_id(line: bytes) -> str:
         event = orjson.loads(line)
     except orjson.JSONDecodeError:
         event = None
-    if isinstance(event, dict):
-        # Never the ticketId: it names a conversation, and the worker would take two
-        # messages of one conversation for one (worker.forward.identity).
-        if isinstance(event.get("id"), str) and event["id"]:
-            return str(event["id"])
+    # Never the ticketId: it names a conversation, and the worker would take two messages of
+    # one conversation for one (worker.forward.identity).
+    if isinstance(event, dict) and isinstance(event.get("id"), str) and event["id"]:
+        return str(event["id"])
     return str(uuid.uuid4())
 
 
