@@ -29,7 +29,8 @@ from tests.conftest import (
 from worker.core.errors import ShuttingDown
 from worker.emulator import Emulator
 from worker.emulator.tickets import Conversation
-from worker.forward.identity import MessageIdentity
+from worker.forward.attachments.names import UPLOAD_NAME, NameRequest, assign_names
+from worker.forward.identity import MessageIdentity, message_identity
 from worker.forward.turns import Turns
 from worker.ops import dlq
 from worker.ops.samples import valid_event
@@ -392,3 +393,24 @@ async def test_turns_hold_no_memory_once_a_conversation_is_idle_and_end_on_stop(
     await holder
     assert order[-1] == "holder", "the waiter sent nothing"
     assert len(turns) == 0
+
+
+def test_names_are_stable_per_message_and_unique_per_conversation() -> None:
+    requests = [
+        NameRequest("note.txt", "text/plain", uploaded=True),
+        NameRequest("Note.TXT", "text/plain", uploaded=True),
+        NameRequest("only named.png", "image/png", uploaded=False),
+    ]
+    first, second = (MessageIdentity(i, "event").discriminator for i in ("m-1", "m-2"))
+    names = assign_names(requests, first)
+    assert names == [f"note_{first}.txt", f"Note_2_{first}.TXT", "only named.png"]
+    assert assign_names(requests, first) == names, "the same message, the same names"
+    others = assign_names(requests, second)
+    uploaded = {n.casefold() for n in names[:2]}
+    assert not uploaded & {n.casefold() for n in others[:2]}, "no name shared across messages"
+    assert all(UPLOAD_NAME.fullmatch(n) for n in names[:2] + others[:2])
+    body_only = message_identity(None, None, b"{}")
+    assert body_only.source == "body"
+    assert message_identity(None, None, b"{}") == body_only
+    assert message_identity("e", "m", b"{}") == MessageIdentity("e", "event")
+    assert message_identity(None, "m", b"{}") == MessageIdentity("m", "amqp")
