@@ -5,11 +5,15 @@ processes), publishes sample events (some invalid) with `scx-forwarder publish`,
 what the emulator accepted and what landed in the dead-letter queue. One more ticket carries two
 attachment files, one downloaded from a local file server (standing in for an object store) and
 one inline as base64; the demo fetches both back from the emulator and compares their SHA-256.
-Then the way back: the seller answers a forwarded ticket (a reply with a file, injected into
-the emulator as SCX would hold it), `scx-forwarder events` picks it up, and the marketplace's
-reply queue shows the file and the `ticket.replied` event. It uses its own exchange and
-queues (`marketplace.demo`, `scx.tickets.demo[.dlq]`, `marketplace.replies.demo`, ...) and removes
-them at the end, so it can run beside a real installation and again and again.
+Then the conversation closes: the seller answers the ticket with files (a reply with a file
+and `replyRequested`, injected into the emulator as SCX would hold it), `scx-forwarder events`
+picks it up, the marketplace's reply queue shows the file and the `ticket.replied` event, and
+the buyer answers with another file of the same name, published like any ticket event with the
+same `ticketId`. The demo ends with the conversation as SCX holds it: three messages, every file
+opened by its name. It uses its own exchange and queues (`marketplace.demo`,
+`scx.tickets.demo[.dlq]`, the delay stage's `scx.tickets.demo.retry.*`,
+`marketplace.replies.demo`, ...) and removes every one of them at the end, so it can run beside
+a real installation and again and again.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import httpx
 import orjson
 from aiohttp import web
 
+from worker.core.settings import Settings
+
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 EXCHANGE, QUEUE = "marketplace.demo", "scx.tickets.demo"
 DLQ = f"{QUEUE}.dlq"
@@ -45,6 +51,10 @@ PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 )
 NOTE = "Die Tür klemmt seit Dienstag.\n".encode()
+# The buyer's answer to the seller's reply: another file under the same name as the first.
+ANSWER_NOTE = "Die Tür klemmt immer noch, jetzt auch bei Regen.\n".encode()
+# Every queue the demo's worker declares: the work queue, its DLQ and its delay stage.
+WORK_QUEUES = (QUEUE, DLQ, *Settings(amqp_queue=QUEUE).retry_queues)
 
 
 def event_with_files(files_url: str) -> bytes:
@@ -112,7 +122,7 @@ async def reset_broker_objects() -> None:
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
-        for queue in (QUEUE, DLQ, REPLIES, UNROUTED):
+        for queue in (*WORK_QUEUES, REPLIES, UNROUTED):
             await channel.queue_delete(queue)
         await channel.exchange_delete(EXCHANGE)
 
@@ -211,7 +221,11 @@ async def main() -> int:
             f"{uploads} uploads"
         )
 
-        bridge = await _reply_comes_back(api, env, state["accepted"][0])
+        [question] = [t for t in state["accepted"] if t["ticketId"] == "CASE-FILES"]
+        bridge = await _reply_comes_back(api, env, question)
+        await _buyer_answers(env)
+        async with httpx.AsyncClient(base_url=api) as http:
+            await _show_conversation(http, "CASE-FILES")
         return 0
     finally:
         await file_server.cleanup()
@@ -220,7 +234,10 @@ async def main() -> int:
                 process.send_signal(signal.SIGTERM)
                 await process.wait()
         await reset_broker_objects()
-        print("● stopped the bridge, the worker and the emulator, removed the demo queues")
+        print(
+            "● stopped the bridge, the worker and the emulator, removed the demo queues "
+            f"({', '.join(WORK_QUEUES)}, {REPLIES}, {UNROUTED})"
+        )
 
 
 async def _files_back(http: httpx.AsyncClient, state: dict[str, Any]) -> list[str]:
@@ -269,10 +286,10 @@ async def _reply_comes_back(
             "event": {
                 "sellerId": seller,
                 "ticketId": ticket_id,
-                "replyRequested": False,
+                "replyRequested": True,
                 "createdAt": "2026-11-30T12:00:00+00:00",
                 "from": {"role": "SELLER", "name": "Shop support"},
-                "message": "Sorry for the wait: your parcel left today.",
+                "message": "Sorry: a technician is on the way (tracking attached). Still stuck?",
                 "attachment": [{"filename": "tracking.txt", "contentType": "text/plain"}],
             },
         }
@@ -319,9 +336,72 @@ async def _reply_comes_back(
             data = orjson.loads(message.body)["data"]
             print(f"  {message.routing_key:<26} ticket {data['ticket_id']} seller "
                   f"{data['seller_id']}, {data['author']['role']} {data['author']['name']!r}: "
-                  f"{data['message']!r}")  # fmt: skip
+                  f"{data['message']!r}, replyRequested={data['reply_requested']}")  # fmt: skip
     print("  (the file first, then the reply; message_id: the event id, the file's + /filename)")
     return bridge
+
+
+async def _buyer_answers(env: dict[str, str]) -> None:
+    """The reply asked for an answer: the buyer's goes out as another event of the same ticket."""
+    answer = {
+        "id": "evt-files-answer",
+        "type": "ticket.created",
+        "data": {
+            "seller_id": "4711",
+            "ticket_id": "CASE-FILES",
+            "topic": "incident",
+            "created_at": "2026-11-30T14:00:00Z",
+            "author": {"role": "buyer", "name": "Dave"},
+            "subject": "Re: The pod bay door",
+            "message": "It is still stuck; my new notes are attached.",
+            "attachments": [
+                {"filename": "Notizen.txt", "content_type": "text/plain",
+                 "content_base64": base64.b64encode(ANSWER_NOTE).decode()},
+            ],
+        },
+    }  # fmt: skip
+    publish = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "publish", "-", env=env, stdin=asyncio.subprocess.PIPE
+    )
+    await publish.communicate(orjson.dumps(answer) + b"\n")
+    print("\n● the buyer answered CASE-FILES with another Notizen.txt (scx-forwarder publish)")
+
+
+async def _show_conversation(http: httpx.AsyncClient, ticket_id: str) -> None:
+    """The conversation as SCX holds it: its messages in order, every file opened by name."""
+
+    async def whole() -> dict[str, Any] | None:
+        shown = (await http.get("/_emulator/tickets")).json()["conversations"]
+        [found] = [c for c in shown if c["ticketId"] == ticket_id]
+        return found if len(found["messages"]) >= 2 and len(found["files"]) >= 4 else None
+
+    conversation = await poll("the buyer's answer to arrive", whole)
+    token = (await http.post("/v1/auth", data={"refreshToken": REFRESH_TOKEN})).json()
+    auth = {"Authorization": f"Bearer {token['authToken']}"}
+    messages = [(m["createdAt"], m["from"], m["message"], m["attachment"])
+                for m in conversation["messages"]]  # fmt: skip
+    for reply in conversation["replies"]:
+        named = [a["filename"] for a in reply.get("attachment") or ()]
+        messages.append((reply["createdAt"], reply["from"], reply["message"], named))
+    messages.sort(key=lambda m: m[0])
+    print(
+        f"\nThe conversation {ticket_id} in SCX ({len(messages)} messages, GET /_emulator/tickets):"
+    )
+    for created_at, author, text, names in messages:
+        print(f"  {created_at}  {author['role']:<6} {text!r}")
+        for name in names:
+            query = {"sellerId": conversation["sellerId"], "ticketId": ticket_id, "filename": name}
+            got = await http.get("/v1/channel/ticket/attachment", params=query, headers=auth)
+            text = got.headers.get("Content-Type", "").startswith("text/")
+            shown = (
+                repr(got.content[:48].decode(errors="replace").strip())
+                if text
+                else f"sha256 {hashlib.sha256(got.content).hexdigest()[:16]}…"
+            )
+            print(
+                f"  {'':<26}  📎 {name}: HTTP {got.status_code}, {len(got.content)} bytes, {shown}"
+            )
+    print("  (each buyer file carries its message's discriminator: two Notizen.txt, two names)")
 
 
 async def _enough_dead_letters() -> list[Any] | None:

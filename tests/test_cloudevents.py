@@ -86,16 +86,17 @@ async def test_binary_structured_and_batch_messages_from_the_sdk(
     assert dead.headers["x-error-kind"] == "invalid"
     assert "batches" in str(dead.headers["x-error-reason"])
     assert "not accepted" in str(dead.headers["x-error-reason"])
-    # The CloudEvents id sits next to the AMQP message id on the message's log lines.
+    # A message's log lines carry its identity as message_id: the CloudEvents id when it has
+    # one, else the AMQP message id (worker.forward.identity).
     forwarded = {e["message_id"]: e for e in logs if e["event"] == "ticket.forwarded"}
     assert {m: e.get("event_id") for m, e in forwarded.items()} == {
-        "m-ce": "evt-ce",
-        "m-amqp": "evt-amqp",
-        "m-b64": "evt-b64",
+        "evt-ce": "evt-ce",
+        "evt-amqp": "evt-amqp",
+        "evt-b64": "evt-b64",
     }
-    assert forwarded["m-ce"]["ticket_id"] == "T-ce"
+    assert forwarded["evt-ce"]["ticket_id"] == "T-ce"
     [batch_line] = [e for e in logs if e["event"] == "ticket.dead_lettered"]
-    assert batch_line["message_id"] == "m-batch"
+    assert (batch_line["message_id"], batch_line["message_id_source"]) == ("m-batch", "amqp")
     assert "event_id" not in batch_line
 
 
@@ -115,7 +116,8 @@ async def test_an_invalid_binary_event_is_logged_with_its_id(
     assert "data.seller_id" in [e["loc"] for e in detail["errors"]]
     assert dead.headers["ce-id"] == "evt-bad", "the DLQ copy keeps the attributes"
     [line] = [e for e in logs if e["event"] == "ticket.dead_lettered"]
-    assert (line["message_id"], line["event_id"]) == ("m-bad", "evt-bad")
+    assert (line["message_id"], line["event_id"]) == ("evt-bad", "evt-bad")
+    assert dead.headers["x-scx-message-id"] == "evt-bad"
 
 
 async def test_the_dlq_toolkit_finds_binary_events_by_ticket_id(

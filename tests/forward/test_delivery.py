@@ -209,7 +209,8 @@ async def test_a_400_on_an_upload_is_rejected_with_what_exists_and_a_replay_send
     assert refused["errorList"][0]["code"] == "EMU400"
     assert (found["status"], found["errorList"]) == (400, refused["errorList"])
     progress = orjson.loads(headers["x-scx-progress"])  # type: ignore[arg-type]
-    assert progress == {"ticket": True, "uploaded": [f["filename"] for f in found["uploaded"]]}
+    uploaded = [f["filename"] for f in found["uploaded"]]
+    assert progress == {"message": "evt-000003", "ticket": True, "uploaded": uploaded}
     assert headers["x-attempts"] == 4  # the ticket and three uploads
     assert len(stored(emulator)) == 2
 
@@ -293,7 +294,10 @@ async def test_a_ticket_sent_again_goes_on_to_its_uploads_whatever_the_api_answe
     names: Names,
     conflict: bool,
 ) -> None:
-    """Without a progress record a redelivered ticket is sent again: 201 or 409, never DLQ."""
+    """Without a progress record a retried ticket is sent again: 201 or 409, never DLQ.
+
+    (A 409 to a message with no sign of an earlier attempt is another matter:
+    tests/test_conversations.py.)"""
     emulator.configure(conflict_on_duplicate=conflict)
     await start_worker(attachment_allowed_urls=allowed(files))
     before = metric("scx_forwarder_tickets_already_created_total")
@@ -301,7 +305,8 @@ async def test_a_ticket_sent_again_goes_on_to_its_uploads_whatever_the_api_answe
     async with no_leftovers(amqp, names):
         await publish(channel, names, [body])
         await wait_for(lambda: uploads(emulator) == 1, what="the first upload")
-        await publish(channel, names, [body])  # the same ticket again (a redelivery)
+        # The same message again, back from the delay stage.
+        await publish(channel, names, [body], headers={"x-retry-count": 1})
         await wait_for(lambda: uploads(emulator) == 2, what="the second upload")
         await wait_for(lambda: emulator.state.ticket_calls == 2, what="two ticket calls")
 
@@ -342,7 +347,7 @@ async def test_a_worker_stopped_between_uploads_hands_the_message_back_with_its_
 
     back = await peek(amqp, names.queue)
     progress = orjson.loads((back.headers or {})["x-scx-progress"])  # type: ignore[arg-type]
-    assert progress == {"ticket": True, "uploaded": list(stored(emulator))}
+    assert progress == {"message": "evt-000006", "ticket": True, "uploaded": list(stored(emulator))}
     await start_worker(attachment_allowed_urls=allowed(files))
     await wait_for(lambda: len(stored(emulator)) == 3, what="the other files")
     assert (emulator.state.ticket_calls, emulator.files.duplicates) == (1, 0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,7 @@ from worker.forward.envelope import (
     STRUCTURED_CONTENT_TYPE,
     read_envelope,
 )
+from worker.forward.identity import MessageIdentity
 from worker.forward.mapping import Decoded, Mapper, decode_message, load_mapper, message_mapper
 from worker.models import Ticket
 
@@ -72,7 +74,7 @@ def test_binary_mode_as_the_sdk_writes_it_for_rabbitmq() -> None:
     message = rabbitmq.to_binary_event(sdk_event())
     assert "ce-specversion" in message.headers
     decoded = decode(message.body, message.headers, message.content_type)
-    assert decoded == Decoded(EXPECTED, "evt-42", "binary")
+    assert decoded == Decoded(EXPECTED, "evt-42", "binary", MessageIdentity("evt-42", "event"))
 
 
 def test_binary_mode_as_the_sdk_writes_it_for_amqp() -> None:
@@ -81,7 +83,7 @@ def test_binary_mode_as_the_sdk_writes_it_for_amqp() -> None:
     assert "cloudEvents_id" in message.application_properties
     content_type = message.properties["content-type"]
     decoded = decode(message.application_data, message.application_properties, content_type)
-    assert decoded == Decoded(EXPECTED, "evt-42", "binary")
+    assert decoded == Decoded(EXPECTED, "evt-42", "binary", MessageIdentity("evt-42", "event"))
 
 
 @pytest.mark.parametrize("prefix", ["ce-", "cloudEvents:", "cloudEvents_", "CE-", "cloudevents_"])
@@ -96,7 +98,9 @@ def test_binary_mode_every_spelling_and_either_marker(prefix: str, marker: str) 
 
 def test_binary_mode_needs_no_source_type_or_time() -> None:
     decoded = decode(orjson.dumps(DATA), {"ce-id": "only-an-id"})
-    assert decoded == Decoded(EXPECTED, "only-an-id", "binary")
+    assert decoded == Decoded(
+        EXPECTED, "only-an-id", "binary", MessageIdentity("only-an-id", "event")
+    )
 
 
 def test_binary_mode_ignores_time_and_other_attributes() -> None:
@@ -147,7 +151,9 @@ def test_headers_without_a_marker_leave_the_body_structured() -> None:
     # ce-type alone (or unrelated headers) does not make the body the data.
     event = {"id": "evt-s", "data": DATA}
     for headers in ({"ce-type": "ticket.created"}, {"x-retry-count": 1}, {"ce-": "1.0"}):
-        assert decode(orjson.dumps(event), headers) == Decoded(EXPECTED, "evt-s", "structured")
+        assert decode(orjson.dumps(event), headers) == Decoded(
+            EXPECTED, "evt-s", "structured", MessageIdentity("evt-s", "event")
+        )
 
 
 # ---- structured mode -----------------------------------------------------------------------
@@ -165,25 +171,27 @@ def test_headers_without_a_marker_leave_the_body_structured() -> None:
 def test_structured_mode_with_or_without_its_content_type(content_type: str | None) -> None:
     message = rabbitmq.to_structured_event(sdk_event())
     decoded = decode(message.body, message.headers, content_type)
-    assert decoded == Decoded(EXPECTED, "evt-42", "structured")
+    assert decoded == Decoded(EXPECTED, "evt-42", "structured", MessageIdentity("evt-42", "event"))
 
 
 def test_structured_content_type_wins_over_binary_headers() -> None:
     message = rabbitmq.to_structured_event(sdk_event())
     headers = {"ce-id": "from-a-header", "ce-specversion": "1.0"}
     decoded = decode(message.body, headers, message.content_type)
-    assert decoded == Decoded(EXPECTED, "evt-42", "structured")
+    assert decoded == Decoded(EXPECTED, "evt-42", "structured", MessageIdentity("evt-42", "event"))
 
 
 def test_structured_data_base64_as_the_sdk_writes_bytes() -> None:
     message = rabbitmq.to_structured_event(sdk_event(data=orjson.dumps(DATA)))
     assert b"data_base64" in message.body
     decoded = decode(message.body, message.headers, message.content_type)
-    assert decoded == Decoded(EXPECTED, "evt-42", "structured")
+    assert decoded == Decoded(EXPECTED, "evt-42", "structured", MessageIdentity("evt-42", "event"))
 
 
 def test_todays_events_without_source_or_specversion_still_decode() -> None:
-    assert decode(orjson.dumps({"data": DATA})) == Decoded(EXPECTED, None, "structured")
+    body = orjson.dumps({"data": DATA})
+    identity = MessageIdentity(f"sha256:{hashlib.sha256(body).hexdigest()}", "body")
+    assert decode(body) == Decoded(EXPECTED, None, "structured", identity)
     event = {"id": "evt-1", "type": "ticket.created", "time": 5, "data": DATA}
     assert decode(orjson.dumps(event)).event_id == "evt-1"
 

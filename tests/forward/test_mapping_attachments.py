@@ -12,14 +12,22 @@ import pytest
 from tests.support.examples import SEED_EVENT_DATA, SEED_TICKET
 from worker.core.errors import InvalidTicket
 from worker.forward.attachments import AttachmentSource
+from worker.forward.identity import MessageIdentity
 from worker.forward.mapping import Mapper, decode_message, message_mapper
 
 URL = "https://files.example.com/tickets/4711/red.png?X-Amz-Signature=s3cr3t"
+EVENT_ID = "evt-1"
+
+
+def tag(name: str) -> str:
+    """The upload name of ``name`` in the message ``EVENT_ID`` (its discriminator added)."""
+    stem, _, extension = name.rpartition(".")
+    return f"{stem}_{MessageIdentity(EVENT_ID, 'event').discriminator}.{extension}"
 
 
 def event(*attachments: dict[str, Any]) -> bytes:
     data = copy.deepcopy(SEED_EVENT_DATA) | {"attachments": list(attachments)}
-    return orjson.dumps({"data": data})
+    return orjson.dumps({"id": EVENT_ID, "data": data})
 
 
 def invalid(raw: bytes, mapper: Mapper | None = None) -> InvalidTicket:
@@ -51,17 +59,17 @@ def test_sources_become_files_and_the_ticket_names_them_by_their_upload_name() -
     )
     decoded = decode_message(raw)
     assert decoded.files == (
-        AttachmentSource(0, "Red_Dot_1_.png", "Red Dot (1).png", "image/png", "url", url=URL),
+        AttachmentSource(0, tag("Red_Dot_1_.png"), "Red Dot (1).png", "image/png", "url", url=URL),
         AttachmentSource(
-            2, "Bericht_Muller.pdf", "Bericht Müller", "application/pdf", "base64",
+            2, tag("Bericht_Muller.pdf"), "Bericht Müller", "application/pdf", "base64",
             content_base64="QQ==",
         ),
     )  # fmt: skip
     # The ticket sends the same names the uploads will; no source key reaches the API body.
     assert sent_attachments(raw) == [
-        {"filename": "Red_Dot_1_.png", "contentType": "image/png"},
+        {"filename": tag("Red_Dot_1_.png"), "contentType": "image/png"},
         {"filename": "note.txt", "contentType": "text/plain"},
-        {"filename": "Bericht_Muller.pdf", "contentType": "application/pdf"},
+        {"filename": tag("Bericht_Muller.pdf"), "contentType": "application/pdf"},
     ]
 
 
@@ -78,8 +86,8 @@ def test_upload_names_are_unique_against_every_name_of_the_ticket() -> None:
         {"filename": "A.png", "content_type": "image/png", "url": URL},
     )
     names = [a["filename"] for a in sent_attachments(raw)]
-    assert names == ["a.png", "a_2.png", "A_3.png"]
-    assert [f.filename for f in decode_message(raw).files] == ["a_2.png", "A_3.png"]
+    assert names == ["a.png", tag("a_2.png"), tag("A_3.png")]
+    assert [f.filename for f in decode_message(raw).files] == [tag("a_2.png"), tag("A_3.png")]
 
 
 def test_both_sources_are_invalid() -> None:
@@ -180,14 +188,15 @@ def test_a_mapper_mapping_may_carry_sources_in_camel_case() -> None:
         {"filename": "n.txt", "contentType": "text/plain", "contentBase64": "QQ=="},
         {"filename": "meta only.png", "contentType": "image/png"},
     ]
-    decoded = decode_message(orjson.dumps({"files": files}), mapper=message_mapper(sourced_mapper))
+    raw = orjson.dumps({"id": EVENT_ID, "files": files})
+    decoded = decode_message(raw, mapper=message_mapper(sourced_mapper))
     assert [(f.filename, f.kind, f.url, f.content_base64) for f in decoded.files] == [
-        ("Red_Dot.png", "url", URL, None),
-        ("n.txt", "base64", None, "QQ=="),
+        (tag("Red_Dot.png"), "url", URL, None),
+        (tag("n.txt"), "base64", None, "QQ=="),
     ]
     assert [a.filename for a in decoded.ticket.attachment or ()] == [
-        "Red_Dot.png",
-        "n.txt",
+        tag("Red_Dot.png"),
+        tag("n.txt"),
         "meta only.png",
     ]
 

@@ -85,6 +85,7 @@ async def test_each_settled_message_gets_its_outcome_event(
         seller_id=SEED_EVENT_DATA["seller_id"],
         message_id="m-good",
         event_id="evt-good",
+        message_identity="evt-good",
         status=201,
         attempts=1,
         files=[],
@@ -103,6 +104,7 @@ async def test_each_settled_message_gets_its_outcome_event(
         "seller_id": SEED_TICKET["sellerId"],
         "message_id": "m-rejected",
         "event_id": None,
+        "message_identity": "m-rejected",
         "kind": "rejected",
         "reason": "API rejected the ticket with HTTP 422",
     }

@@ -13,7 +13,11 @@ from tests.support.endpoints import REDIS_URL
 from tests.support.proxy import TcpProxy
 from worker.core.errors import RetryLater
 from worker.core.settings import ConfigError, Settings, load_settings
+from worker.forward.identity import MessageIdentity
 from worker.forward.progress import RECORD_ATTEMPTS, StateRecord, Steps
+
+FIRST = MessageIdentity("evt-1", "event")
+SECOND = MessageIdentity("evt-2", "event")
 
 
 def test_the_header_says_what_is_done_and_reads_back() -> None:
@@ -28,6 +32,22 @@ def test_the_header_says_what_is_done_and_reads_back() -> None:
     assert Steps.from_headers(header) == steps
     as_bytes = {"x-scx-progress": header["x-scx-progress"].encode()}
     assert Steps.from_headers(as_bytes) == steps
+
+
+def test_the_header_names_its_message_and_another_message_does_not_inherit_it() -> None:
+    steps = Steps(message=FIRST.value)
+    steps.attempted = True
+    header = steps.header()
+    assert header == {
+        "x-scx-progress": '{"message":"evt-1","ticket":false,"uploaded":[],"attempted":true}'
+    }
+    again = Steps.from_headers(header)
+    again.claim(FIRST)
+    assert again.attempted, "a ticket call of evt-1 went out: a later 409 may be its own"
+    other = Steps.from_headers(header)
+    other.claim(SECOND)
+    assert not other, "the steps of evt-1 are not those of evt-2"
+    assert other.message == "evt-2"
 
 
 @pytest.mark.parametrize(
@@ -63,19 +83,24 @@ def record_settings(url: str, prefix: str, ttl: int = 3600) -> Settings:
     )
 
 
-async def test_the_record_keeps_each_step_per_seller_and_ticket_with_a_ttl(
+async def test_the_record_keeps_each_step_per_seller_ticket_and_message_with_a_ttl(
     redis: Redis, redis_prefix: str
 ) -> None:
     record = StateRecord(record_settings(REDIS_URL, redis_prefix, ttl=600))
     try:
-        assert await record.recall("4711", "CASE:1") == (False, [])
-        await record.ticket_created("4711", "CASE:1")
-        await record.file_uploaded("4711", "CASE:1", "a.png")
-        await record.file_uploaded("4711", "CASE:1", "b.pdf")
-        assert await record.recall("4711", "CASE:1") == (True, ["a.png", "b.pdf"])
-        assert await record.recall("4712", "CASE:1") == (False, []), "per seller"
+        assert await record.recall("4711", "CASE:1", FIRST) == (False, [])
+        await record.ticket_created("4711", "CASE:1", FIRST)
+        await record.file_uploaded("4711", "CASE:1", FIRST, "a.png")
+        await record.file_uploaded("4711", "CASE:1", FIRST, "b.pdf")
+        assert await record.recall("4711", "CASE:1", FIRST) == (True, ["a.png", "b.pdf"])
+        assert await record.recall("4712", "CASE:1", FIRST) == (False, []), "per seller"
+        assert await record.recall("4711", "CASE:1", SECOND) == (False, []), (
+            "another message of the same conversation has done nothing yet"
+        )
         key = f"{redis_prefix}:4711:CASE:1"
         assert 0 < await redis.ttl(key) <= 600
+        fields = await redis.hgetall(key)
+        assert fields[f"{FIRST.record_tag}:id".encode()] == b"evt-1", "readable by operators"
     finally:
         await record.aclose()
 
@@ -95,9 +120,9 @@ async def test_redis_that_does_not_answer_is_a_transient_failure_never_a_guess(
     started = time.monotonic()
     try:
         with pytest.raises(RetryLater) as raised:
-            await record.recall("4711", "CASE-1")
+            await record.recall("4711", "CASE-1", FIRST)
         with pytest.raises(RetryLater):
-            await record.ticket_created("4711", "CASE-1")
+            await record.ticket_created("4711", "CASE-1", FIRST)
     finally:
         await record.aclose()
     assert "progress record (Redis) unavailable" in raised.value.reason
@@ -114,12 +139,12 @@ async def test_the_record_works_again_once_redis_is_back(redis: Redis, redis_pre
 
     record = StateRecord(record_settings(f"redis://{proxy.address}/0", redis_prefix), sleep=no_wait)
     try:
-        await record.ticket_created("4711", "CASE-2")
+        await record.ticket_created("4711", "CASE-2", FIRST)
         await proxy.cut()
         with pytest.raises(RetryLater):
-            await record.recall("4711", "CASE-2")
+            await record.recall("4711", "CASE-2", FIRST)
         await proxy.restore()
-        assert await record.recall("4711", "CASE-2") == (True, [])
+        assert await record.recall("4711", "CASE-2", FIRST) == (True, [])
     finally:
         await record.aclose()
         await proxy.cut()

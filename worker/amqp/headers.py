@@ -15,6 +15,11 @@ ORIGINAL_EXCHANGE = "x-original-exchange"
 ORIGINAL_ROUTING_KEY = "x-original-routing-key"
 ORIGINAL_QUEUE = "x-original-queue"
 DEAD_LETTERED_AT = "x-dead-lettered-at"
+# Which message of which conversation (worker.forward.identity): sellerId, ticketId and the
+# message's identity, so an operator can tell two dead-lettered messages of one ticket apart.
+MESSAGE_IDENTITY = "x-scx-message-id"
+SELLER_ID = "x-scx-seller-id"
+TICKET_ID = "x-scx-ticket-id"
 
 # --- the delay stage ------------------------------------------------------------------------
 RETRY_COUNT = "x-retry-count"
@@ -22,7 +27,8 @@ FIRST_FAILURE_AT = "x-first-failure-at"
 LAST_ERROR = "x-last-error"
 
 # --- what is done already: travels with the message through delays, the DLQ and replays -----
-# JSON text {"ticket": bool, "uploaded": [filename, ...]} (worker.forward.progress).
+# JSON text {"message": identity, "ticket": bool, "attempted"?: true, "uploaded": [filename]}
+# (worker.forward.progress).
 PROGRESS = "x-scx-progress"
 
 # --- a seller event's message (worker.events.mapping) ---------------------------------------
@@ -56,6 +62,9 @@ STRIPPED_ON_REPLAY = frozenset(
         ORIGINAL_ROUTING_KEY,
         ORIGINAL_QUEUE,
         DEAD_LETTERED_AT,
+        MESSAGE_IDENTITY,
+        SELLER_ID,
+        TICKET_ID,
         DEATH,
         FIRST_DEATH_REASON,
         FIRST_DEATH_QUEUE,

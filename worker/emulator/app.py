@@ -38,9 +38,14 @@ ticket accepted before into ``Emulator.files`` (``worker.emulator.files``), and
 (route ``events``) serve and acknowledge the seller events a test injects
 (``Emulator.add_events``, ``POST /_emulator/events``; ``worker.emulator.events``).
 
-A repeated ``ticketId`` of the same seller gets 201 again and is counted as a duplicate, or,
-with ``conflict_on_duplicate``, ``409 Conflict`` (counted in ``state.conflicts``): what the
-real API does is unconfirmed, so the worker is tested against both.
+A ticket is a conversation (``worker.emulator.tickets``): a post of another message with a
+known ``ticketId`` is a follow-up, accepted with 201; a post of the same message again (the
+same body) gets 201 and is counted in ``duplicates``, or, with
+``conflict_on_repeated_message``, ``409 Conflict``; with ``conflict_on_duplicate`` every post
+to a known conversation gets 409, follow-ups included (counted in ``state.conflicts``). What
+the real API does is unconfirmed, so the worker is tested against each. An upload of a file
+the conversation has under that name overwrites it, or, with ``conflict_on_existing_file``,
+gets 409. ``GET /_emulator/tickets`` (or ``/_tickets``) shows the conversations.
 
 Not emulated: JWT contents (tokens are opaque), rate limits on ``/v1/auth`` (inject a 429
 instead), sandbox quirks.
@@ -77,7 +82,8 @@ from worker.emulator.answers import json_response as _json
 from worker.emulator.events import EventQueue
 from worker.emulator.files import FileStore
 from worker.emulator.limits import ALGORITHMS, Algorithm, Decision, Limiter
-from worker.emulator.uploads import TicketKey, UploadRoute
+from worker.emulator.tickets import Conversations
+from worker.emulator.uploads import UploadRoute
 
 log = structlog.get_logger(__name__)
 
@@ -122,6 +128,12 @@ class EmulatorConfig:
     # What a second POST of a ticketId the seller already has gets: False, 201 again (and
     # counted as a duplicate); True, 409 Conflict. The real API's answer is unconfirmed.
     conflict_on_duplicate: bool = False
+    # A post of the same message again (the same body) in a known conversation: False, 201
+    # (a duplicate); True, 409. Follow-ups (another body) get 201 either way.
+    conflict_on_repeated_message: bool = False
+    # An upload of a (sellerId, ticketId, filename) stored before: False overwrites it;
+    # True answers 409 and keeps the first.
+    conflict_on_existing_file: bool = False
 
 
 def _is_status(value: object) -> bool:
@@ -146,6 +158,8 @@ _CONFIG_RULES: dict[str, tuple[tuple[type, ...], Callable[[Any], bool]]] = {
     "outage_mode": ((str,), lambda v: v in ("status", "drop")),
     "event_visibility": (_NUMBER, lambda v: v >= 0),
     "conflict_on_duplicate": ((bool,), lambda v: True),
+    "conflict_on_repeated_message": ((bool,), lambda v: True),
+    "conflict_on_existing_file": ((bool,), lambda v: True),
 }
 
 
@@ -254,9 +268,11 @@ class Emulator:
         """Attachment files by (seller, ticket, filename): uploads land here, downloads read."""
         self.events = EventQueue(self.files, lambda: self.config.event_visibility)
         """The channel's seller events (``GET``/``DELETE /v1/channel/event``) and their ledger."""
-        self.tickets: dict[TicketKey, frozenset[str]] = {}
-        """Accepted tickets by (seller, ticket id): the attachment filenames each names."""
-        self._uploads = UploadRoute(self.files, self.tickets.get)
+        self.tickets = Conversations()
+        """Accepted tickets by (seller, ticket id): each a conversation of messages."""
+        self._uploads = UploadRoute(
+            self.files, self.tickets.names_of, lambda: self.config.conflict_on_existing_file
+        )
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
         if self.config.outage:
@@ -303,8 +319,13 @@ class Emulator:
         self._faults[route].extend([_PASS] * after + [_Fault(status, retry_after)] * count)
 
     def add_events(self, events: list[Any], files: list[dict[str, Any]] | None = None) -> list[str]:
-        """Inject seller events (kept as given) and the files their replies name."""
-        return self.events.add(events, files)
+        """Inject seller events (kept as given) and the files their replies name.
+
+        A ``Seller:Ticket.Reply`` also joins its conversation (``GET /_emulator/tickets``)."""
+        ids = self.events.add(events, files)
+        for event in events:
+            self.tickets.add_reply(event)
+        return ids
 
     def revoke_tokens(self) -> None:
         self._tokens.clear()
@@ -397,6 +418,8 @@ class Emulator:
             "/v1/channel/event", self._channel("events", self.events.answer_delete)
         )
         app.router.add_get("/_emulator/state", self._snapshot)
+        app.router.add_get("/_emulator/tickets", self._conversations)
+        app.router.add_get("/_tickets", self._conversations)
         app.router.add_post("/_emulator/{action}", self._control)
         return app
 
@@ -542,13 +565,18 @@ class Emulator:
         if violations := _schema_violations(body, english=_english(request)):
             return _json({"errorList": violations}, 400, headers)
         key = (body["sellerId"], body["ticketId"])
-        if self.config.conflict_on_duplicate and key in self.tickets:
+        repeat = self.tickets.repeat_of(body)
+        config = self.config
+        if key in self.tickets and (
+            config.conflict_on_duplicate
+            or (repeat is not None and config.conflict_on_repeated_message)
+        ):
             self.state.conflicts += 1
+            self.tickets.refused(body)
             text = "Ticket existiert bereits", "ticket already exists"
             return _fail(request, 409, "CONFLICT409", text, headers)
-        names = frozenset(item["filename"] for item in body.get("attachment") or ())
-        self.tickets[key] = self.tickets.get(key, frozenset()) | names
-        self._record_accepted(body)
+        self.tickets.post(body, self.clock())
+        self._record_accepted(body, repeat=repeat is not None)
         return web.Response(status=201, headers=headers)
 
     async def _answer_download(self, request: web.Request, headers: dict[str, str]) -> web.Response:
@@ -567,13 +595,12 @@ class Emulator:
             return _fail(request, 404, "NOTFOUND404", text, headers)
         return web.Response(body=stored.data, content_type=stored.content_type, headers=headers)
 
-    def _record_accepted(self, body: dict[str, Any]) -> None:
+    def _record_accepted(self, body: dict[str, Any], *, repeat: bool) -> None:
         state, at = self.state, self.clock()
         state.accepted.append(body)
-        counts = state.accepted_counts
-        counts[body["ticketId"]] += 1
+        state.accepted_counts[body["ticketId"]] += 1  # posts per conversation
         state.accepted_total += 1
-        if counts[body["ticketId"]] > 1:
+        if repeat:  # the same message again; a follow-up is no duplicate
             state.duplicates += 1
         if state.first_accepted_at is None:
             state.first_accepted_at = at
@@ -657,6 +684,10 @@ class Emulator:
         except (TypeError, ValueError) as exc:  # TypeError: an unknown or missing argument
             return _fail(request, 400, "VAL100", (str(exc), str(exc)))
         return _json(asdict(self.config)) if name == "config" else await self._snapshot(request)
+
+    async def _conversations(self, request: web.Request) -> web.Response:
+        """Each conversation: its messages, the seller's replies, its files."""
+        return _json({"conversations": self.tickets.to_json(self.files)})
 
     async def _snapshot(self, request: web.Request) -> web.Response:
         """The state; ``?bodies=0`` leaves out the accepted bodies (the counts stay)."""

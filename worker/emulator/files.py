@@ -46,6 +46,8 @@ class FileStore:
     files: dict[FileKey, StoredFile] = field(default_factory=dict)
     # Stores per key: 2 or more is a file the client uploaded again.
     stores: Counter[FileKey] = field(default_factory=Counter)
+    conflicts: int = 0
+    """Uploads of a stored key answered 409 (``conflict_on_existing_file``)."""
 
     def put(
         self, seller_id: str, ticket_id: str, filename: str, content_type: str, data: bytes
@@ -67,6 +69,7 @@ class FileStore:
     def clear(self) -> None:
         self.files.clear()
         self.stores.clear()
+        self.conflicts = 0
 
     def to_json(self) -> list[dict[str, Any]]:
         return [

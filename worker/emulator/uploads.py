@@ -13,8 +13,14 @@ Beyond the schema the emulator checks what the API's description implies: the ti
 for that seller (an upload is for "an existing ticket"), and the filename is one the ticket
 names in its ``attachment`` list (otherwise the seller would see a file no ticket mentions).
 
+A ticket is a conversation (``worker.emulator.tickets``): a file may be named by any of its
+messages, and SCX keeps files per (sellerId, ticketId, filename). A second upload of a stored
+key overwrites the file, or, when ``conflict_on_existing`` says so
+(``conflict_on_existing_file``), is answered 409 and the first file stays.
+
 Answers: 201 (stored in ``Emulator.files``), 400 with an ``errorList`` for a request that
-breaks a rule, 404 for an unknown ticket, 413 for a file over the limit. The file part is
+breaks a rule, 404 for an unknown ticket, 409 for an existing file (if so configured), 413 for
+a file over the limit. The file part is
 read in chunks and abandoned as soon as it passes the limit, so a request costs the emulator
 at most ``MAX_FILE_BYTES`` of memory whatever the client sends.
 """
@@ -75,9 +81,15 @@ class _Refused(Exception):
 class UploadRoute:
     """The route's answer function (``answer``), given what it stores into and checks with."""
 
-    def __init__(self, files: FileStore, names_of: NamesOf) -> None:
+    def __init__(
+        self,
+        files: FileStore,
+        names_of: NamesOf,
+        conflict_on_existing: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._files = files
         self._names_of = names_of
+        self._conflict_on_existing = conflict_on_existing
 
     async def answer(self, request: web.Request, headers: dict[str, str]) -> web.Response:
         try:
@@ -85,6 +97,10 @@ class UploadRoute:
             seller_id, ticket_id, filename = self._check(metadata, content_type)
         except _Refused as refused:
             return _refusal(request, refused, headers)
+        if self._conflict_on_existing() and self._files.get(seller_id, ticket_id, filename):
+            self._files.conflicts += 1
+            text = (f"Anhang {filename} existiert bereits", f"attachment {filename} exists already")
+            return fail(request, 409, "CONFLICT409", text, headers)
         self._files.put(seller_id, ticket_id, filename, content_type, data)
         return web.Response(status=201, headers=headers)
 
@@ -115,7 +131,7 @@ class UploadRoute:
         assert isinstance(seller_id, str)
         assert isinstance(ticket_id, str)
         assert isinstance(filename, str)
-        names = self._names_of((seller_id, ticket_id))
+        names = self._names_of((seller_id, ticket_id))  # of every message of the conversation
         if names is None:
             text = "Ticket nicht gefunden", "ticket not found"
             raise _Refused(404, [("NOTFOUND404", text)])

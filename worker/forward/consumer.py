@@ -29,6 +29,14 @@ message has none.
 Delivery is at-least-once: a crash between the API's 2xx and the ack, or a lost
 connection in that window, makes the broker deliver the message again.
 
+Conversations (``docs/guides/conversations.md``): ``ticketId`` names a conversation, so every
+message is known by its identity (``worker.forward.identity``), bound to its log lines as
+``message_id`` and put on its dead-lettered copy as ``x-scx-message-id``. A ``409`` to a ticket
+call counts as "already created" only when ``sent_before`` says this message went out before;
+on a first attempt the message is dead-lettered as ``rejected`` (``worker.forward.delivery``).
+Messages of one conversation take turns in this process, earliest ``createdAt`` first
+(``worker.forward.turns``).
+
 Attachments (``worker.forward.delivery``): every file is fetched before the first SCX call, so a
 source that can never work dead-letters the message as ``invalid`` with no ticket created; then
 the ticket, then each file. What is done (``worker.forward.progress.Steps``) travels with every copy
@@ -93,10 +101,12 @@ from worker.core.errors import (
 from worker.core.settings import Settings
 from worker.forward import outcomes
 from worker.forward.attachments import clear_spool
-from worker.forward.delivery import Delivered, Delivery
+from worker.forward.delivery import Delivered, Delivery, create_ticket
+from worker.forward.identity import MessageIdentity, message_identity
 from worker.forward.mapping import Mapper, decode_message, message_mapper
 from worker.forward.outcomes import MessageFacts
 from worker.forward.progress import Steps
+from worker.forward.turns import Turns
 from worker.obs import metrics, tracing
 from worker.scx import Forwarded, ScxClient
 
@@ -180,6 +190,7 @@ class Forwarder:
         self._file_slots = asyncio.Semaphore(settings.worker_attachment_concurrency)
         self._delivery = Delivery(settings, client)
         self._stopping = asyncio.Event()
+        self._turns = Turns(self._stopping)
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._topology: Topology | None = None
         self._consumer_tag: str | None = None
@@ -300,8 +311,7 @@ class Forwarder:
             try:
                 with (
                     structlog.contextvars.bound_contextvars(
-                        message_id=message.message_id,
-                        delivery_count=_delivery_count(message),
+                        delivery_count=_delivery_count(message)
                     ),
                     tracing.consuming(self._settings.amqp_queue, message),
                 ):
@@ -324,8 +334,11 @@ class Forwarder:
                 headers=message.headers or {},
                 content_type=message.content_type,
                 mapper=self._mapper,
+                message_id=message.message_id,
             )
             ticket = decoded.ticket
+            _identify(facts, decoded.identity)
+            steps.claim(decoded.identity)
             _learn(
                 facts,
                 event_id=decoded.event_id,
@@ -333,15 +346,19 @@ class Forwarder:
                 seller_id=ticket.seller_id,
             )
             tracing.ticket(ticket.ticket_id, ticket.seller_id)
-            if not decoded.files and not steps and not self._delivery.recording:
-                return await self._client.send_ticket(ticket.to_json())
-            if not decoded.files:
-                return await self._delivery.deliver(decoded, steps)
-            async with self._file_slots:  # the files are held from download to upload
-                return await self._delivery.deliver(decoded, steps)
+            again = sent_before(message, steps)
+            conversation = (ticket.seller_id, ticket.ticket_id)
+            async with self._turns.turn(conversation, ticket.created_at):
+                if not decoded.files and not steps and not self._delivery.recording:
+                    return await create_ticket(self._client, ticket, steps, sent_before=again)
+                if not decoded.files:
+                    return await self._delivery.deliver(decoded, steps, sent_before=again)
+                async with self._file_slots:  # the files are held from download to upload
+                    return await self._delivery.deliver(decoded, steps, sent_before=again)
         except MessageError as exc:
-            if facts.event_id is None:  # the message did not decode; its id may be known
+            if facts.identity is None:  # the message did not decode; its id may be known
                 _learn(facts, event_id=exc.event_id)
+                _identify(facts, message_identity(exc.event_id, message.message_id, message.body))
             return exc
         except Exception as exc:  # bad input must never take the worker down
             return exc
@@ -384,7 +401,7 @@ class Forwarder:
                 )
             case MessageError():
                 try:
-                    await self._dead_letter(message, outcome, progress)
+                    await self._dead_letter(message, outcome, progress, facts)
                 except Exception as exc:
                     log.error(
                         "ticket.dead_letter_failed",
@@ -512,12 +529,26 @@ class Forwarder:
         return True
 
     async def _dead_letter(
-        self, message: AbstractIncomingMessage, error: MessageError, progress: dict[str, str]
+        self,
+        message: AbstractIncomingMessage,
+        error: MessageError,
+        progress: dict[str, str],
+        facts: MessageFacts,
     ) -> None:
+        known = {
+            name: value
+            for name, value in (
+                (h.MESSAGE_IDENTITY, facts.identity),
+                (h.SELLER_ID, facts.seller_id),
+                (h.TICKET_ID, facts.ticket_id),
+            )
+            if value is not None
+        }
         await self._publish_copy(
             message,
             self._settings.dead_letter_queue,
             progress
+            | known
             | {
                 h.ERROR_KIND: error.kind,
                 h.ERROR_REASON: error.summary[:512],
@@ -545,6 +576,28 @@ class Forwarder:
             await self._topology.channel.default_exchange.publish(
                 copy, routing_key=queue, mandatory=True
             )
+
+
+def sent_before(message: AbstractIncomingMessage, steps: Steps) -> bool:
+    """Whether an earlier attempt of this message may have reached SCX, so that a ``409`` to
+    its ticket call may be read as "created by that attempt" (``worker.forward.delivery``).
+
+    Yes when its progress says a ticket call went out unrefused (``x-scx-progress``, the
+    record), when the broker delivers it again (a crash, a lost connection, a nack), or when
+    it comes back from the delay stage. A ``dlq replay`` alone is not: what its earlier
+    attempts did travels in its progress header.
+    """
+    retries = (message.headers or {}).get(h.RETRY_COUNT)
+    delayed = isinstance(retries, int) and retries > 0
+    return steps.attempted or steps.ticket or _delivery_count(message) > 0 or delayed
+
+
+def _identify(facts: MessageFacts, identity: MessageIdentity) -> None:
+    """Name the message on its outcome event and on every log line that follows."""
+    facts.identity = identity.value
+    structlog.contextvars.bind_contextvars(
+        message_id=identity.value, message_id_source=identity.source
+    )
 
 
 def _learn(facts: MessageFacts, **ids: str | None) -> None:

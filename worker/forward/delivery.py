@@ -6,9 +6,20 @@ message says is done, plus the Redis record's view when configured):
 1. fetch every file not uploaded yet (``worker.forward.attachments.fetch_all``), before any SCX
    call: a source that can never work raises ``InvalidTicket`` and no ticket exists half-way;
    a transient one ``RetryLater`` (after its own in-process retries);
-2. create the ticket unless it exists (a ``409 Conflict`` counts as existing, see
-   ``worker.scx``);
+2. create the ticket unless it exists (``create_ticket``: a ``409 Conflict`` counts as
+   existing only for a message sent before, see below);
 3. upload each file not uploaded yet, checking the record again before each step.
+
+**A 409 is not proof.** ``ticketId`` names a conversation, so a ``409`` to a ticket call may
+mean "this message exists" (an earlier attempt of it got through) or "this conversation exists"
+(and this message, a follow-up, was refused). The consumer says which attempt this is
+(``sent_before``, ``worker.forward.consumer.sent_before``: the progress says a ticket call of this
+message went out, or the broker redelivers it, or it comes back from the delay stage); a
+``409`` is "already created" only then. On the first attempt of a message it raises
+``TicketRejected`` (kind ``rejected``, the API's ``errorList`` in the detail): dead-lettered,
+visible and replayable, never acked as done. The same holds for a ``409`` to an upload: the
+name carries this message's discriminator, so after an earlier attempt it is this message's
+own file, and on a first attempt it is a refusal.
 
 ``steps`` is updated as each step succeeds, so whatever ends the message early, the
 consumer's copy of it (delay stage, DLQ, back to the queue) carries exactly what was done.
@@ -21,15 +32,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import httpx
 import structlog
 
-from worker.core.errors import MessageError, RetryLater, UploadRejected
+from worker.core.errors import MessageError, RetryLater, TicketRejected, UploadRejected
 from worker.core.settings import Settings
 from worker.forward.attachments import Fetched, fetch_all, source_client
 from worker.forward.mapping import Decoded
 from worker.forward.progress import StateRecord, Steps
+from worker.models import Ticket
 from worker.obs import metrics
-from worker.scx import ScxClient
+from worker.scx import Forwarded, ScxClient
 
 log = structlog.get_logger(__name__)
 
@@ -71,10 +84,14 @@ class Delivery:
         if self._record is not None:
             await self._record.aclose()
 
-    async def deliver(self, decoded: Decoded, steps: Steps) -> Delivered | UploadRejected:
+    async def deliver(
+        self, decoded: Decoded, steps: Steps, *, sent_before: bool
+    ) -> Delivered | UploadRejected:
         """Fetch the files not uploaded yet, create the ticket unless it exists, upload them.
 
-        Raises what ends the message early, with ``attempts`` counting every SCX call made.
+        ``sent_before``: an earlier attempt of this message may have reached SCX (module
+        docstring: what a ``409`` means). Raises what ends the message early, with
+        ``attempts`` counting every SCX call made.
         """
         header = Steps(steps.ticket, list(steps.uploaded))  # what the message arrived with
         calls, status, refused, sent = 0, None, [], set()
@@ -88,13 +105,13 @@ class Delivery:
                 if steps.ticket:
                     _skipped("ticket", None, header)
                 else:
-                    status, calls = await self._create_ticket(decoded, steps)
+                    status, calls = await self._create_ticket(decoded, steps, sent_before)
                 for file in files:
                     await self._recall(decoded, steps)
                     if file.filename in steps.uploaded:
                         continue
                     try:
-                        calls += await self._upload(decoded, file, steps)
+                        calls += await self._upload(decoded, file, steps, sent_before)
                     except UploadRejected as exc:
                         calls += exc.attempts
                         refused.append(exc)
@@ -119,35 +136,85 @@ class Delivery:
         """Add what the progress record says is done (a no-op without Redis)."""
         if self._record is not None:
             ticket = decoded.ticket
-            created, uploaded = await self._record.recall(ticket.seller_id, ticket.ticket_id)
+            created, uploaded = await self._record.recall(
+                ticket.seller_id, ticket.ticket_id, decoded.identity
+            )
             steps.merge(created, uploaded)
 
-    async def _create_ticket(self, decoded: Decoded, steps: Steps) -> tuple[int, int]:
+    async def _create_ticket(
+        self, decoded: Decoded, steps: Steps, sent_before: bool
+    ) -> tuple[int, int]:
         """(the ticket call's status, calls made)."""
         ticket = decoded.ticket
-        forwarded = await self._client.send_ticket(ticket.to_json())
-        steps.ticket = True
+        forwarded = await create_ticket(self._client, ticket, steps, sent_before=sent_before)
         if self._record is not None:
-            await self._record.ticket_created(ticket.seller_id, ticket.ticket_id)
+            await self._record.ticket_created(ticket.seller_id, ticket.ticket_id, decoded.identity)
         return forwarded.status, forwarded.attempts
 
-    async def _upload(self, decoded: Decoded, file: Fetched, steps: Steps) -> int:
+    async def _upload(
+        self, decoded: Decoded, file: Fetched, steps: Steps, sent_before: bool
+    ) -> int:
         """Upload one file; returns the calls made."""
         ticket = decoded.ticket
-        uploaded = await self._client.upload_attachment(
-            ticket.seller_id, ticket.ticket_id, file.filename, file.content_type, file.spooled.file
-        )
+        try:
+            uploaded = await self._client.upload_attachment(
+                ticket.seller_id,
+                ticket.ticket_id,
+                file.filename,
+                file.content_type,
+                file.spooled.file,
+            )
+        except UploadRejected as exc:
+            if exc.status != httpx.codes.CONFLICT or not sent_before:
+                raise
+            # The name is this message's own (its discriminator): an earlier attempt stored it.
+            log.info("attachment.already_uploaded", filename=file.filename, status=exc.status)
+            attempts = exc.attempts
+        else:
+            attempts = uploaded.attempts
+            log.info(
+                "attachment.uploaded",
+                filename=file.filename,
+                original_filename=file.original_filename,
+                size=file.size,
+                attempts=attempts,
+            )
         steps.add_upload(file.filename)
-        log.info(
-            "attachment.uploaded",
-            filename=file.filename,
-            original_filename=file.original_filename,
-            size=file.size,
-            attempts=uploaded.attempts,
-        )
         if self._record is not None:
-            await self._record.file_uploaded(ticket.seller_id, ticket.ticket_id, file.filename)
-        return uploaded.attempts
+            await self._record.file_uploaded(
+                ticket.seller_id, ticket.ticket_id, decoded.identity, file.filename
+            )
+        return attempts
+
+
+async def create_ticket(
+    client: ScxClient, ticket: Ticket, steps: Steps, *, sent_before: bool
+) -> Forwarded:
+    """POST the ticket; a ``409`` counts as created only if ``sent_before`` (module docstring).
+
+    ``steps`` says what the call left behind: ``attempted`` while its answer is unknown (a
+    ``RetryLater`` may follow a request SCX did take), ``ticket`` once it is created, neither
+    once the API refused it.
+    """
+    steps.attempted = True
+    try:
+        forwarded = await client.send_ticket(ticket.to_json())
+    except TicketRejected:
+        steps.attempted = False  # a refusal: nothing was created
+        raise
+    if forwarded.status == httpx.codes.CONFLICT and not sent_before:
+        steps.attempted = False
+        refused = TicketRejected(forwarded.status, list(forwarded.error_list))
+        refused.summary = (
+            "API answered 409 Conflict to the first attempt of this message: the ticketId "
+            "names a conversation that exists, not proof that this message was taken"
+        )
+        refused.args = (refused.summary,)
+        refused.attempts = forwarded.attempts
+        log.warning("ticket.conflict_refused", status=forwarded.status)
+        raise refused
+    steps.ticket, steps.attempted = True, False
+    return forwarded
 
 
 def _skipped(step: str, filename: str | None, header: Steps) -> None:

@@ -27,7 +27,8 @@ body is UTF-8 JSON holding one object, in one of two shapes.
                            }]}}
 
    An attachment with a source is renamed, in the ticket and its upload alike, to one name
-   the upload accepts (``worker.forward.attachments.names``); its files are in ``Decoded.files``.
+   the upload accepts, unique in the conversation (``worker.forward.attachments.names``: the
+   sender's stem, then the message's discriminator); its files are in ``Decoded.files``.
 
    Enum values match in any (ASCII) case and are sent upper case.
 
@@ -72,6 +73,7 @@ from worker.forward.attachments import AttachmentSource
 from worker.forward.attachments.content_types import ALLOWED_TEXT, allowed_type
 from worker.forward.attachments.names import NameRequest, UnusableName, assign_names
 from worker.forward.envelope import MISSING, ContentMode, Envelope, read_envelope
+from worker.forward.identity import MessageIdentity, message_identity
 from worker.models import MapperSource, Ticket, TicketAttachment, TicketEvent
 
 MapperResult = Ticket | Mapping[str, Any]
@@ -99,6 +101,8 @@ class Decoded:
     event_id: str | None
     """The CloudEvents ``id``, when the message had one."""
     mode: ContentMode
+    identity: MessageIdentity
+    """Which message of its conversation this is (``worker.forward.identity``)."""
     files: tuple[AttachmentSource, ...] = ()
     """The files to upload to the ticket, in its order; empty when no attachment has a source."""
 
@@ -113,6 +117,7 @@ def decode_message(
     headers: Mapping[str, Any] | None = None,
     content_type: str | None = None,
     mapper: MessageMapper | None = None,
+    message_id: str | None = None,
 ) -> Decoded:
     """Decode and validate one message (see the module docstring for the contract).
 
@@ -121,24 +126,31 @@ def decode_message(
     (metadata only); a mapping is validated as an API ticket whose ``attachment[]`` items may
     carry ``url`` or ``contentBase64``. Any ``Exception`` it raises becomes ``InvalidTicket``
     (shape ``mapper``, type ``mapper_error``).
+
+    ``message_id`` is the AMQP property, the second choice of the message's identity
+    (``worker.forward.identity``); the identity's discriminator goes into every upload name.
     """
     headers = headers or {}
     envelope = read_envelope(body, headers, content_type)
+    identity = message_identity(envelope.id, message_id, body)
     try:
-        ticket, files = _to_ticket(envelope, headers, mapper)
+        ticket, files = _to_ticket(envelope, headers, mapper, identity.discriminator)
     except MessageError as exc:
         exc.event_id = envelope.id
         raise
-    return Decoded(ticket, envelope.id, envelope.mode, files)
+    return Decoded(ticket, envelope.id, envelope.mode, identity, files)
 
 
 def _to_ticket(
-    envelope: Envelope, headers: Mapping[str, Any], mapper: MessageMapper | None
+    envelope: Envelope,
+    headers: Mapping[str, Any],
+    mapper: MessageMapper | None,
+    discriminator: str,
 ) -> Sourced:
     obj = envelope.body
     if mapper is not None:
         # A view: the mapper cannot change the headers the DLQ copy will carry.
-        return _apply_mapper(mapper, obj, MappingProxyType(dict(headers)))
+        return _apply_mapper(mapper, obj, MappingProxyType(dict(headers)), discriminator)
     shape: Shape = "ticket" if "sellerId" in obj else "event"
     try:
         if shape == "ticket":
@@ -149,11 +161,11 @@ def _to_ticket(
     except ValidationError as exc:
         raise _invalid(shape, _errors(exc)) from None
     sources = [(a.url, a.content_base64) for a in data.attachments or ()]
-    return _with_files(data.to_ticket(), sources, "event")
+    return _with_files(data.to_ticket(), sources, "event", discriminator)
 
 
 def _apply_mapper(
-    mapper: MessageMapper, obj: dict[str, Any], headers: Mapping[str, Any]
+    mapper: MessageMapper, obj: dict[str, Any], headers: Mapping[str, Any], discriminator: str
 ) -> Sourced:
     try:
         result = mapper(obj, headers)
@@ -168,7 +180,8 @@ def _apply_mapper(
         if len(text) > _MAX_MAPPER_MESSAGE:
             text = text[: _MAX_MAPPER_MESSAGE - 1] + "…"
         raise _invalid("mapper", [{"loc": "", "msg": text, "type": "mapper_error"}]) from exc
-    return _with_files(ticket, _mapper_sources(result.get("attachment")), "mapper")
+    sources = _mapper_sources(result.get("attachment"))
+    return _with_files(ticket, sources, "mapper", discriminator)
 
 
 def _mapper_sources(items: Any) -> list[tuple[str | None, str | None]]:
@@ -191,7 +204,10 @@ def _mapper_sources(items: Any) -> list[tuple[str | None, str | None]]:
 
 
 def _with_files(
-    ticket: Ticket, sources: list[tuple[str | None, str | None]], shape: Shape
+    ticket: Ticket,
+    sources: list[tuple[str | None, str | None]],
+    shape: Shape,
+    discriminator: str,
 ) -> Sourced:
     """The ticket with upload names in place of the original ones, and its files.
 
@@ -213,7 +229,7 @@ def _with_files(
         for a, (url, data) in zip(attachments, sources, strict=True)
     ]
     try:
-        names = assign_names(requests)
+        names = assign_names(requests, discriminator)
     except UnusableName as exc:
         loc = _join(where, exc.index or 0, "filename")
         errors.append({"loc": loc, "msg": exc.reason, "type": "unusable_filename"})

@@ -19,8 +19,11 @@ consumers that do not parse the body: ``message_id`` = the event's id, ``type``,
 Delivery is at-least-once, like the rest: the event is confirmed by the broker before the
 original message is acked, and if it is not, the message is handed back and handled again
 (which may send the ticket, or store its DLQ copy, a second time, and publish the outcome
-again under a new id). Consumers deduplicate on ``data.message_id`` (or ``data.event_id``)
-and ``type``. An event no queue is bound for is dropped by the broker (counted and logged as
+again under a new id). Consumers deduplicate on ``data.message_identity`` and ``type``:
+``ticketId`` names a conversation whose messages each get their own outcome, and
+``message_identity`` names the message (``worker.forward.identity``: the CloudEvents ``id``,
+else the AMQP ``message_id``, else ``sha256:`` and the body's digest).
+An event no queue is bound for is dropped by the broker (counted and logged as
 unroutable): outcomes are offered to whoever subscribed, and a missing subscriber must not
 stop tickets from being forwarded; bind your queue before turning the option on.
 """
@@ -50,6 +53,8 @@ class MessageFacts:
 
     message_id: str | None
     """The original message's AMQP ``message_id``."""
+    identity: str | None = None
+    """Which message of its conversation it is (``worker.forward.identity``)."""
     event_id: str | None = None
     """Its CloudEvents ``id``, when it had one."""
     ticket_id: str | None = None
@@ -70,6 +75,8 @@ class _Data(BaseModel):
     """The original message's AMQP ``message_id`` (null if its publisher set none)."""
     event_id: str | None
     """The original message's CloudEvents ``id`` (null if it had none)."""
+    message_identity: str | None
+    """The message's identity within its conversation (``worker.forward.identity``)."""
 
 
 class ForwardedData(_Data):
@@ -103,6 +110,7 @@ def forwarded(facts: MessageFacts, *, status: int, attempts: int, source: str) -
         seller_id=facts.seller_id,
         message_id=facts.message_id,
         event_id=facts.event_id,
+        message_identity=facts.identity,
         status=status,
         attempts=attempts,
         files=list(facts.uploaded_files),
@@ -116,6 +124,7 @@ def dead_lettered(facts: MessageFacts, error: MessageError, *, source: str) -> a
         seller_id=facts.seller_id,
         message_id=facts.message_id,
         event_id=facts.event_id,
+        message_identity=facts.identity,
         kind=error.kind,
         reason=error.summary[:512],
     )

@@ -44,10 +44,10 @@ def _message_id(line: bytes) -> str:
         event = orjson.loads(line)
     except orjson.JSONDecodeError:
         event = None
-    if isinstance(event, dict):
-        for key in ("id", "ticketId"):
-            if isinstance(event.get(key), str) and event[key]:
-                return str(event[key])
+    # Never the ticketId: it names a conversation, and the worker would take two messages of
+    # one conversation for one (worker.forward.identity).
+    if isinstance(event, dict) and isinstance(event.get("id"), str) and event["id"]:
+        return str(event["id"])
     return str(uuid.uuid4())
 
 

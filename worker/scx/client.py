@@ -84,6 +84,9 @@ T = TypeVar("T")
 class Forwarded:
     status: int
     attempts: int
+    error_list: tuple[Any, ...] = ()
+    """The API's ``errorList`` of a ``409``: the forwarder decides whether the conflict is its
+    own ticket (``worker.forward.delivery``) and dead-letters it with this list if not."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,12 +240,16 @@ class ScxClient:
     async def send_ticket(self, body: bytes) -> Forwarded:
         """POST one ticket (already validated JSON) until it is accepted or cannot be now."""
         answered = await self.call(
-            Call(lambda: self._http.build_request("POST", self._ticket_url, content=body), _status)
+            Call(
+                lambda: self._http.build_request("POST", self._ticket_url, content=body),
+                _ticket_status,
+            )
         )
-        if answered.value == httpx.codes.CONFLICT:
+        status, errors = answered.value
+        if status == httpx.codes.CONFLICT:
             metrics.ticket_already_created()
-            log.info("scx.ticket_already_created", status=answered.value)
-        return Forwarded(answered.value, answered.attempts)
+            log.info("scx.ticket_already_created", status=status)
+        return Forwarded(status, answered.attempts, errors)
 
     # --- seller events (scx-forwarder events) -----------------------------------------
 
@@ -439,8 +446,9 @@ class ScxClient:
             self.breaker.succeeded(probe)
 
 
-async def _status(response: httpx.Response) -> int:
-    return classify(response)
+async def _ticket_status(response: httpx.Response) -> tuple[int, tuple[Any, ...]]:
+    status = classify(response)
+    return status, tuple(error_list(response)) if status == httpx.codes.CONFLICT else ()
 
 
 def _answered(response: httpx.Response, route: str) -> None:

@@ -24,6 +24,19 @@ are one file on a case-insensitive store): a later duplicate gets ``_2``, ``_3``
 its extension (``a.png``, ``a_2.png``). Attachments without a source keep their name verbatim
 (nothing is uploaded, so only the ticket's looser rule applies) but are counted when checking
 uniqueness, so an uploaded file never shares a name with another attachment.
+
+**Unique per conversation, stable per message.** SCX keeps uploads per (sellerId, ticketId,
+filename), and ``ticketId`` names a conversation whose messages may each bring a ``note.txt``.
+So every uploaded name then gets the message's *discriminator*
+(``worker.forward.identity.MessageIdentity.discriminator``: the first 12 hex digits of the
+SHA-256 of the message's identity) as a last ``_`` part of its stem: ``note.txt`` of message
+``evt-1`` is ``note_8c2a4b0e3f11.txt``, its second ``note.txt`` ``note_2_8c2a4b0e3f11.txt``.
+Every uploaded name of a message ends in ``_<its discriminator>.<ext>`` and the discriminator
+has a fixed length, so names of two messages can only be equal if their discriminators are:
+the odds are those of a 48-bit digest (``worker.forward.identity``), with no state needed.
+The same message (redelivered, delayed, replayed) has the same identity, so the same names.
+The stem is cut to ``MAX_STEM`` characters before the suffixes are added, so a name is at
+most ``MAX_STEM`` + 17 characters and its extension (``_<n>`` aside).
 """
 
 from __future__ import annotations
@@ -87,10 +100,12 @@ def safe_filename(filename: str, content_type: str) -> str:
     return f"{safe}.{ascii_extension}"
 
 
-def assign_names(requests: Sequence[NameRequest]) -> list[str]:
+def assign_names(requests: Sequence[NameRequest], discriminator: str | None = None) -> list[str]:
     """The name each attachment has in the ticket, in order (module docstring).
 
-    ``UnusableName.index`` is the first attachment whose name is unusable.
+    With ``discriminator`` (``\\w`` characters; the message's), every uploaded name ends in
+    ``_<discriminator>`` before its extension. ``UnusableName.index`` is the first attachment
+    whose name is unusable.
     """
     taken = {r.filename.casefold() for r in requests if not r.uploaded}
     names: list[str] = []
@@ -109,7 +124,17 @@ def assign_names(requests: Sequence[NameRequest]) -> list[str]:
             name = f"{stem}_{number}.{extension}"
         taken.add(name.casefold())
         names.append(name)
-    return names
+    if discriminator is None:
+        return names
+    return [
+        _discriminated(name, discriminator) if request.uploaded else name
+        for name, request in zip(names, requests, strict=True)
+    ]
+
+
+def _discriminated(name: str, discriminator: str) -> str:
+    stem, _, extension = name.rpartition(".")
+    return f"{stem}_{discriminator}.{extension}"
 
 
 def _ascii(text: str) -> str:
