@@ -164,7 +164,9 @@ class Bridge:
                     delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                     failures += 1
                     log.warning("events.broker_unreachable", error=_text(exc), retry_in_s=delay)
-                    await self._pause(delay)
+                    # Not woken by the lost connection: it stays lost until a connect works,
+                    # and waking on it made this loop retry about every millisecond.
+                    await self._pause(delay, connected=False)
                     continue
                 connected_once, failures = True, 0
                 try:
@@ -437,9 +439,14 @@ class Bridge:
         if self._lost.is_set():
             raise BrokerLost("the broker connection closed")
 
-    async def _pause(self, seconds: float) -> None:
-        """Wait ``seconds``, or less if stopping or the connection drops."""
-        waits = {asyncio.ensure_future(e.wait()) for e in (self._stopping, self._lost)}
+    async def _pause(self, seconds: float, *, connected: bool = True) -> None:
+        """Wait ``seconds``, or less if stopping or (``connected``) the connection drops.
+
+        Between connection attempts there is no connection to drop: ``_lost`` is still set
+        from the one that was lost, so only stopping may cut that pause short.
+        """
+        events = (self._stopping, self._lost) if connected else (self._stopping,)
+        waits = {asyncio.ensure_future(e.wait()) for e in events}
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
