@@ -122,6 +122,11 @@ class EmulatorConfig:
     # What a second POST of a ticketId the seller already has gets: False, 201 again (and
     # counted as a duplicate); True, 409 Conflict. The real API's answer is unconfirmed.
     conflict_on_duplicate: bool = False
+    # As SCX: an event handed out this many times and still not acknowledged is given up
+    # (never served again; ``events.given_up``). None: served until acknowledged.
+    event_max_deliveries: int | None = 10
+    # The most events one GET serves, whatever its ``limit`` (JTL's schema: 100).
+    event_page_cap: int = 100
 
 
 def _is_status(value: object) -> bool:
@@ -146,6 +151,8 @@ _CONFIG_RULES: dict[str, tuple[tuple[type, ...], Callable[[Any], bool]]] = {
     "outage_mode": ((str,), lambda v: v in ("status", "drop")),
     "event_visibility": (_NUMBER, lambda v: v >= 0),
     "conflict_on_duplicate": ((bool,), lambda v: True),
+    "event_max_deliveries": ((int, type(None)), lambda v: v is None or v >= 1),
+    "event_page_cap": ((int,), lambda v: 1 <= v <= 1000),
 }
 
 
@@ -252,7 +259,12 @@ class Emulator:
         self._in_flight = 0
         self.files = FileStore()
         """Attachment files by (seller, ticket, filename): uploads land here, downloads read."""
-        self.events = EventQueue(self.files, lambda: self.config.event_visibility)
+        self.events = EventQueue(
+            self.files,
+            lambda: self.config.event_visibility,
+            lambda: self.config.event_max_deliveries,
+            lambda: self.config.event_page_cap,
+        )
         """The channel's seller events (``GET``/``DELETE /v1/channel/event``) and their ledger."""
         self.tickets: dict[TicketKey, frozenset[str]] = {}
         """Accepted tickets by (seller, ticket id): the attachment filenames each names."""

@@ -59,6 +59,7 @@ from worker.core.errors import EXIT_OK, RequestRejected, RetryLater
 from worker.core.settings import Settings
 from worker.core.spool import Spooled, clear_spool_dir, spool_dir
 from worker.events.mapping import (
+    PAGE_CAP,
     FileOutcome,
     NoId,
     Outgoing,
@@ -240,8 +241,9 @@ class Bridge:
     async def _poll(self, publisher: Publisher) -> float:
         """One poll and its batch; returns how long to wait before the next one.
 
-        A full page is followed by the next poll at once (the pacer spaces the calls), a
-        short one by ``EVENTS_POLL_INTERVAL``; while polls or acknowledgements fail, the
+        A full page (``EVENTS_BATCH_SIZE`` events, or ``PAGE_CAP`` = 100, the most SCX
+        serves) is followed by the next poll at once (the pacer spaces the calls), a short
+        one by ``EVENTS_POLL_INTERVAL``; while polls or acknowledgements fail, the
         wait doubles from ``FAILURE_WAITS[0]`` up to ``FAILURE_WAITS[1]`` seconds.
         """
         interval = self._settings.events_poll_interval
@@ -264,7 +266,8 @@ class Bridge:
                 log.info("events.polled", count=len(items), limit=limit)
             self._items, self._seen = deque(items), set()
             await self._forward(publisher)
-        return 0.0 if len(items) >= limit else interval
+        # SCX serves at most PAGE_CAP a page: one that long is full even if we asked for more.
+        return 0.0 if len(items) >= min(limit, PAGE_CAP) else interval
 
     def _failed(self, interval: float) -> float:
         first, longest = FAILURE_WAITS
