@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     events_unrouted_queue: str = Field("scx.events.unrouted", min_length=1, max_length=255)
     # The exclusive queue whose holder is the one replica that polls.
     events_lock_name: str = Field("scx.events.lock", min_length=1, max_length=255)
+    # SCX gives an event up after 10 deliveries (worker/events/tries.py). After this many
+    # deliveries that ended unacknowledged because a reply's file kept failing, or the broker
+    # refused a message, the bridge publishes what it can: the reply with that file marked not
+    # delivered, a refused message as a copy in EVENTS_UNROUTED_QUEUE. Counted per event id
+    # (in Redis too with WORKER_STATE_REDIS_URL); 8 at most, to leave SCX's last deliveries.
+    events_delivery_tries: int = Field(3, ge=1, le=8)
 
     # --- outcome events, CloudEvents, tracing -------------------------------------------
     # OpenTelemetry traces (worker.obs.tracing, the `otel` extra): the exporters by name, or none.
