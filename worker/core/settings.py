@@ -78,7 +78,23 @@ class Settings(BaseSettings):
     scx_api_url: str = SANDBOX_URL
     scx_refresh_token: SecretStr | None = None
     scx_refresh_token_file: Path | None = None
+    # Pacing per route category (worker/scx/routes.py: JTL's windows, one per category,
+    # shared by every replica of a credential): requests per minute this process keeps to.
+    # SCX_MAX_REQUESTS_PER_MINUTE is the channel category (tickets, uploads, downloads, 60).
+    # 0 turns a category's pacing off (a 429 still pauses that category).
     scx_max_requests_per_minute: float = Field(60, ge=0)
+    # /v1/channel/event* (seller-event polls and acknowledgements): 240 per 60 s.
+    scx_event_requests_per_minute: float = Field(240, ge=0)
+    # /v1/channel/order*: 600 per 60 s.
+    scx_order_requests_per_minute: float = Field(600, ge=0)
+    # /v1/channel/offer*: 1,500 per 60 s.
+    scx_offer_requests_per_minute: float = Field(1500, ge=0)
+    # Every other route (/v1/auth among them): 10 per 60 s.
+    scx_default_requests_per_minute: float = Field(10, ge=0)
+    # How the API counts its windows (worker/scx/pacing.py): "auto" learns it from the
+    # X-RateLimit-* answers; "fixed" (windows that reset), "sliding" (a call counts for one
+    # interval) or "bucket" (a token bucket) for a user who knows and wants no learning.
+    scx_rate_counting: Literal["auto", "fixed", "sliding", "bucket"] = "auto"
     scx_connect_timeout: PositiveFloat = 5.0
     scx_request_timeout: PositiveFloat = 30.0
     scx_pool_size: int | None = Field(None, ge=1, le=10_000)
