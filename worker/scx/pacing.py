@@ -326,6 +326,8 @@ class RecentCalls:
     def __init__(self) -> None:
         # Set once the answers showed capacity a sliding window cannot have: a token bucket.
         self.not_sliding = False
+        # The user named the model (SCX_RATE_COUNTING): the answers do not change it.
+        self.model_named = False
         self._limit: int | None = None
         self._interval = 0.0
         # Our calls the API may still count, by number: (sent at, answered at or None).
@@ -380,7 +382,7 @@ class RecentCalls:
         self._moved.append(Moved(now, self._others_total))
         by_bucket = max(0, round(self._others_total - self._total_at(now - window)))
         self._seen.append(_Answer(now, own, by_window, by_bucket))
-        if limit.remaining + own > limit.limit + TUNING.saved_up_calls:
+        if not self.model_named and limit.remaining + own > limit.limit + TUNING.saved_up_calls:
             self.not_sliding = True  # a sliding window counts our own calls; a bucket saves up
 
     @property
@@ -526,6 +528,7 @@ class Schedule:
         self.windows = WindowBudget(background=background)
         self.recent = RecentCalls()
         self.recent.not_sliding = counting == "bucket"
+        self.recent.model_named = self._fixed_model
         self.paused_until = 0.0
         self.last_sent = -math.inf
         self._seen_seq = 0
