@@ -1,7 +1,8 @@
 """The SCX Channel API client and what it is built from.
 
-``client`` holds the routes; ``auth`` the token flow; ``pacing`` and ``breaker`` decide when a
-call may go; ``waits`` makes every wait end on shutdown; ``responses`` reads the API's answers.
+``client`` holds the routes; ``auth`` the token flow; ``routes`` the rate-limit category of
+each route; ``pacing`` (one per category) and ``breaker`` decide when a call may go; ``waits``
+makes every wait end on shutdown; ``responses`` reads the API's answers.
 Everything else in the worker imports the public names from here.
 """
 
