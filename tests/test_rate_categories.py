@@ -64,7 +64,7 @@ def test_settings_per_category_and_the_counting_model() -> None:
     assert settings.scx_default_requests_per_minute == 10
     assert settings.scx_rate_counting == "auto"
     with pytest.raises(ValidationError):
-        Settings(scx_rate_counting="leaky")  # type: ignore[arg-type]
+        Settings(scx_rate_counting="leaky")
 
 
 def client_for(settings: Settings, *, background: bool = False) -> ScxClient:
