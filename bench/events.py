@@ -108,6 +108,9 @@ async def events_drain(
             EVENTS_BATCH_SIZE=str(batch),
             EVENTS_POLL_INTERVAL="1",
             SCX_MAX_REQUESTS_PER_MINUTE=f"{limit * 60 / interval:g}",
+            # This emulator counts every /v1/channel* route in one window (no
+            # --category-limits): the event category's pace is that window's.
+            SCX_EVENT_REQUESTS_PER_MINUTE=f"{limit * 60 / interval:g}",
         )
         argv = [sys.executable, "-m", "worker", "events"]
         proc = await session.children.start(argv, env, log=session.workdir / "events.log")
