@@ -163,7 +163,12 @@ async def pacing(
     await session.broker.publish_backlog(settings, list(sample_lines(backlog)))
     await emulator.count_with(algorithm)
     await emulator.reset()
-    pace = {"SCX_MAX_REQUESTS_PER_MINUTE": f"{per_minute:g}"}
+    # One window for every /v1/channel* route here (no --category-limits): the event
+    # category's pace is that window's too (an older contender ignores the variable).
+    pace = {
+        "SCX_MAX_REQUESTS_PER_MINUTE": f"{per_minute:g}",
+        "SCX_EVENT_REQUESTS_PER_MINUTE": f"{per_minute:g}",
+    }
     procs = []
     name = f"pacing-{contender.key}-{algorithm}-{workers}{'-bridge' if bridge else ''}"
     for k in range(workers):
