@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 
@@ -107,6 +108,9 @@ async def events_drain(
             EVENTS_BATCH_SIZE=str(batch),
             EVENTS_POLL_INTERVAL="1",
             SCX_MAX_REQUESTS_PER_MINUTE=f"{limit * 60 / interval:g}",
+            # This emulator counts every /v1/channel* route in one window (no
+            # --category-limits): the event category's pace is that window's.
+            SCX_EVENT_REQUESTS_PER_MINUTE=f"{limit * 60 / interval:g}",
         )
         argv = [sys.executable, "-m", "worker", "events"]
         proc = await session.children.start(argv, env, log=session.workdir / "events.log")
@@ -167,6 +171,201 @@ def events_table(results: list[EventsResult]) -> list[str]:
             f"{r.ratio:.3f}",
             str(r.statuses_429),
             f"{r.acked:,}",
+            r.error or "",
+        ]
+        for r in results
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+# --- one window per route category: 2 workers + the bridge (issue 18) ------------------------
+
+
+@dataclass
+class CategoriesResult:
+    """2 workers draining a ticket backlog and the bridge draining ``events`` seller events,
+    against the emulator's windows per route category (``--category-limits``)."""
+
+    algorithm: str
+    events: int
+    channel_limit: int
+    event_limit: int
+    interval: float
+    seconds: float  # measured from the first call, whole intervals
+    drain_s: float  # from the first event call to the last event acknowledged
+    channel_windows: list[tuple[int, int]]  # (accepted, limited) of each whole channel window
+    event_windows: list[tuple[int, int]]  # the same, event windows that ended before the drain
+    calls: int
+    limited: int
+    error: str | None = None
+
+    @property
+    def needed(self) -> int:
+        """Event calls the backlog needs: a poll and an acknowledgement per page of 100."""
+        return 2 * math.ceil(self.events / ACK_IDS)
+
+    @property
+    def minimum_s(self) -> float:
+        return self.needed * self.interval / self.event_limit
+
+    @property
+    def drain_ratio(self) -> float:
+        return self.drain_s / self.minimum_s if self.minimum_s else math.inf
+
+    @property
+    def ticket_share(self) -> float:
+        windows = self.channel_windows
+        return sum(a for a, _ in windows) / (self.channel_limit * len(windows)) if windows else 0.0
+
+    @property
+    def event_share(self) -> float:
+        windows = self.event_windows
+        return sum(a for a, _ in windows) / (self.event_limit * len(windows)) if windows else 0.0
+
+    @property
+    def share_429(self) -> float:
+        return self.limited / self.calls if self.calls else 0.0
+
+
+async def categories_drain(
+    session: Session,
+    *,
+    algorithm: str,
+    events: int,
+    channel_limit: int,
+    event_limit: int,
+    interval: float,
+    seconds: float,
+    workers: int = 2,
+) -> CategoriesResult:
+    """Tickets >= 97 % of the channel window, event calls >= 90 % of the event window while
+    events remain, 429s <= 1 %, the events drained within 1.1 x the event window's minimum."""
+    from bench.pacing import BRIDGE_ARGV
+    from worker.emulator.events import EXAMPLE_PAYLOADS, example_event
+    from worker.ops.samples import sample_lines
+
+    emulator = Emulator(
+        session,
+        channel_limit,
+        interval,
+        extra=("--category-limits", "--event-rate-limit", str(event_limit)),
+    )
+    await emulator.start()
+    settings = await session.broker.new_queue()
+    connection = await aio_pika.connect(session.broker.url)
+    procs = []
+    cell = (algorithm, events, channel_limit, event_limit, interval, seconds)
+    try:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            settings.amqp_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        tap = await channel.declare_queue(
+            f"{settings.amqp_queue}.events", durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await tap.bind(exchange, routing_key="scx.#")
+        backlog = int(channel_limit / interval * seconds * 1.5) + 100 * workers
+        await session.broker.publish_backlog(settings, list(sample_lines(backlog)))
+        await emulator.count_with(algorithm)
+        await emulator.reset()
+        types = [t for t in EXAMPLE_PAYLOADS if t != "Seller:Ticket.Reply"]
+        for start in range(0, events, INJECT_CHUNK):
+            chunk = [
+                example_event(types[n % len(types)], f"bench-{n:06d}")
+                for n in range(start, min(events, start + INJECT_CHUNK))
+            ]
+            response = await emulator.http.post("/_emulator/events", json={"events": chunk})
+            response.raise_for_status()
+        pace = {
+            "SCX_MAX_REQUESTS_PER_MINUTE": f"{channel_limit * 60 / interval:g}",
+            "SCX_EVENT_REQUESTS_PER_MINUTE": f"{event_limit * 60 / interval:g}",
+        }
+        for k in range(workers):
+            env = WORKER.env(settings, emulator.url, **pace)
+            log = session.workdir / f"categories-{algorithm}-{k}.log"
+            procs.append(await session.children.start(WORKER.argv, env, log=log))
+        env = WORKER.env(
+            settings, emulator.url, EVENTS_BATCH_SIZE="100", EVENTS_POLL_INTERVAL="1", **pace
+        )
+        log = session.workdir / f"categories-{algorithm}-events.log"
+        procs.append(await session.children.start(list(BRIDGE_ARGV), env, log=log))
+        deadline = time.monotonic() + 60
+        while True:
+            state = await emulator.state()
+            if sum(state["channel_calls"].values()):
+                break
+            if time.monotonic() > deadline or any(p.returncode is not None for p in procs):
+                return CategoriesResult(*cell, 0.0, [], [], 0, 0, "no call within 60 s")
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        first_event = drained = None
+        while (now := time.monotonic()) < started + seconds - 0.1:
+            state = await emulator.state()
+            if first_event is None and state["channel_calls"].get("events", 0):
+                first_event = now
+            if drained is None and first_event is not None and state["events"]["pending"] == 0:
+                drained = now
+            await asyncio.sleep(0.05)
+        state = await emulator.state()
+    finally:
+        await asyncio.gather(*(session.children.stop(p, grace=30) for p in procs))
+        channel = await connection.channel()
+        await channel.queue_delete(f"{settings.amqp_queue}.events")
+        await connection.close()
+        await session.broker.delete(settings)
+        await emulator.stop()
+    if first_event is None or drained is None:
+        return CategoriesResult(*cell, 0.0, [], [], 0, 0, "the events did not drain in time")
+    # The emulator's clock at `started` (state["clock"] was read at the end of the run).
+    epoch = state["clock"] - (time.monotonic() - started)
+    return _categories_result(
+        cell, state, drain_end=epoch + (drained - started), end=epoch + seconds,
+        drain_s=drained - first_event,
+    )  # fmt: skip
+
+
+def _categories_result(
+    cell: tuple[str, int, int, int, float, float],
+    state: dict[str, Any],
+    *,
+    drain_end: float,
+    end: float,
+    drain_s: float,
+) -> CategoriesResult:
+    """Whole windows of each category from the emulator's records: the channel's within the
+    run, the event category's that ended before the last event was acknowledged."""
+    channel_windows, event_windows = [], []
+    for window in state["rate_windows"]:
+        over = window["started_at"] + window["interval"]
+        row = (window["accepted"], window["limited"])
+        if window["category"] == "channel" and over <= end + 0.5:
+            channel_windows.append(row)
+        elif window["category"] == "event" and over <= drain_end:
+            event_windows.append(row)
+    statuses = state["route_statuses"]
+    calls = sum(statuses.values()) + state["auth_calls"]
+    limited = sum(n for key, n in statuses.items() if key.endswith(" 429"))
+    return CategoriesResult(*cell, drain_s, channel_windows, event_windows, calls, limited)
+
+
+def categories_table(results: list[CategoriesResult]) -> list[str]:
+    header = [
+        "counting", "windows (per interval)", "tickets / channel window",
+        "event calls / event window", "429s", "events", "drained in", "minimum", "ratio", "error",
+    ]  # fmt: skip
+    rows = [
+        [
+            r.algorithm,
+            f"channel {r.channel_limit}, event {r.event_limit} per {r.interval:g} s",
+            f"{100 * r.ticket_share:.1f} % ({len(r.channel_windows)} windows)",
+            f"{100 * r.event_share:.1f} % ({len(r.event_windows)} windows)",
+            f"{r.limited} of {r.calls} ({100 * r.share_429:.2f} %)",
+            f"{r.events:,}",
+            f"{r.drain_s:.1f} s",
+            f"{r.minimum_s:.1f} s",
+            f"{r.drain_ratio:.3f}",
             r.error or "",
         ]
         for r in results

@@ -94,9 +94,13 @@ def bridge_available(contender: Contender) -> bool:
 
 
 class Emulator:
-    def __init__(self, session: Session, limit: int, interval: float) -> None:
+    def __init__(
+        self, session: Session, limit: int, interval: float, *, extra: tuple[str, ...] = ()
+    ) -> None:
+        """``extra``: more emulator flags (e.g. ``--category-limits``)."""
         self._session = session
         self.limit, self.interval = limit, interval
+        self._extra = extra
         self.url = f"http://127.0.0.1:{free_port()}"
         self._proc: asyncio.subprocess.Process | None = None
         self.http = httpx.AsyncClient(base_url=self.url, timeout=10)
@@ -105,7 +109,8 @@ class Emulator:
         port = self.url.rsplit(":", 1)[1]
         self._proc = await self._session.children.start(
             [sys.executable, "-m", "worker", "emulator", "--port", port,
-             "--rate-limit", str(self.limit), "--rate-interval", f"{self.interval:g}"],
+             "--rate-limit", str(self.limit), "--rate-interval", f"{self.interval:g}",
+             *self._extra],
             log=self._session.workdir / "emulator.log",
         )  # fmt: skip
         deadline = time.monotonic() + 30
@@ -158,7 +163,12 @@ async def pacing(
     await session.broker.publish_backlog(settings, list(sample_lines(backlog)))
     await emulator.count_with(algorithm)
     await emulator.reset()
-    pace = {"SCX_MAX_REQUESTS_PER_MINUTE": f"{per_minute:g}"}
+    # One window for every /v1/channel* route here (no --category-limits): the event
+    # category's pace is that window's too (an older contender ignores the variable).
+    pace = {
+        "SCX_MAX_REQUESTS_PER_MINUTE": f"{per_minute:g}",
+        "SCX_EVENT_REQUESTS_PER_MINUTE": f"{per_minute:g}",
+    }
     procs = []
     name = f"pacing-{contender.key}-{algorithm}-{workers}{'-bridge' if bridge else ''}"
     for k in range(workers):

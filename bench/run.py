@@ -40,7 +40,7 @@ from bench.attachments import table as attachments_table
 from bench.baseline import Baseline, BaselineUnavailable, extract
 from bench.broker import Broker, broker_lost
 from bench.contenders import CONTENDERS, WORKER, Contender, Role, variant
-from bench.events import EventsResult, events_drain
+from bench.events import EventsResult, categories_drain, categories_table, events_drain
 from bench.measure import Session
 from bench.pacing import ALGORITHMS, Emulator, PacingResult, pacing
 from bench.phases import DrainResult, LatencyResult, RssResult, drain, latency, rss
@@ -49,7 +49,7 @@ from bench.profile import profile_worker
 from bench.target import NginxTarget, TargetUnavailable, ensure_nginx, nginx_version
 
 REPO = Path(__file__).resolve().parent.parent
-PHASES = ("drain", "rss", "latency", "pacing", "attachments", "events")
+PHASES = ("drain", "rss", "latency", "pacing", "attachments", "events", "categories")
 # Variables the worker reads: the harness must not hand its own environment's values to a
 # contender that is meant to run with the defaults.
 WORKER_PREFIXES = ("AMQP_", "SCX_", "WORKER_", "LOG_", "METRICS_", "BENCH_")
@@ -65,6 +65,8 @@ FULL = {
     # The documented 60 per 60 s scaled in time, each over a whole number of intervals.
     "pacing_limits": "20/10:60,60/30:120",
     "events_count": 10_000,
+    # Windows per route category (issue 18), scaled in time: channel L/I, events 4 x L.
+    "categories": "30/30:90",
     # The last commit before the scale-out issue's work (pacing across workers, the events
     # bridge, ...): its figures are what that work must not make worse.
     "baseline": "0ce5a92",
@@ -79,6 +81,7 @@ QUICK = {
     "steady_warmup": 1.0,
     "pacing_limits": "10/5:10",
     "events_count": 1_000,
+    "categories": "10/5:20",
     "baseline": "none",
 }
 
@@ -130,6 +133,10 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="seller events the events bridge drains (at the first of --pacing-limits)",
     )
+    p.add_argument(
+        "--categories", metavar="L/I:S",
+        help="the categories phase: channel window L per I s (the event window 4 x L), S s",
+    )  # fmt: skip
     p.add_argument(
         "--profile", type=Path, metavar="FILE", help="also py-spy the worker at 0 ms, to FILE"
     )
@@ -284,6 +291,9 @@ async def _phases(
     if "events" in phases:
         results.events = await _events_phase(args, session)
         clock = _lap("events", clock)
+    if "categories" in phases:
+        await _categories_phase(args, session)
+        clock = _lap("categories", clock)
     if args.profile is not None:
         backlog = int(args.profile_seconds * 1000)
         results.profile = await profile_worker(
@@ -417,6 +427,21 @@ async def _events_phase(args: argparse.Namespace, session: Session) -> list[Even
          f"{r.seconds:.1f} s, the limit allows {r.allowed_s:.1f} s: {r.ratio:.3f} x  "
          f"429s {r.statuses_429}{'  ' + r.error if r.error else ''}")  # fmt: skip
     return [r]
+
+
+async def _categories_phase(args: argparse.Namespace, session: Session) -> None:
+    """2 workers + the bridge against one window per route category, fixed and bucket
+    (printed; docs/BENCHMARKS.md "Rate limits per route category" holds the measured runs)."""
+    [(limit, interval, seconds)] = _pacing_limits(args.categories)
+    for algorithm in ("fixed", "bucket"):
+        r = await _again_on_broker_loss(
+            session,
+            partial(categories_drain, session, algorithm=algorithm, events=args.events_count,
+                    channel_limit=limit, event_limit=4 * limit, interval=interval,
+                    seconds=seconds),
+        )  # fmt: skip
+        for line in categories_table([r]):
+            _say(line)
 
 
 T = TypeVar("T")

@@ -99,6 +99,27 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="answer 409 Conflict to a repeated ticketId of the same seller (default: 201)",
     )
+    emu.add_argument(
+        "--event-max-deliveries",
+        type=int,
+        default=10,
+        metavar="N",
+        help="give a seller event up after N deliveries, as SCX (0: never)",
+    )
+    emu.add_argument(
+        "--category-limits",
+        action="store_true",
+        help="one rate-limit window per route category, as JTL counts (--rate-limit is then "
+        "the channel category's, 60 by default)",
+    )
+    for category, default in (("event", 240), ("order", 600), ("offer", 1500), ("default", 10)):
+        emu.add_argument(
+            f"--{category}-rate-limit",
+            type=int,
+            default=default,
+            metavar="N",
+            help=f"with --category-limits: the {category} category's limit per --rate-interval",
+        )
     emu.set_defaults(command=_cmd_emulator)
 
     pub = sub.add_parser("publish", help="publish events from a JSON-lines file ('-' = stdin)")
@@ -217,6 +238,12 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
         fail_status=args.fail_status,
         event_visibility=args.event_visibility,
         conflict_on_duplicate=args.conflict_on_duplicate,
+        event_max_deliveries=args.event_max_deliveries or None,
+        category_limits=args.category_limits,
+        event_rate_limit=args.event_rate_limit,
+        order_rate_limit=args.order_rate_limit,
+        offer_rate_limit=args.offer_rate_limit,
+        default_rate_limit=args.default_rate_limit,
     )
 
     def ready(url: str) -> None:

@@ -264,7 +264,9 @@ async def test_a_refused_message_leaves_its_event_unacknowledged(
             seller_event("ship-1", "Seller:Order.Shipping", {}),
         ]
     )
-    bridge = await start_bridge(bridge_env(names, emulator), processes)
+    # Room comes after 3 deliveries, before the last resort (tests/test_event_delivery_cap.py).
+    env = bridge_env(names, emulator, EVENTS_DELIVERY_TRIES="8")
+    bridge = await start_bridge(env, processes)
     counts = emulator.events.ledger.handed_counts
     await wait_for(lambda: counts["refund-1"] >= 3, what="the refund polled three times")
     ledger = emulator.events.ledger

@@ -438,6 +438,7 @@ def test_the_pacer_logs_once_when_it_learns_how_the_api_counts() -> None:
             "event": "scx.rate_limit_counting",
             "counting": "sliding",
             "was": "fixed",
+            "category": "channel",
             "log_level": "info",
         }
     ]

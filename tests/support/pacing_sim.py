@@ -17,10 +17,10 @@ import heapq
 import itertools
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from worker.emulator.limits import Algorithm, Decision, Limiter
-from worker.scx.pacing import Schedule
+from worker.scx.pacing import CountingSetting, Schedule
 from worker.scx.responses import RateLimit
 
 
@@ -38,6 +38,8 @@ class Outcome:
     limited: int
     sustained: float  # what the limit sustains in the measured time
     longest_poll_gap: float = 0.0  # the most time between two polls of one poller
+    # When each call reached the limiter, and whether it was admitted (for invariants).
+    arrivals: list[tuple[float, bool]] = field(default_factory=list, repr=False)
 
     @property
     def goodput(self) -> float:
@@ -73,6 +75,7 @@ def simulate(
     pollers: int = 0,
     poll_every: float = 10.0,
     start_spread: float = 0.5,
+    counting: CountingSetting = "auto",
 ) -> Outcome:
     """``replicas`` pacers, each at the full limit per minute, against one limiter; beside
     them ``pollers`` callers like the events bridge on an empty feed (``background``
@@ -81,8 +84,8 @@ def simulate(
     rng = random.Random(seed)
     limiter = Limiter(algorithm, limit, interval)
     per_minute = limit * 60 / interval
-    schedules = [Schedule(per_minute) for _ in range(replicas)]
-    schedules += [Schedule(per_minute, background=True) for _ in range(pollers)]
+    schedules = [Schedule(per_minute, counting=counting) for _ in range(replicas)]
+    schedules += [Schedule(per_minute, background=True, counting=counting) for _ in range(pollers)]
     order = itertools.count()
     # (when, tie-break, replica, call): a call without a decision yet is on its way there,
     # one with a decision on its way back; no call at all is the replica's head waking up.
@@ -96,6 +99,7 @@ def simulate(
     end = math.inf
     calls = admitted = limited = 0
     polls = _Polls()
+    arrivals: list[tuple[float, bool]] = []
     while events:
         now, _, replica, call = heapq.heappop(events)
         if now > end:
@@ -118,6 +122,7 @@ def simulate(
             calls += 1
             admitted += decision.admitted
             limited += not decision.admitted
+            arrivals.append((now, decision.admitted))
             at(now + rng.uniform(*latency), replica, call)
         else:
             decision = call.decision
@@ -128,4 +133,5 @@ def simulate(
                 schedule.pause_until(now + math.ceil(decision.retry_after or 0.0))
             if replica >= replicas:  # a poller: its next poll (sooner after a 429)
                 at(now + (1.0 if refused else poll_every), replica)
-    return Outcome(calls, admitted, limited, limit * seconds / interval, polls.longest_gap)
+    sustained = limit * seconds / interval
+    return Outcome(calls, admitted, limited, sustained, polls.longest_gap, arrivals)

@@ -139,12 +139,39 @@ class Settings(BaseSettings):
     scx_refresh_token_file: Path | None = Field(
         None, description="File holding the refresh token (a mounted secret)."
     )
+    # Pacing per route category (worker/scx/routes.py: JTL's windows, one per category,
+    # shared by every replica of a credential): requests per minute this process keeps to.
+    # 0 turns a category's pacing off (a 429 still pauses that category).
     scx_max_requests_per_minute: float = Field(
         60,
         ge=0,
-        description="Client-side pacing of `/v1/channel*` calls, per process; keep it at the "
-        "credential's whole limit on every replica (the rate-limit headers share it out); "
-        "`0` turns pacing off.",
+        description="Client-side pacing of the channel category (`/v1/channel*`: tickets, "
+        "uploads, downloads), per process; keep it at the credential's whole limit on every "
+        "replica (the rate-limit headers share it out); `0` turns pacing off.",
+    )
+    scx_event_requests_per_minute: float = Field(
+        240,
+        ge=0,
+        description="Pacing of the event category (`/v1/channel/event*`: the bridge's polls "
+        "and acknowledgements); JTL's window is 240 per 60 s.",
+    )
+    scx_order_requests_per_minute: float = Field(
+        600, ge=0, description="Pacing of the order category (`/v1/channel/order*`)."
+    )
+    scx_offer_requests_per_minute: float = Field(
+        1500, ge=0, description="Pacing of the offer category (`/v1/channel/offer*`)."
+    )
+    scx_default_requests_per_minute: float = Field(
+        10,
+        ge=0,
+        description="Pacing of every other route (`/v1/auth` among them); JTL's window is 10 "
+        "per 60 s.",
+    )
+    scx_rate_counting: Literal["auto", "fixed", "sliding", "bucket"] = Field(
+        "auto",
+        description="How the API counts its windows: `auto` learns it from the "
+        "`X-RateLimit-*` answers; `fixed` (windows that reset), `sliding` (a call counts for "
+        "one interval) or `bucket` (a token bucket) for a user who knows.",
     )
     scx_connect_timeout: PositiveFloat = Field(
         5.0, description="Seconds to open a connection to the API."
@@ -257,8 +284,8 @@ class Settings(BaseSettings):
         100,
         ge=1,
         le=1000,
-        description="Events asked for per `GET /v1/channel/event`; a full page is followed "
-        "by the next poll at once.",
+        description="Events asked for per `GET /v1/channel/event`; a full page (this many, "
+        "or SCX's cap of 100) is followed by the next poll at once.",
     )
     events_poll_interval: PositiveFloat = Field(
         10.0, description="Seconds between polls when the last page was not full."
@@ -283,6 +310,16 @@ class Settings(BaseSettings):
         min_length=1,
         max_length=255,
         description="Exclusive queue whose holder is the one bridge replica that polls.",
+    )
+    # SCX gives an event up after 10 deliveries (worker/events/tries.py); 8 at most, to leave
+    # SCX's last deliveries.
+    events_delivery_tries: int = Field(
+        3,
+        ge=1,
+        le=8,
+        description="Deliveries of a seller event after which the bridge publishes what it "
+        "can (a reply with a failing file marked not delivered, a refused message as a copy "
+        "in `EVENTS_UNROUTED_QUEUE`) and acknowledges it, well before SCX gives it up after 10.",
     )
 
     # --- outcome events, CloudEvents, tracing -------------------------------------------

@@ -20,7 +20,11 @@ or the control routes), each taking effect with the next request:
   ``Remaining`` as the algorithm counts it, 429 with ``Retry-After`` (until it admits a call
   again) past the limit; each interval is recorded (``state.rate_windows``: for ``fixed`` the
   window itself, for the others a bookkeeping period of ``rate_interval`` seconds). Changing
-  any of the three starts afresh (a new window, an empty log, a full bucket);
+  any of the three starts afresh (a new window, an empty log, a full bucket). With
+  ``category_limits`` each route category has a window of its own, as JTL counts: the channel
+  routes ``rate_limit`` (60 if None), the seller-event routes ``event_rate_limit`` (240),
+  ``/v1/auth`` ``default_rate_limit`` (10), ... (``worker.emulator.limits``), each window
+  recorded with its ``category``;
 - **latency** before every ticket answer; **token lifetime** of the tokens issued from then on
   (``revoke_tokens`` ends the current ones); **injected** answers for the next N calls of a
   route; a random **fail rate**.
@@ -81,7 +85,15 @@ from worker.emulator.answers import fail as _fail
 from worker.emulator.answers import json_response as _json
 from worker.emulator.events import EventQueue
 from worker.emulator.files import FileStore
-from worker.emulator.limits import ALGORITHMS, Algorithm, Decision, Limiter
+from worker.emulator.limits import (
+    ALGORITHMS,
+    CATEGORY_LIMITS,
+    ROUTE_CATEGORY,
+    Algorithm,
+    Category,
+    Decision,
+    Limiter,
+)
 from worker.emulator.tickets import Conversations
 from worker.emulator.uploads import UploadRoute
 
@@ -134,6 +146,29 @@ class EmulatorConfig:
     # An upload of a (sellerId, ticketId, filename) stored before: False overwrites it;
     # True answers 409 and keeps the first.
     conflict_on_existing_file: bool = False
+    # As SCX: an event handed out this many times and still not acknowledged is given up
+    # (never served again; ``events.given_up``). None: served until acknowledged.
+    event_max_deliveries: int | None = 10
+    # The most events one GET serves, whatever its ``limit`` (JTL's schema: 100).
+    event_page_cap: int = 100
+    # One window per route category, as JTL counts (worker.emulator.limits): the channel
+    # routes keep rate_limit (JTL's 60 when None), the others the limits below, all per
+    # rate_interval and counted by rate_algorithm; /v1/auth is then limited too. False: one
+    # window (rate_limit) for every /v1/channel* route, none for /v1/auth.
+    category_limits: bool = False
+    event_rate_limit: int = CATEGORY_LIMITS["event"]
+    order_rate_limit: int = CATEGORY_LIMITS["order"]
+    offer_rate_limit: int = CATEGORY_LIMITS["offer"]
+    default_rate_limit: int = CATEGORY_LIMITS["default"]
+
+
+_CATEGORY_FIELDS = (
+    "category_limits",
+    "event_rate_limit",
+    "order_rate_limit",
+    "offer_rate_limit",
+    "default_rate_limit",
+)
 
 
 def _is_status(value: object) -> bool:
@@ -160,7 +195,15 @@ _CONFIG_RULES: dict[str, tuple[tuple[type, ...], Callable[[Any], bool]]] = {
     "conflict_on_duplicate": ((bool,), lambda v: True),
     "conflict_on_repeated_message": ((bool,), lambda v: True),
     "conflict_on_existing_file": ((bool,), lambda v: True),
+    "event_max_deliveries": ((int, type(None)), lambda v: v is None or v >= 1),
+    "event_page_cap": ((int,), lambda v: 1 <= v <= 1000),
+    "category_limits": ((bool,), lambda v: True),
+    "event_rate_limit": ((int,), lambda v: v >= 1),
+    "order_rate_limit": ((int,), lambda v: v >= 1),
+    "offer_rate_limit": ((int,), lambda v: v >= 1),
+    "default_rate_limit": ((int,), lambda v: v >= 1),
 }
+_RATE_FIELDS = {"rate_limit", "rate_interval", "rate_algorithm", *_CATEGORY_FIELDS}
 
 
 @dataclass
@@ -192,6 +235,7 @@ class RateWindow:
     requests: int = 0
     accepted: int = 0
     limited: int = 0  # answered 429
+    category: str = "channel"  # the route category whose window it is (category_limits)
 
 
 @dataclass
@@ -261,12 +305,17 @@ class Emulator:
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
         self.issued_tokens: list[str] = []
         """Every token handed out, revoked or not: tests check that none reaches a log."""
-        self._limiter: Limiter | None = None
-        self._window: RateWindow | None = None
+        self._limiters: dict[Category, Limiter] = {}
+        self._windows: dict[Category, RateWindow] = {}
         self._in_flight = 0
         self.files = FileStore()
         """Attachment files by (seller, ticket, filename): uploads land here, downloads read."""
-        self.events = EventQueue(self.files, lambda: self.config.event_visibility)
+        self.events = EventQueue(
+            self.files,
+            lambda: self.config.event_visibility,
+            lambda: self.config.event_max_deliveries,
+            lambda: self.config.event_page_cap,
+        )
         """The channel's seller events (``GET``/``DELETE /v1/channel/event``) and their ledger."""
         self.tickets = Conversations()
         """Accepted tickets by (seller, ticket id): each a conversation of messages."""
@@ -341,7 +390,8 @@ class Emulator:
         self.tickets.clear()
         for queue in self._faults.values():
             queue.clear()
-        self._limiter, self._window = None, None
+        self._limiters.clear()
+        self._windows.clear()
         if self.config.outage:
             self._begin_outage()
 
@@ -368,8 +418,9 @@ class Emulator:
             outage = self.outage
             if outage is not None:
                 outage.ended_at = self.clock()
-        if {"rate_limit", "rate_interval", "rate_algorithm"} & changes.keys():
-            self._limiter, self._window = None, None
+        if _RATE_FIELDS & changes.keys():
+            self._limiters.clear()
+            self._windows.clear()
 
     def _begin_outage(self) -> None:
         self.state.outages.append(Outage(started_at=self.clock()))
@@ -436,6 +487,18 @@ class Emulator:
     async def _answer_auth(self, request: web.Request) -> web.Response:
         if fault := self._pop_fault("auth"):
             return self._fault_response(request, "auth", fault, {})
+        limited = self._current_limiter("auth") if self.config.category_limits else None
+        if limited is not None:
+            category, limiter = limited
+            decision = limiter.take(time.monotonic())
+            window = self._record(category, limiter, decision)
+            if not decision.admitted:
+                window.limited += 1
+                headers = self._headers(limiter, decision.remaining)
+                headers["Retry-After"] = str(math.ceil(decision.retry_after or 0.0))
+                return _fail(
+                    request, 429, "RATE429", ("Zu viele Anfragen", "too many requests"), headers
+                )
         if request.content_type != "application/x-www-form-urlencoded":
             text = "Der Body muss formularkodiert sein", "body must be form-urlencoded"
             return _fail(request, 400, "VAL100", text)
@@ -496,15 +559,17 @@ class Emulator:
     async def _gate(self, request: web.Request, route: Route, answer: Answer) -> web.StreamResponse:
         """Faults, the shared rate limit and the bearer token, in the API's order."""
         now = time.monotonic()
-        limiter = self._current_limiter()
+        limited = self._current_limiter(route)
+        limiter = None if limited is None else limited[1]
         if fault := self._pop_fault(route):
             headers = {} if limiter is None else self._headers(limiter, limiter.peek(now))
             return self._fault_response(request, route, fault, headers)
         decision = window = None
         headers = {}
-        if limiter is not None:
+        if limited is not None:
+            category, limiter = limited
             decision = limiter.take(now)
-            window = self._record(limiter, decision)
+            window = self._record(category, limiter, decision)
             headers = self._headers(limiter, decision.remaining)
         if window is not None and decision is not None and not decision.admitted:
             window.limited += 1
@@ -614,28 +679,50 @@ class Emulator:
         expiry = self._tokens.get(token.strip())
         return scheme.lower() == "bearer" and expiry is not None and now < expiry
 
-    def _current_limiter(self) -> Limiter | None:
-        """The limiter of the configured limit (None: no limit); a changed config, also one
-        assigned to ``config`` directly, starts a fresh one."""
+    def _category_limit(self, route: Route) -> tuple[Category, int] | None:
+        """The category of ``route`` and its limit per ``rate_interval`` (None: unlimited)."""
         config = self.config
-        if config.rate_limit is None:
-            return None
-        wanted = (config.rate_algorithm, config.rate_limit, config.rate_interval)
-        limiter = self._limiter
-        if limiter is None or (limiter.algorithm, limiter.limit, limiter.interval) != wanted:
-            limiter = self._limiter = Limiter(*wanted)
-            self._window = None
-        return limiter
+        if not config.category_limits:
+            if route == "auth" or config.rate_limit is None:
+                return None
+            return "channel", config.rate_limit
+        category = ROUTE_CATEGORY[route]
+        limits: dict[Category, int] = {
+            "channel": config.rate_limit or CATEGORY_LIMITS["channel"],
+            "event": config.event_rate_limit,
+            "order": config.order_rate_limit,
+            "offer": config.offer_rate_limit,
+            "default": config.default_rate_limit,
+        }
+        return category, limits[category]
 
-    def _record(self, limiter: Limiter, decision: Decision) -> RateWindow:
+    def _current_limiter(self, route: Route) -> tuple[Category, Limiter] | None:
+        """The category and limiter that count ``route`` (None: no limit); a changed config,
+        also one assigned to ``config`` directly, starts a fresh one."""
+        found = self._category_limit(route)
+        if found is None:
+            return None
+        category, limit = found
+        wanted = (self.config.rate_algorithm, limit, self.config.rate_interval)
+        limiter = self._limiters.get(category)
+        if limiter is None or (limiter.algorithm, limiter.limit, limiter.interval) != wanted:
+            limiter = self._limiters[category] = Limiter(*wanted)
+            self._windows.pop(category, None)
+        return category, limiter
+
+    def _record(self, category: Category, limiter: Limiter, decision: Decision) -> RateWindow:
         """Count the call in the record of its period, opening one when a period begins."""
         started_at = decision.period_start - self._epoch
-        window = self._window
+        window = self._windows.get(category)
         if window is None or window.started_at != started_at:
             window = RateWindow(
-                started_at, limiter.limit, limiter.interval, algorithm=limiter.algorithm
+                started_at,
+                limiter.limit,
+                limiter.interval,
+                algorithm=limiter.algorithm,
+                category=category,
             )
-            self._window = window
+            self._windows[category] = window
             self.state.rate_windows.append(window)
         window.requests += 1
         return window
@@ -664,6 +751,10 @@ class Emulator:
 
     def _reported_limit(self, route: Route) -> int:
         """``X-RateLimit-Limit`` of a 429 the emulator makes up (a fault, an outage)."""
+        if self.config.category_limits:
+            found = self._category_limit(route)
+            assert found is not None  # every route has a category then
+            return found[1]
         if route == "auth":
             return _AUTH_LIMIT
         return self.config.rate_limit or _CHANNEL_LIMIT

@@ -3,11 +3,15 @@
 A test or the demo injects events (``Emulator.add_events``, ``POST /_emulator/events``); they
 are kept as given, so a malformed one (no ``id``, ``event`` as broken JSON text) is served as
 is. ``GET /v1/channel/event?limit=N`` (1 to 1000, default 100; optional ``createdAfter``)
-answers ``{"eventList": [...]}``: up to N visible, unacknowledged events in the order they
-were injected, each then hidden for ``event_visibility`` seconds, after which it comes again
-unless acknowledged (at-least-once, as the API). ``DELETE /v1/channel/event`` with
-``{"eventIdList": [...]}`` (1 to 100 strings, else 400 with ``errorList``) acknowledges them
-and answers 204; an id never injected or already acknowledged is accepted and counted.
+answers ``{"eventList": [...]}``: up to N (and at most ``event_page_cap``, 100 as JTL's
+schema) visible, unacknowledged events in the order they were injected, each then hidden for
+``event_visibility`` seconds, after which it comes again unless acknowledged (at-least-once,
+as the API). As SCX, an event handed out ``event_max_deliveries`` times (10) and still not
+acknowledged when it would come again is given up (``dead-letter`` on SCX's side): never
+served again, counted in the ledger's ``given_up`` (and ``given_up_ids``).
+``DELETE /v1/channel/event`` with ``{"eventIdList": [...]}`` (1 to 100 strings, else 400
+with ``errorList``) acknowledges them and answers 204; an id never injected or already
+acknowledged is accepted and counted.
 
 The ledger (``EventLedger``) counts per id how often each was handed out and acknowledged,
 cheap for tens of thousands of events.
@@ -52,6 +56,8 @@ class EventLedger:
     unknown_acks: int = 0  # ids never injected
     handed_counts: Counter[str] = field(default_factory=Counter)
     acked_counts: Counter[str] = field(default_factory=Counter)
+    given_up: int = 0  # events dropped after their last delivery, never acknowledged
+    given_up_ids: list[str] = field(default_factory=list)
 
     def to_json(self, *, ids: bool = True) -> dict[str, Any]:
         # Not dataclasses.asdict: it rebuilds a Counter from (key, count) pairs, counting them.
@@ -59,17 +65,26 @@ class EventLedger:
         if ids:
             data["handed_counts"] = dict(self.handed_counts)
             data["acked_counts"] = dict(self.acked_counts)
+            data["given_up_ids"] = list(self.given_up_ids)
         else:
-            del data["handed_counts"], data["acked_counts"]
+            del data["handed_counts"], data["acked_counts"], data["given_up_ids"]
         return data
 
 
 class EventQueue:
     """The channel's unacknowledged seller events and what happened to them."""
 
-    def __init__(self, files: FileStore, visibility: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        files: FileStore,
+        visibility: Callable[[], float],
+        max_deliveries: Callable[[], int | None] = lambda: None,
+        page_cap: Callable[[], int] = lambda: MAX_LIMIT,
+    ) -> None:
         self._files = files
         self._visibility = visibility
+        self._max_deliveries = max_deliveries
+        self._page_cap = page_cap
         self._pending: dict[str, _Held] = {}  # insertion order is the order served
         self._acked: set[str] = set()
         self._serial = 0
@@ -121,17 +136,27 @@ class EventQueue:
         hide_until = now + self._visibility()
         ledger = self.ledger
         ledger.polls += 1
+        limit = min(limit, self._page_cap())
+        most = self._max_deliveries()
         out: list[Any] = []
+        dead: list[str] = []
         for key, held in self._pending.items():
             if len(out) >= limit:
                 break
             if held.hidden_until > now or not _after(held.item, created_after):
+                continue
+            if most is not None and ledger.handed_counts[key] >= most:
+                dead.append(key)  # delivered its last time and not acknowledged: given up
                 continue
             if held.hidden_until:
                 ledger.redelivered += 1
             held.hidden_until = hide_until
             ledger.handed_counts[key] += 1
             out.append(held.item)
+        for key in dead:
+            del self._pending[key]
+            ledger.given_up += 1
+            ledger.given_up_ids.append(key)
         ledger.handed_out += len(out)
         return out
 
@@ -251,3 +276,127 @@ def _date_time(value: object) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo is not None else None
+
+
+# One ``event`` payload per seller event type (JTL's ``SellerEventTypeList``), in the shape
+# JTL's generated models require (API-FACTS.md, "Required fields per type"): test fixtures,
+# the AsyncAPI examples (docs/asyncapi.yaml) and the soak's traffic are built from these.
+_ORDER = {"sellerId": "4711", "orderId": "19820701"}
+_PRICES = [{"id": "B2C", "quantityPriceList": [{"amount": "19.99", "currency": "EUR"}]}]
+EXAMPLE_PAYLOADS: dict[str, dict[str, Any]] = {
+    "System:Test": {"channel": "MYCHANNEL"},
+    "System:Notification": {
+        "channel": "MYCHANNEL",
+        "sellerId": "4711",
+        "message": "The seller's account is being reviewed.",
+        "severity": "INFO",
+    },
+    "Seller:Order.Confirmed": {**_ORDER, "orderAccepted": True},
+    "Seller:Order.Shipping": {
+        **_ORDER,
+        "shippingComplete": True,
+        "shippingItems": [
+            {
+                "carrier": "DHL",
+                "trackingNumber": "00340434161094042557",
+                "shippedAt": "2026-11-30T11:00:00+0000",
+                "orderItemIdList": [{"orderItemId": "19820701-1", "quantity": "1"}],
+                "returnTracking": {"carrier": "DHL", "trackingNumber": "00340434161094042558"},
+                "shippedFrom": {"city": "Hückelhoven", "country": "DE", "postcode": "41836"},
+            }
+        ],
+    },
+    "Seller:Order.Payment": {
+        **_ORDER,
+        "paymentComplete": True,
+        "paidAt": "2026-11-30T10:00:00+0000",
+    },
+    "Seller:Order.Cancellation.Request": {
+        "orderCancellationRequestId": "0b9e0c7e-1f3a-4c1e-9a57-2d0c3f7a1b11",
+        **_ORDER,
+        "orderItem": [{"orderItemId": "19820701-1", "quantity": "1"}],
+    },
+    "Seller:Order.Cancellation.Accepted": {
+        "sellerId": "4711",
+        "orderCancellationRequestId": "0b9e0c7e-1f3a-4c1e-9a57-2d0c3f7a1b11",
+    },
+    "Seller:Order.Cancellation.Denied": {
+        "sellerId": "4711",
+        "orderCancellationRequestId": "0b9e0c7e-1f3a-4c1e-9a57-2d0c3f7a1b11",
+        "reason": "The parcel has left the warehouse.",
+    },
+    "Seller:Order.Refund": {
+        "refundId": "R-1982-07",
+        **_ORDER,
+        "orderItem": [
+            {
+                "orderItemId": "19820701-1",
+                "quantity": "1",
+                "reason": "DAMAGED",
+                "refund": "19.99",
+                "refundCurrency": "EUR",
+            }
+        ],
+    },
+    "Seller:Order.Invoice": {
+        "type": "INVOICE",
+        **_ORDER,
+        "invoiceNumber": "RE-2026-0042",
+        "documentId": "doc-0042",
+        "documentExpiresAt": "2026-12-30T12:00:00+0000",
+    },
+    "Seller:Order.ReturnReceived": {
+        **_ORDER,
+        "sellerReturnId": "RET-0042",
+        "orderItem": [
+            {
+                "orderItemId": "19820701-1",
+                "quantity": "1",
+                "returnReason": "DOES_NOT_FIT",
+                "condition": "AS_NEW",
+                "acceptReturn": True,
+            }
+        ],
+    },
+    "Seller:Offer.New": {"sellerId": "4711", "offerId": 42, "priceList": _PRICES, "sku": "DOOR-1"},
+    "Seller:Offer.Update": {
+        "sellerId": "4711",
+        "offerId": 42,
+        "priceList": _PRICES,
+        "sku": "DOOR-1",
+    },
+    "Seller:Offer.End": {"sellerId": "4711", "offerId": 42},
+    "Seller:Offer.StockUpdate": {"sellerId": "4711", "offerId": 42, "quantity": "7"},
+    "Seller:Offer.PriceUpdate": {"sellerId": "4711", "offerId": 42, "priceList": _PRICES},
+    "Seller:Report.Request": {
+        "sellerId": "4711",
+        "reportType": "SELLER_INVENTORY",
+        "reportId": "rep-0042",
+        "startDate": "2026-11-01",
+        "endDate": "2026-11-30",
+    },
+    "Seller:Channel.Unlinked": {
+        "sellerId": "4711",
+        "reason": "The seller ended the contract.",
+        "unlinkedAt": "2026-11-30T12:00:00+0000",
+    },
+    "Seller:Meta.SellerAttributesUpdateRequest": {"sellerId": "4711"},
+    "Seller:Ticket.Reply": {
+        "sellerId": "4711",
+        "ticketId": "CASE-01071982",
+        "replyRequested": None,
+        "createdAt": "2026-11-30T11:58:00+0000",
+        "from": {"role": "SELLER", "name": "Support"},
+        "message": "The doors are open again.",
+        "attachment": [{"filename": "manual.pdf", "contentType": "application/pdf"}],
+    },
+}
+SELLER_EVENT_TYPES: tuple[str, ...] = tuple(EXAMPLE_PAYLOADS)
+
+
+def example_event(event_type: str, event_id: str | None = None) -> dict[str, Any]:
+    """An ``eventList`` item of ``event_type`` in JTL's shape (a copy: change it freely)."""
+    payload = orjson.loads(orjson.dumps(EXAMPLE_PAYLOADS[event_type]))
+    return seller_event(
+        event_id or f"ex-{event_type}", event_type, payload, created_at="2026-11-30T12:00:00+0000"
+    )

@@ -20,6 +20,11 @@ Every call also falls in a **period**, a bookkeeping interval for the emulator's
 previous one ended. For ``fixed`` it is the window itself; for the others it only groups the
 calls, so that a run shows per interval what was asked, admitted and refused.
 
+With ``category_limits`` the emulator keeps **one limiter per route category**, as JTL
+counts (``CATEGORY_LIMITS``: tickets, uploads and downloads 60, seller events 240, orders 600,
+offers 1,500, everything else, ``/v1/auth`` among it, 10 per interval); without it, one
+limiter for every ``/v1/channel*`` route, as before.
+
 Pure: the clock is passed in (seconds, any origin), nothing here does I/O.
 """
 
@@ -122,3 +127,25 @@ class Limiter:
         if self.algorithm == "sliding":
             return self._recent[0] + self.interval - now
         return max(0.0, (1 - self._tokens) * self.interval / self.limit)
+
+
+# --- one window per route category -----------------------------------------------------------
+
+# JTL's route categories as the emulator's routes fall into them (the emulator's own reading
+# of API-FACTS.md; it imports nothing of the client's ``worker.scx.routes``).
+Category = Literal["channel", "event", "order", "offer", "default"]
+ROUTE_CATEGORY: dict[str, Category] = {
+    "ticket": "channel",
+    "upload": "channel",
+    "download": "channel",
+    "events": "event",
+    "auth": "default",
+}
+# JTL's production limits per 60 s: what ``category_limits`` applies unless told otherwise.
+CATEGORY_LIMITS: dict[Category, int] = {
+    "channel": 60,
+    "event": 240,
+    "order": 600,
+    "offer": 1500,
+    "default": 10,
+}

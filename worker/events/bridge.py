@@ -12,13 +12,26 @@ a message unroutable (returned)     its copy kept in ``EVENTS_UNROUTED_QUEUE``, 
                                     then acknowledged as above
 unmappable (bad envelope, a reply   the raw item in the unrouted queue with ``x-error-kind``
 that fails validation)              and ``x-error-detail``, confirmed; then acknowledged
-a message refused (nack)            not acknowledged: SCX delivers it again later
+a message refused (nack)            not acknowledged: SCX delivers it again later; at the
+                                    ``EVENTS_DELIVERY_TRIES``-th such delivery a copy goes to
+                                    the unrouted queue (``x-error-kind: refused``), then acked
+that copy refused as well           ``events.unpublishable`` (error, counted, alert): held,
+                                    and no poll until it is published (every poll would spend
+                                    one of SCX's 10 deliveries)
 no answer (connection lost)         kept in hand; published again on the next connection
                                     (same ``message_id``s), then acknowledged
 no ``id``                           cannot be acknowledged: logged and counted
-a file's download kept failing      not acknowledged (SCX delivers it again); a permanent
-                                    answer (404) is published as ``unavailable`` instead
+a file's download kept failing      not acknowledged (SCX delivers it again); at the
+                                    ``EVENTS_DELIVERY_TRIES``-th such delivery the reply is
+                                    published with the file marked not delivered; a permanent
+                                    answer (404) is published as ``unavailable`` at once
 ==================================  =========================================================
+
+SCX transmits an unacknowledged event again after about 5 minutes, **at most 10 times**
+(``worker.events.tries`` counts the failed deliveries per event id, in Redis too when
+configured). So an event left unacknowledged on purpose takes about 5 minutes per try to
+come back: a reply whose file keeps failing is published about ``(EVENTS_DELIVERY_TRIES - 1)
+x 5`` minutes after its first delivery.
 
 Acknowledgements that fail (API down) are kept and sent before the next poll, so none is
 lost while the process lives; a crash before the acknowledgement makes SCX deliver the event
@@ -48,6 +61,7 @@ import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import aio_pika
 import aiormq
@@ -60,6 +74,7 @@ from worker.core.errors import EXIT_OK, RequestRejected, RetryLater
 from worker.core.settings import Settings
 from worker.core.spool import Spooled, clear_spool_dir, spool_dir
 from worker.events.mapping import (
+    PAGE_CAP,
     FileOutcome,
     NoId,
     Outgoing,
@@ -72,9 +87,10 @@ from worker.events.mapping import (
     unmappable_message,
 )
 from worker.events.publisher import Publisher, Result
+from worker.events.tries import SCX_MAX_DELIVERIES, DeliveryTries
 from worker.obs import metrics, tracing
 from worker.obs.labels import event_type_label
-from worker.scx import MAX_ACK_IDS, ScxClient, Unavailable
+from worker.scx import ATTACHMENT_PATH, MAX_ACK_IDS, ScxClient, Unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -125,6 +141,11 @@ class Bridge:
         self._seen: set[str] = set()  # ids of the page so far
         self._to_ack: list[tuple[str, object]] = []  # (event id, SCX type)
         self._spool = spool_dir("events")
+        self._tries = DeliveryTries(settings)
+        # Events nothing could publish, not even a copy to the unrouted queue: held, and
+        # published again before any poll (a poll would only spend SCX deliveries).
+        self._blocked: list[Planned] = []
+        self._unpublishable: set[str] = set()  # counted once per event id
         self._failures = 0
         self.exit_code = EXIT_OK
         self.active = False
@@ -143,7 +164,7 @@ class Bridge:
     @property
     def busy(self) -> bool:
         """Work the broker or the API still owes: a batch in hand, acknowledgements."""
-        return bool(self._in_hand or self._items or self._to_ack)
+        return bool(self._in_hand or self._items or self._to_ack or self._blocked)
 
     async def run(self) -> int:
         """Poll while holding the lock, until ``stop()``; returns the exit code.
@@ -167,7 +188,9 @@ class Bridge:
                     delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                     failures += 1
                     log.warning("events.broker_unreachable", error=_text(exc), retry_in_s=delay)
-                    await self._pause(delay)
+                    # Not woken by the lost connection: it stays lost until a connect works,
+                    # and waking on it made this loop retry about every millisecond.
+                    await self._pause(delay, connected=False)
                     continue
                 connected_once, failures = True, 0
                 try:
@@ -184,8 +207,9 @@ class Bridge:
                     with contextlib.suppress(Exception):
                         await connection.close()
         finally:
-            for planned in self._in_hand:
+            for planned in self._in_hand + self._blocked:
                 planned.close()
+            await self._tries.aclose()
         log.info("worker.stopped", exit_code=self.exit_code)
         return self.exit_code
 
@@ -241,11 +265,14 @@ class Bridge:
     async def _poll(self, publisher: Publisher) -> float:
         """One poll and its batch; returns how long to wait before the next one.
 
-        A full page is followed by the next poll at once (the pacer spaces the calls), a
-        short one by ``EVENTS_POLL_INTERVAL``; while polls or acknowledgements fail, the
+        A full page (``EVENTS_BATCH_SIZE`` events, or ``PAGE_CAP`` = 100, the most SCX
+        serves) is followed by the next poll at once (the pacer spaces the calls), a short
+        one by ``EVENTS_POLL_INTERVAL``; while polls or acknowledgements fail, the
         wait doubles from ``FAILURE_WAITS[0]`` up to ``FAILURE_WAITS[1]`` seconds.
         """
         interval = self._settings.events_poll_interval
+        if not await self._publish_blocked(publisher):
+            return self._failed(interval)  # every poll would be a delivery spent for nothing
         if not await self._acknowledge():
             return self._failed(interval)  # no new batch before the old one is acked
         limit = self._settings.events_batch_size
@@ -265,7 +292,8 @@ class Bridge:
                 log.info("events.polled", count=len(items), limit=limit)
             self._items, self._seen = deque(items), set()
             await self._forward(publisher)
-        return 0.0 if len(items) >= limit else interval
+        # SCX serves at most PAGE_CAP a page: one that long is full even if we asked for more.
+        return 0.0 if len(items) >= min(limit, PAGE_CAP) else interval
 
     def _failed(self, interval: float) -> float:
         first, longest = FAILURE_WAITS
@@ -323,18 +351,38 @@ class Bridge:
                 return Planned(decoded.id, decoded.type, decoded.created, [other_message(decoded)])
 
     async def _fetch(self, event: SellerEvent, reply: TicketReply) -> Planned | None:
-        """Download a reply's files into the spool; None if one kept failing (not acked)."""
+        """Download a reply's files into the spool; None if one kept failing (not acked).
+
+        SCX delivers an event at most 10 times: at the ``EVENTS_DELIVERY_TRIES``-th delivery
+        whose download failed, the reply goes out with that file marked not delivered.
+        """
         outcomes: list[FileOutcome] = []
         files: list[Spooled] = []
+        tries: int | None = None  # failed deliveries so far, once one failed this time
         try:
             for attachment in reply.files():
-                got = await self._client.download_attachment(
-                    reply.seller_id,
-                    reply.ticket_id,
-                    attachment.filename,
-                    max_bytes=self._settings.attachment_max_bytes,
-                    directory=self._spool,
-                )
+                try:
+                    got = await self._download(reply, attachment.filename)
+                except RetryLater as exc:
+                    if tries is None:
+                        tries = await self._tries.failed(event.id)
+                    if not self._tries.exhausted(tries):
+                        raise
+                    detail = _not_delivered(reply, attachment.filename, exc, tries)
+                    log.error(
+                        "events.attachment_not_delivered",
+                        event_id=event.id,
+                        ticket_id=reply.ticket_id,
+                        filename=attachment.filename,
+                        deliveries=tries,
+                        error=str(exc),
+                        detail="the reply is published without this file (SCX gives an event "
+                        f"up after {SCX_MAX_DELIVERIES} deliveries); fetch it later by "
+                        "sellerId, ticketId and filename",
+                    )
+                    metrics.event_attachment_not_delivered(event.type)
+                    outcomes.append(FileOutcome(attachment, unavailable=detail))
+                    continue
                 if isinstance(got, Unavailable):
                     log.warning(
                         "events.attachment_unavailable",
@@ -355,6 +403,7 @@ class Bridge:
                 event_id=event.id,
                 ticket_id=reply.ticket_id,
                 error=str(exc),
+                deliveries=tries,
                 detail="left unacknowledged; SCX delivers it again",
             )
             return None
@@ -365,24 +414,40 @@ class Bridge:
         messages = reply_messages(event, reply, outcomes, self._settings.events_ticket_reply_key)
         return Planned(event.id, event.type, event.created, messages, files=files)
 
+    async def _download(self, reply: TicketReply, filename: str) -> Spooled | Unavailable:
+        return await self._client.download_attachment(
+            reply.seller_id,
+            reply.ticket_id,
+            filename,
+            max_bytes=self._settings.attachment_max_bytes,
+            directory=self._spool,
+        )
+
     async def _finish(self, publisher: Publisher, *, acknowledge: bool = True) -> None:
         """Publish the batch in hand, settle each event, acknowledge (unless told not to:
         acknowledgements are sent 100 at a time); ``BrokerLost`` if the broker did not
         answer for some (they stay in hand for the next connection)."""
         if self._in_hand:
+            refused: list[Planned] = []
             self._in_hand = self._settle(
                 self._in_hand,
                 await publisher.publish_all(
                     [(m, p.unrouted) for p in self._in_hand for m in p.messages]
                 ),
+                refused,
             )
+            for planned in refused:
+                await self._refused(publisher, planned)
         if acknowledge:
             await self._acknowledge()
         if self._in_hand:
             raise BrokerLost(f"{len(self._in_hand)} events published without an answer")
 
-    def _settle(self, batch: list[Planned], results: list[Result]) -> list[Planned]:
-        """The one place that decides each event's fate; returns the events kept in hand."""
+    def _settle(
+        self, batch: list[Planned], results: list[Result], refused: list[Planned]
+    ) -> list[Planned]:
+        """The one place that decides each event's fate; returns the events kept in hand,
+        and adds those the broker refused to ``refused`` (``_refused`` decides on them)."""
         kept: list[Planned] = []
         at = 0
         for planned in batch:
@@ -391,16 +456,11 @@ class Bridge:
             if Result.FAILED in mine:
                 kept.append(planned)
                 continue
+            if Result.NACKED in mine:
+                refused.append(planned)
+                continue
             planned.close()
             label = event_type_label(planned.type)
-            if Result.NACKED in mine:
-                log.warning(
-                    "events.refused",
-                    event_id=planned.event_id,
-                    type=label,
-                    detail="the broker refused a message; left unacknowledged in SCX",
-                )
-                continue
             unrouted = mine.count(Result.UNROUTED)
             for _ in range(unrouted):
                 metrics.event_unrouted(
@@ -416,6 +476,69 @@ class Bridge:
                 unrouted=unrouted,
             )
         return kept
+
+    async def _refused(self, publisher: Publisher, planned: Planned) -> None:
+        """The broker refused a message of ``planned``: left for SCX to deliver again until
+        ``EVENTS_DELIVERY_TRIES`` deliveries, then a copy in the unrouted queue."""
+        tries = await self._tries.failed(planned.event_id)
+        label = event_type_label(planned.type)
+        if not self._tries.exhausted(tries):
+            planned.close()
+            log.warning(
+                "events.refused",
+                event_id=planned.event_id,
+                type=label,
+                deliveries=tries,
+                detail="the broker refused a message; left unacknowledged in SCX",
+            )
+            return
+        results = [await publisher.refused_copy(out, tries=tries) for out in planned.messages]
+        if Result.FAILED in results:
+            self._in_hand.append(planned)  # published again on the next connection
+        elif Result.NACKED in results:
+            self._blocked.append(planned)
+            if planned.event_id not in self._unpublishable:
+                self._unpublishable.add(planned.event_id)
+                metrics.event_unpublishable(planned.type)
+            log.error(
+                "events.unpublishable",
+                event_id=planned.event_id,
+                type=label,
+                deliveries=tries,
+                detail=f"the broker refused every copy, even to the unrouted queue; SCX gives "
+                f"an event up after {SCX_MAX_DELIVERIES} deliveries: no polls until it is "
+                "published",
+            )
+        else:
+            planned.close()
+            metrics.event_unrouted(planned.type, "refused")
+            metrics.event_published(planned.type, planned.created)
+            self._to_ack.append((planned.event_id, planned.type))
+            log.warning(
+                "events.kept_refused",
+                event_id=planned.event_id,
+                type=label,
+                deliveries=tries,
+                queue=self._settings.events_unrouted_queue,
+            )
+
+    async def _publish_blocked(self, publisher: Publisher) -> bool:
+        """Publish what nothing could publish before (as usual, else the unrouted copy);
+        True when none is left, so that the next poll may go."""
+        blocked, self._blocked = self._blocked, []
+        for planned in blocked:
+            results = await publisher.publish_all([(m, planned.unrouted) for m in planned.messages])
+            if Result.FAILED in results:
+                self._in_hand.append(planned)
+                raise BrokerLost("publishes went unanswered")
+            if Result.NACKED in results:
+                await self._refused(publisher, planned)
+                continue
+            planned.close()
+            metrics.event_published(planned.type, planned.created)
+            self._to_ack.append((planned.event_id, planned.type))
+            log.info("events.published", event_id=planned.event_id, messages=len(results))
+        return not self._blocked
 
     async def _acknowledge(self) -> bool:
         """Acknowledge what the broker holds, 100 ids a call; True when none is left."""
@@ -433,6 +556,7 @@ class Bridge:
             else:
                 metrics.events_acknowledged(event_type for _, event_type in chunk)
                 log.info("events.acknowledged", count=len(chunk))
+                await self._tries.forget(event_id for event_id, _ in chunk)
             del self._to_ack[: len(chunk)]
         return True
 
@@ -440,9 +564,14 @@ class Bridge:
         if self._lost.is_set():
             raise BrokerLost("the broker connection closed")
 
-    async def _pause(self, seconds: float) -> None:
-        """Wait ``seconds``, or less if stopping or the connection drops."""
-        waits = {asyncio.ensure_future(e.wait()) for e in (self._stopping, self._lost)}
+    async def _pause(self, seconds: float, *, connected: bool = True) -> None:
+        """Wait ``seconds``, or less if stopping or (``connected``) the connection drops.
+
+        Between connection attempts there is no connection to drop: ``_lost`` is still set
+        from the one that was lost, so only stopping may cut that pause short.
+        """
+        events = (self._stopping, self._lost) if connected else (self._stopping,)
+        waits = {asyncio.ensure_future(e.wait()) for e in events}
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -484,6 +613,25 @@ class Lock:
             self._channel = None
             return False
         return True
+
+
+def _not_delivered(
+    reply: TicketReply, filename: str, exc: RetryLater, tries: int
+) -> dict[str, Any]:
+    """A file of a reply published without it: what failed, and how to fetch it later."""
+    return {
+        "status": exc.detail.get("status"),
+        "reason": "download_failed",
+        "error": exc.reason,
+        "deliveries": tries,
+        "fetch": {
+            "method": "GET",
+            "path": ATTACHMENT_PATH,
+            "sellerId": reply.seller_id,
+            "ticketId": reply.ticket_id,
+            "filename": filename,
+        },
+    }
 
 
 def _text(exc: BaseException) -> str:

@@ -31,18 +31,26 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
 
 from worker.amqp import headers as h
 from worker.core.spool import Spooled
 from worker.models import (
     Attachments,
     ContentType,
-    CreatedAt,
     Filename,
     Name,
     Role,
@@ -59,6 +67,9 @@ _TYPE = re.compile(r"[A-Za-z0-9_-]+(?:[:.][A-Za-z0-9_-]+)*", re.ASCII)
 _MAX_TYPE = 200
 _MAX_ERRORS = 20
 JSON = "application/json"
+# JTL's schema (``SellerEventList``) caps a page at 100 events: a page that long is full
+# whatever ``EVENTS_BATCH_SIZE`` asked for, and the next poll goes at once.
+PAGE_CAP = 100
 
 ErrorKind = Literal["malformed", "invalid"]
 
@@ -66,6 +77,72 @@ ErrorKind = Literal["malformed", "invalid"]
 def routing_key(event_type: str) -> str:
     """``Seller:Order.Shipping`` -> ``scx.seller.order.shipping``."""
     return "scx." + event_type.lower().replace(":", ".")
+
+
+# --- date-times as JTL's models read them ---------------------------------------------------
+
+# ``2019-07-01T12:43:23``, a space for the ``T``, fractions of a second, then ``Z``, ``+00:00``,
+# ``+0000`` (what JTL's own serializer writes), ``+00`` or nothing at all.
+_DATE_TIME = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?"
+    r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?",
+    re.ASCII,
+)
+
+
+def parse_date_time(value: object) -> datetime | None:
+    """A date-time in any form JTL's models take for the fields the bridge reads; None if not.
+
+    JTL's models parse with PHP's ``DateTime``, which reads every offset form above; a value
+    without an offset is read as **UTC** (PHP would take the server's zone, which SCX does
+    not name; UTC is what its examples use). Calendar errors (``2023-02-30``) are refused.
+    """
+    if not isinstance(value, str) or _DATE_TIME.fullmatch(value) is None:
+        return None
+    text = value.upper().replace(" ", "T")
+    date, _, clock = text.partition("T")
+    # fromisoformat reads 1 to 6 digits of a fraction; PHP keeps microseconds as well.
+    clock = re.sub(r"\.(\d{6})\d+", r".\1", clock)
+    try:
+        moment = datetime.fromisoformat(f"{date}T{clock}")
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def rfc3339(value: str) -> str:
+    """``value`` as RFC 3339 (what consumers of the marketplace events parse): unchanged when
+    it is already, else rewritten (``+0000`` -> ``+00:00``, no offset -> ``+00:00``)."""
+    moment = parse_date_time(value)
+    if moment is None:
+        raise ValueError(f"not a date-time: {value!r}")
+    if _RFC3339_FORM.fullmatch(value):
+        return value
+    return moment.isoformat()
+
+
+_RFC3339_FORM = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
+def _date_time_field(value: str) -> str:
+    try:
+        return rfc3339(value)
+    except ValueError:
+        raise PydanticCustomError(
+            "date_time",
+            "Input should be a date-time such as 2019-07-01T12:43:23+00:00 (offsets Z, +00:00 "
+            "or +0000; none is read as UTC)",
+        ) from None
+
+
+# A reply's ``createdAt``: every form ``parse_date_time`` reads, published as RFC 3339.
+LenientCreatedAt = Annotated[str, Field(strict=True), AfterValidator(_date_time_field)]
+
+
+def _true_if_null(value: Any) -> Any:
+    return True if value is None else value
 
 
 # --- Seller:Ticket.Reply ------------------------------------------------------------------
@@ -92,15 +169,19 @@ class ReplyAttachment(_Model):
 class TicketReply(_Model):
     """``Seller:Ticket.Reply`` (JTL's ``SellerEventTicketReply``), camelCase as SCX sends it.
 
-    The Ticket's constraints (``worker.models``); ``from.role`` in any case; ``attachment``
-    0 to 10 items (``null`` = none); ``replyRequested`` a boolean, true when absent, as for
-    a Ticket. Unknown keys are ignored.
+    The Ticket's constraints (``worker.models``); ``from.role`` in any case (an unknown role
+    is refused, as JTL's model does); ``message`` required; ``attachment`` 0 to 10 items
+    (``null`` = none, more are refused); ``replyRequested`` a boolean, true when absent or
+    ``null`` (JTL's models read ``null`` as absent); ``createdAt`` in any form
+    ``parse_date_time`` reads, published as RFC 3339. Unknown keys are ignored.
     """
 
     seller_id: SellerId = Field(alias="sellerId")
     ticket_id: TicketId = Field(alias="ticketId")
-    reply_requested: StrictBool = Field(default=True, alias="replyRequested")
-    created_at: CreatedAt = Field(alias="createdAt")
+    reply_requested: Annotated[StrictBool, BeforeValidator(_true_if_null)] = Field(
+        default=True, alias="replyRequested"
+    )
+    created_at: LenientCreatedAt = Field(alias="createdAt")
     from_: ReplyFrom = Field(alias="from")
     message: Text
     attachment: Attachments[ReplyAttachment] | None = None
@@ -148,7 +229,9 @@ class SellerEvent:
 
     @property
     def created(self) -> datetime:
-        return datetime.fromisoformat(self.created_at.upper())
+        moment = parse_date_time(self.created_at)
+        assert moment is not None  # decode() let only a readable createdAt through
+        return moment
 
 
 Decoded = NoId | Unmappable | SellerEvent
@@ -174,7 +257,7 @@ def decode(item: object) -> Decoded:
     if problem is not None or not isinstance(payload, dict):
         return unmappable("malformed", problem or "", {"error": problem})
     assert isinstance(event_type, str)
-    created_at = str(item["createdAt"])
+    created_at = rfc3339(str(item["createdAt"]))
     client_version = item.get("clientVersion")
     if event_type != REPLY_TYPE:
         return SellerEvent(event_id, event_type, created_at, client_version, payload)
@@ -191,7 +274,7 @@ def _envelope_problem(event_type: object, created_at: object) -> str | None:
     if len(event_type) > _MAX_TYPE or not _TYPE.fullmatch(event_type):
         return "the event type cannot become a routing key"
     if not isinstance(created_at, str) or not _date_time(created_at):
-        return "createdAt is missing or not a date-time with a UTC offset"
+        return "createdAt is missing or not a date-time"
     return None
 
 
@@ -222,10 +305,7 @@ def _invalid_reply(exc: ValidationError) -> tuple[str, dict[str, Any]]:
 
 
 def _date_time(value: str) -> bool:
-    try:
-        return datetime.fromisoformat(value.upper()).tzinfo is not None
-    except ValueError:
-        return False
+    return parse_date_time(value) is not None
 
 
 # --- the messages -------------------------------------------------------------------------------

@@ -9,7 +9,9 @@
     │                                     (default exchange, mandatory, confirmed) -> UNROUTED
     ├── Basic.Nack                     -> aiormq DeliveryError, *not* a PublishError: the
     │                                     broker refused it (a full queue with reject-publish)
-    │                                     -> NACKED, the event stays unacknowledged
+    │                                     -> NACKED, the event stays unacknowledged; after
+    │                                     EVENTS_DELIVERY_TRIES deliveries ``refused_copy``
+    │                                     puts it in EVENTS_UNROUTED_QUEUE instead
     └── channel/connection gone        -> FAILED: the batch is retried on a new connection
 
 ``PublishError`` is a subclass of ``DeliveryError``, so the order of the ``except`` clauses
@@ -96,6 +98,27 @@ class Publisher:
         # A closing channel rejects pending confirmations with its close reason, or with a
         # CancelledError of the publish alone; either way the broker did not confirm.
         return [r if isinstance(r, Result) else Result.FAILED for r in results]
+
+    async def refused_copy(self, out: Outgoing, *, tries: int) -> Result:
+        """The last resort for a message the broker kept refusing (nack): a confirmed copy in
+        the unrouted queue saying so (``x-error-kind: refused``); NACKED if that is refused
+        too, and then nothing the bridge can do publishes it."""
+        return await self._keep(
+            out,
+            {
+                "x-original-exchange": self._exchange.name,
+                "x-original-routing-key": out.routing_key,
+                "x-error-kind": "refused",
+                "x-error-reason": "the broker refused the message on every delivery",
+                "x-error-detail": orjson.dumps(
+                    {
+                        "exchange": self._exchange.name,
+                        "routing_key": out.routing_key,
+                        "deliveries": tries,
+                    }
+                ).decode(),
+            },
+        )
 
     async def _keep(self, out: Outgoing, extra: dict[str, Any]) -> Result:
         """A confirmed copy in the unrouted queue; NACKED if it cannot be stored there."""

@@ -32,6 +32,8 @@ metric                                         type        labels
 ``events_acknowledged_total``                  counter     ``type``
 ``events_unrouted_total``                      counter     ``type``, ``reason``
 ``events_without_id_total``                    counter
+``events_unpublishable_total``                 counter     ``type``
+``events_attachments_not_delivered_total``     counter     ``type``
 ``events_poll_errors_total``                   counter     ``reason``
 ``events_publish_delay_seconds``               histogram   ``type``
 ``build_info``                                 gauge (1)   ``version``
@@ -207,6 +209,18 @@ EVENTS_UNROUTED = Counter(
 EVENTS_WITHOUT_ID = Counter(
     PREFIX + "events_without_id_total",
     "Seller events without an id: they cannot be acknowledged, so they are logged and skipped.",
+)
+EVENTS_UNPUBLISHABLE = Counter(
+    PREFIX + "events_unpublishable_total",
+    "Seller events the broker refused every copy of, even to the unrouted queue, after "
+    "EVENTS_DELIVERY_TRIES deliveries (once per event): SCX gives them up after 10.",
+    ["type"],
+)
+EVENTS_ATTACHMENTS_NOT_DELIVERED = Counter(
+    PREFIX + "events_attachments_not_delivered_total",
+    "Files of seller replies published as not delivered: the download kept failing for "
+    "EVENTS_DELIVERY_TRIES deliveries (the consumer fetches them later).",
+    ["type"],
 )
 EVENTS_POLL_ERRORS = Counter(
     PREFIX + "events_poll_errors_total",
@@ -401,9 +415,21 @@ def events_acknowledged(event_types: Iterable[object]) -> None:
         EVENTS_ACKNOWLEDGED.labels(event_type_label(event_type)).inc()
 
 
-def event_unrouted(event_type: object, reason: Literal["unroutable", "unmappable"]) -> None:
+def event_unrouted(
+    event_type: object, reason: Literal["unroutable", "unmappable", "refused"]
+) -> None:
     """An event's message went to EVENTS_UNROUTED_QUEUE (the broker confirmed it there)."""
     EVENTS_UNROUTED.labels(event_type_label(event_type), reason).inc()
+
+
+def event_unpublishable(event_type: object) -> None:
+    """The broker refused every copy of an event, even to the unrouted queue."""
+    EVENTS_UNPUBLISHABLE.labels(event_type_label(event_type)).inc()
+
+
+def event_attachment_not_delivered(event_type: object) -> None:
+    """A reply was published with one of its files marked not delivered."""
+    EVENTS_ATTACHMENTS_NOT_DELIVERED.labels(event_type_label(event_type)).inc()
 
 
 def event_without_id() -> None:

@@ -22,8 +22,10 @@ non-retryable 4xx raises ``UploadRejected`` with the status and ``errorList``. T
 streamed from its spooled copy on every attempt (``_FileBody``), never read whole.
 
 Classification of answers lives in ``classify`` alone. Every call first takes its
-turn from the ``Pacer`` (the rate limit) and the ``Breaker`` (outages); both are per process
-and shared by all messages, so a 429 or an outage slows the whole process down at once.
+turn from the ``Breaker`` (outages, per process) and from the ``Pacer`` of its route's
+category (``worker.scx.routes``: one window per category, as the API counts them); both are
+shared by all messages, so an outage slows the whole process down at once, and a 429 the
+routes of its category (a 429 on the seller-event routes leaves the tickets alone).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from worker.scx.breaker import Breaker
 from worker.scx.instrumentation import Instrumentation
 from worker.scx.pacing import Pacer
 from worker.scx.responses import error_list, rate_limit, retry_after
+from worker.scx.routes import WINDOWS, Category, category_of
 from worker.scx.waits import Waits
 
 log = structlog.get_logger(__name__)
@@ -168,8 +171,10 @@ class ScxClient:
         transport: httpx.AsyncBaseTransport | None = None,
         background: bool = False,
     ) -> None:
-        """``background``: this process calls seldom beside busier callers on the same
-        credential (the events bridge beside the workers); see ``Pacer``."""
+        """``background``: this process calls the channel category (tickets, uploads,
+        downloads) seldom beside busier callers on the same credential (the events bridge's
+        downloads beside the workers); see ``Pacer``. Its other categories (the bridge's
+        polls and acknowledgements) are paced at their full rate."""
         timeout = httpx.Timeout(settings.scx_request_timeout, connect=settings.scx_connect_timeout)
         self.instrumentation = Instrumentation()
         self.auth = TokenAuth(
@@ -180,9 +185,18 @@ class ScxClient:
         )
         self.auth.on_refreshed = self.instrumentation.token_refreshed
         self.waits = Waits()
-        self.pacer = Pacer(
-            settings.scx_max_requests_per_minute, waits=self.waits, background=background
-        )
+        self.pacers: dict[Category, Pacer] = {
+            category: Pacer(
+                _per_minute(settings, category),
+                waits=self.waits,
+                background=background and category == "channel",
+                counting=settings.scx_rate_counting,
+                category=category,
+            )
+            for category in WINDOWS
+        }
+        self.pacer = self.pacers["channel"]
+        """The channel category's pacer (tickets, uploads, downloads)."""
         self.breaker = Breaker(
             failures=settings.scx_breaker_failures,
             cooldown=settings.scx_breaker_cooldown,
@@ -402,11 +416,13 @@ class ScxClient:
         """One attempt: a breaker admission, a pacing slot, the request, its answer read."""
         probe = await self.breaker.admit(deadline)
         try:
-            seq = await self.pacer.acquire()
+            request = call.build()
+            pacer = self.pacers[category_of(request.url.path)]
+            seq = await pacer.acquire()
             structlog.contextvars.bind_contextvars(attempt=attempt)
             sent_at = time.monotonic()
             with _transport_errors():
-                response = await self._http.send(call.build(), stream=call.stream)
+                response = await self._http.send(request, stream=call.stream)
         except TransientError:
             # No answer at all, or POST /v1/auth failed: the API is as down as the route.
             self.breaker.failed(probe)
@@ -417,28 +433,33 @@ class ScxClient:
             self.breaker.abandoned(probe)
             raise
         try:
-            self._take_in(response, seq, sent_at, probe)
+            self._take_in(response, pacer, seq, sent_at, probe)
             with _transport_errors():
                 return await call.read(response)
         finally:
             if call.stream:
                 await response.aclose()
 
-    def _take_in(self, response: httpx.Response, seq: int, sent_at: float, probe: bool) -> None:
-        """Tell the pacer and the breaker what this answer says about the API."""
+    def _take_in(
+        self, response: httpx.Response, pacer: Pacer, seq: int, sent_at: float, probe: bool
+    ) -> None:
+        """Tell the route category's pacer and the breaker what this answer says."""
         status = response.status_code
         if (limit := rate_limit(response)) is not None:
             # Read once here, for the pacer and the metric alike.
             refused = status == httpx.codes.TOO_MANY_REQUESTS
-            self.pacer.observe(seq, limit, sent_at=sent_at, refused=refused)
-            metrics.rate_limit_remaining(limit.remaining)
+            pacer.observe(seq, limit, sent_at=sent_at, refused=refused)
+            if pacer is self.pacer:
+                # The gauge keeps meaning the tickets' window (the channel category).
+                metrics.rate_limit_remaining(limit.remaining)
         if status == httpx.codes.TOO_MANY_REQUESTS:
-            # Everyone in this process waits out the limit, not just this message.
+            # Everyone in this process waits out the limit of this category, not just this
+            # message; the other categories have windows of their own.
             wait = retry_after(response)
             if wait is None:
-                end = self.pacer.window_end()
-                wait = end - time.monotonic() if end is not None else self.pacer.interval or 1.0
-            self.pacer.pause_for(wait)
+                end = pacer.window_end()
+                wait = end - time.monotonic() if end is not None else pacer.interval or 1.0
+            pacer.pause_for(wait)
             self.breaker.succeeded(probe)  # the API is up; it only wants us slower
         elif status >= 500 or status == httpx.codes.REQUEST_TIMEOUT:
             self.breaker.failed(probe)
@@ -449,6 +470,23 @@ class ScxClient:
 async def _ticket_status(response: httpx.Response) -> tuple[int, tuple[Any, ...]]:
     status = classify(response)
     return status, tuple(error_list(response)) if status == httpx.codes.CONFLICT else ()
+
+
+def _per_minute(settings: Settings, category: Category) -> float:
+    """The requests per minute this process keeps to in ``category`` (0: not paced)."""
+    match category:
+        case "channel":
+            return settings.scx_max_requests_per_minute
+        case "event":
+            return settings.scx_event_requests_per_minute
+        case "order":
+            return settings.scx_order_requests_per_minute
+        case "offer":
+            return settings.scx_offer_requests_per_minute
+        case "default":
+            return settings.scx_default_requests_per_minute
+        case _:
+            return WINDOWS[category].per_minute
 
 
 def _answered(response: httpx.Response, route: str) -> None:

@@ -1,7 +1,10 @@
 """Client-side pacing: keep calls under the API's limit, alone or beside replicas.
 
-Production allows 60 calls to ``/v1/channel*`` per 60 s per channel credential, and every
-replica of the worker (and the events bridge) shares that budget. There is no coordinator:
+The API counts one window **per route category** (``worker.scx.routes``: tickets, uploads and
+downloads 60 per 60 s, seller events 240, ...) per channel credential, and every replica of
+the worker (and the events bridge) shares each. The client keeps one ``Pacer`` per category,
+which learns only from its own category's answers; everything below is about one of them.
+There is no coordinator:
 each process paces itself from what the API tells every caller, the ``X-RateLimit-Limit``,
 ``-Remaining`` and ``-Interval-Length-Seconds`` headers. They do not say *how* the API
 counts, and it matters: fixed windows reset at once, a sliding window frees each call an
@@ -10,7 +13,8 @@ bucket). Pacing that waits for a reset which never comes uses half of a sliding 
 
 Four rules decide when the next request of this process may go (``Schedule``, pure):
 
-1. **Never faster than** ``SCX_MAX_REQUESTS_PER_MINUTE`` (evenly spaced, in arrival order).
+1. **Never faster than** the category's setting (``SCX_MAX_REQUESTS_PER_MINUTE`` for the
+   channel category, ``SCX_EVENT_REQUESTS_PER_MINUTE`` ...), evenly spaced, in arrival order.
 2. **Fixed windows** (``WindowBudget``), assumed until the answers show otherwise: spread
    what is left of the window over the time left in it. With ``R`` calls left (as last
    reported, minus our own calls since) and the window ending at ``E``, the next call waits
@@ -72,9 +76,13 @@ six replicas were sure in every simulated run.
 ``tests/support/pacing_sim.py`` simulates replicas against the emulator's limiters
 (``worker/emulator/limits.py``); ``make bench`` measures real processes.
 
-A 429 pauses every sender of the process (``pause_until``) so that in-flight messages do
-not each spend a retry on a limit already known to be exhausted; the refused call holds no
-slot, and under rule 3 we held one slot fewer than we thought.
+``SCX_RATE_COUNTING`` names the model for a user who knows it (``fixed``, ``sliding``,
+``bucket``): the schedule then starts with it, never switches, and skips rule 4. The default,
+``auto``, learns it as above. Every tuned number of the rules is a field of ``Tuning``.
+
+A 429 pauses every sender of the process in that category (``pause_until``) so that
+in-flight messages do not each spend a retry on a limit already known to be exhausted; the
+refused call holds no slot, and under rule 3 we held one slot fewer than we thought.
 
 ``per_minute == 0`` turns pacing off; 429 pauses still apply.
 """
@@ -87,6 +95,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import structlog
@@ -96,9 +105,101 @@ from worker.scx.waits import Waits
 
 log = structlog.get_logger(__name__)
 
-# What other callers used between two of our answers is capped: a burst seen once
-# (answers overtaking each other) must not hold a whole window back.
-MAX_RESERVE = 10
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """Every tuned number of the pacing rules, each with the reason for its value.
+
+    Fractions are of the window's interval unless said otherwise. Tuned against the
+    emulator's limiters in ``tests/support/pacing_sim.py`` and measured in ``make bench``;
+    change one only with both at hand.
+    """
+
+    max_reserve: int = 10
+    """Rule 2: what other callers used between two of our answers is capped at this many
+    calls, so that a burst seen once (answers overtaking each other) cannot hold a whole
+    window back."""
+    recheck: float = 0.001
+    """Seconds to wait before looking again when the answer is "not yet" and the edge is now
+    (never zero, which would read as "go", and a float may land on the edge)."""
+    margin_fraction: float = 0.01
+    """Rule 3: an answer is remembered this much longer than the interval, so one that
+    arrived just before the interval's edge still says who held the calls at its end ..."""
+    margin_min: float = 0.05
+    """... and at least this many seconds, for short test intervals."""
+    unanswered_for: float = 2.0
+    """Rule 3: intervals an unanswered call of ours is still counted as the API's, long
+    after it went out (it may have arrived at any moment until its answer)."""
+    lull: float = 0.3
+    """Rule 4: the shared pause. It must outlast what a bucket needs to refill more than the
+    calls counted before ours could give back by aging out (a few calls' worth at 20 per
+    10 s, the callers pausing up to one of their gaps apart), and stay short enough for three
+    callers to make it up within the interval."""
+    lone_lull_calls: float = 2.0
+    """Rule 4, alone as far as the answers show (two replicas that each take the refill the
+    other leaves look like that): pause for this many calls' worth of refill. It shows them
+    the bucket and costs a process that is really alone two calls, once."""
+    lull_within: float = 0.5
+    """Rule 4: the pause starts only at an answer within this fraction of our first
+    interval; later the window or the refill has shown itself anyway."""
+    lull_at_remaining: float = 0.5
+    """Rule 4: ... and only once ``Remaining`` is at this fraction of the limit or below
+    (every caller reads the same counter, so their pauses overlap)."""
+    others_share: float = 0.5
+    """Rule 4: the others count as "there" (the long pause) when they used at least this
+    share of the calls we did."""
+    look_again: float = 0.1
+    """Rule 4: a second look this much later, when the first saw some capacity back but not
+    more than aging out could give."""
+    hold: float = 0.1
+    """Rule 4: how long a caller that saw the bucket leaves the refill to those still
+    looking."""
+    reset_slack_calls: int = 2
+    """Windows: ``Remaining`` this many calls (plus twice the others' reserve, at most half
+    the limit) below the whole limit still reads as a reset: the others may have called in
+    the new window before our answer."""
+    resets_apart: float = 0.75
+    """Windows: two "resets" closer than this fraction of the interval are a token bucket's
+    refill, not windows."""
+    first_interval: float = 0.9
+    """Rule 3: capacity back within this fraction of the interval after our first answer is
+    compared with what a sliding window could free (a little under the interval, so that a
+    window's own reset is not taken for refill)."""
+    refill_slack_calls: int = 1
+    """Rule 3: more than this many calls back beyond what a sliding window could free proves
+    refill (one call of rounding in the whole tokens)."""
+    saved_up_calls: int = 1
+    """Rule 3: ``Remaining`` plus our own calls above the limit by more than this (the
+    whole-token rounding) proves tokens saved up: a bucket."""
+    refused_slot_calls: int = 2
+    """Rule 3: a 429 on a slot we held proves a bucket when the bucket reading of the others
+    exceeds the window reading by at least this many calls."""
+
+
+TUNING = Tuning()
+# Kept by name for readers of the rules below.
+MAX_RESERVE = TUNING.max_reserve
+
+
+class Seen(NamedTuple):
+    """One of our answers, as far as ``Remaining`` goes."""
+
+    at: float
+    remaining: int
+
+
+class OwnCall(NamedTuple):
+    """One of our calls the API may still count."""
+
+    sent: float
+    answered: float | None
+
+
+class Moved(NamedTuple):
+    """The others' calls counted so far (bucket reading), as of one of our answers."""
+
+    at: float
+    total: float
 
 
 class WindowBudget:
@@ -140,7 +241,7 @@ class WindowBudget:
         elif previous is not None:
             others = previous - limit.remaining - (seq - previous_seq)
             if others > 0:
-                self.reserve = min(others, MAX_RESERVE)
+                self.reserve = min(others, TUNING.max_reserve)
             if now > self._answered_at:
                 self.others_rate = max(0, others) / (now - self._answered_at)
         self._answered_at = now
@@ -177,16 +278,14 @@ class WindowBudget:
 
 # How the API seems to count, as far as its answers have shown ("fixed" until they show more).
 Counting = Literal["fixed", "sliding", "bucket"]
-
-
-# How soon to look again when the answer is "not yet" and the edge is now.
-_RECHECK = 0.001
+# ``SCX_RATE_COUNTING``: learn it from the answers ("auto"), or take the user's word for it.
+CountingSetting = Literal["auto", "fixed", "sliding", "bucket"]
 
 
 def margin(interval: float) -> float:
     """How much longer than the interval an answer is remembered: one that arrived just
     before the interval's edge still says who held the calls at its end."""
-    return max(0.01 * interval, 0.05)
+    return max(TUNING.margin_fraction * interval, TUNING.margin_min)
 
 
 class _Answer(NamedTuple):
@@ -227,21 +326,23 @@ class RecentCalls:
     def __init__(self) -> None:
         # Set once the answers showed capacity a sliding window cannot have: a token bucket.
         self.not_sliding = False
+        # The user named the model (SCX_RATE_COUNTING): the answers do not change it.
+        self.model_named = False
         self._limit: int | None = None
         self._interval = 0.0
         # Our calls the API may still count, by number: (sent at, answered at or None).
-        self._own: dict[int, tuple[float, float | None]] = {}
+        self._own: dict[int, OwnCall] = {}
         self._seen: deque[_Answer] = deque()
-        self._moved: deque[tuple[float, float]] = deque()  # (answer at, others' calls so far)
+        self._moved: deque[Moved] = deque()
         self._others_total = 0.0
 
     def sent(self, seq: int, now: float) -> None:
-        self._own[seq] = (now, None)
+        self._own[seq] = OwnCall(now, None)
 
     def answered(self, seq: int, now: float) -> None:
         """Call ``seq`` was answered: it reached the API by ``now`` at the latest."""
         if seq in self._own:
-            self._own[seq] = (self._own[seq][0], now)
+            self._own[seq] = self._own[seq]._replace(answered=now)
 
     def refused(self, seq: int) -> None:
         """A 429: the call holds no slot, and we held one fewer than we thought (another
@@ -256,7 +357,7 @@ class RecentCalls:
         *,
         sent_at: float,
         now: float,
-        before: tuple[float, int] | None,
+        before: Seen | None,
         ours: int,
     ) -> None:
         """Take in the answer to our call sent at ``sent_at``; ``before`` is (time,
@@ -278,10 +379,10 @@ class RecentCalls:
             headroom = max(0.0, limit.limit - remaining - 1.0)
             refill = min(limit.limit / window * (now - then), headroom)
             self._others_total += remaining - limit.remaining - ours + refill
-        self._moved.append((now, self._others_total))
+        self._moved.append(Moved(now, self._others_total))
         by_bucket = max(0, round(self._others_total - self._total_at(now - window)))
         self._seen.append(_Answer(now, own, by_window, by_bucket))
-        if limit.remaining + own > limit.limit + 1:
+        if not self.model_named and limit.remaining + own > limit.limit + TUNING.saved_up_calls:
             self.not_sliding = True  # a sliding window counts our own calls; a bucket saves up
 
     @property
@@ -297,7 +398,7 @@ class RecentCalls:
         if self._limit is None:
             return now
         span = self._interval + margin(self._interval)
-        self._forget(now - 2 * span)
+        self._forget(now - 2 * span)  # what no answer of the last span can still refer to
         seen = [answer for answer in self._seen if answer.at > now - span]
         bucket = self.not_sliding
         others = max((answer.others(bucket) for answer in seen), default=0)
@@ -308,7 +409,7 @@ class RecentCalls:
         # Our calls the API may still count: each until an interval after its answer (by
         # then it has arrived), one still unanswered until long after it went out.
         recent = sorted(
-            answered if answered is not None else sent + 2 * self._interval
+            answered if answered is not None else sent + TUNING.unanswered_for * self._interval
             for sent, answered in self._own.values()
         )
         recent = [t for t in recent if t > now - self._interval]
@@ -324,23 +425,23 @@ class RecentCalls:
         # never "now", which would read as a yes (and a float may land on the edge).
         later = [seen[0].at + span] if seen else []
         later += [recent[count - n] + self._interval for n in (held, claimable) if 0 < n <= count]
-        return max(min(later, default=now), now + _RECHECK)
+        return max(min(later, default=now), now + TUNING.recheck)
 
     def _total_at(self, when: float) -> float:
         total = 0.0
-        for at, value in self._moved:
-            if at > when:
+        for moved in self._moved:
+            if moved.at > when:
                 break
-            total = value
+            total = moved.total
         return total
 
     def _forget(self, before: float) -> None:
         for number, (sent, answered) in list(self._own.items()):
-            if max(sent + 2 * self._interval, answered or 0.0) <= before:
+            if max(sent + TUNING.unanswered_for * self._interval, answered or 0.0) <= before:
                 del self._own[number]
         while self._seen and self._seen[0].at <= before:
             self._seen.popleft()
-        while len(self._moved) > 1 and self._moved[1][0] <= before:
+        while len(self._moved) > 1 and self._moved[1].at <= before:
             self._moved.popleft()
 
 
@@ -350,17 +451,11 @@ def _growth(seen: list[_Answer], bucket: bool) -> int:
     return max(steps, default=0)
 
 
-# Rule 4's pause and looks, in intervals. The pause must outlast what a bucket needs to refill
-# more than the calls counted before ours could give back by aging out (a few calls' worth
-# at 20 per 10 s, with the callers pausing up to one of their gaps apart), and stay short
-# enough for three callers to make it up within the interval.
-LULL = 0.3
-# Alone as far as the answers show: two replicas that each take the refill the other leaves
-# look like that. Two calls' worth of refill shows them the bucket, and costs a process that
-# is alone (which cannot make up a pause at the full rate) two calls, once.
-LONE_LULL = 2
-LOOK_AGAIN = 0.1  # a second look, when the first saw some capacity back but not enough
-HOLD = 0.1  # how long a caller that saw the bucket leaves the refill to those still looking
+# Rule 4's pause and looks, by name (see ``Tuning``).
+LULL = TUNING.lull
+LONE_LULL = TUNING.lone_lull_calls
+LOOK_AGAIN = TUNING.look_again
+HOLD = TUNING.hold
 
 
 class Lull:
@@ -378,22 +473,20 @@ class Lull:
         self._started = False
         self._looks = 0  # answers after the pause still to read
 
-    def start_if_due(
-        self, limit: RateLimit, *, seq: int, first: tuple[float, int], now: float
-    ) -> None:
+    def start_if_due(self, limit: RateLimit, *, seq: int, first: Seen, now: float) -> None:
         """Pause if this answer is the first of our first half-interval at half the limit or
         below: for ``LULL`` of the interval if the others used at least half as many calls
         as our ``seq`` so far, else for ``LONE_LULL`` calls' worth."""
         first_at, first_remaining = first
-        half = limit.limit // 2
+        half = int(limit.limit * TUNING.lull_at_remaining)
         if (
             not self._started
-            and now < first_at + 0.5 * limit.interval
+            and now < first_at + TUNING.lull_within * limit.interval
             and first_remaining > half >= limit.remaining
         ):
             self._started = True
             self._looks = 2
-            if 2 * (limit.limit - limit.remaining - seq) >= seq:
+            if limit.limit - limit.remaining - seq >= TUNING.others_share * seq:
                 self.until = now + LULL * limit.interval
             else:
                 self.until = now + LONE_LULL * limit.interval / limit.limit
@@ -424,16 +517,23 @@ class Schedule:
     less than an interval, or no reset when the estimated window is over.
     """
 
-    def __init__(self, per_minute: float, *, background: bool = False) -> None:
+    def __init__(
+        self, per_minute: float, *, background: bool = False, counting: CountingSetting = "auto"
+    ) -> None:
         self.gap = 60.0 / per_minute if per_minute > 0 else 0.0
-        self._windows_over = False  # the answers showed that the API does not count in windows
+        # "auto" learns how the API counts; any other setting is the user's word, kept.
+        self._fixed_model = counting != "auto"
+        # The answers showed (or the user said) that the API does not count in windows.
+        self._windows_over = counting in ("sliding", "bucket")
         self.windows = WindowBudget(background=background)
         self.recent = RecentCalls()
+        self.recent.not_sliding = counting == "bucket"
+        self.recent.model_named = self._fixed_model
         self.paused_until = 0.0
         self.last_sent = -math.inf
         self._seen_seq = 0
-        self._before: tuple[float, int] | None = None
-        self._first: tuple[float, int] | None = None  # (answer at, remaining) of our first
+        self._before: Seen | None = None  # our previous answer
+        self._first: Seen | None = None  # our first answer
         self._last_reset: float | None = None
         self._limit_seen, self._interval_seen = 0, 0.0
         self._came_back = 0  # calls' worth of capacity that came back within our first interval
@@ -467,7 +567,10 @@ class Schedule:
             self.recent.refused(seq)
             self._refused.add(seq)
             last = self.recent.last_answer
-            if self._windows_over and last is not None and last.by_bucket >= last.by_window + 2:
+            bucket_reading = last is not None and (
+                last.by_bucket >= last.by_window + TUNING.refused_slot_calls
+            )
+            if self._windows_over and bucket_reading:
                 # Keeping to our own slots is never refused by a sliding window (unless a new
                 # caller came): the capacity we counted on was saved up, so a token bucket.
                 self._switch(bucket=True)
@@ -477,7 +580,9 @@ class Schedule:
         self._refused = {s for s in self._refused if s > seq}
         was_bucket = self.counting == "bucket"
         # Capacity back since our previous answer, net of our own calls (None: no previous).
-        came_back = None if self._before is None else limit.remaining - (self._before[1] - ours)
+        came_back = (
+            None if self._before is None else limit.remaining - (self._before.remaining - ours)
+        )
         self._classify(limit, sent_at=sent_at, now=now, ours=ours, came_back=came_back)
         if came_back is not None:
             self._lull.looked(
@@ -490,10 +595,11 @@ class Schedule:
         self.recent.observe(seq, limit, sent_at=sent_at, now=now, before=self._before, ours=ours)
         self.windows.observe(seq, limit, sent_at=sent_at, now=now)
         self._seen_seq = seq
-        self._before = (now, limit.remaining)
+        self._before = Seen(now, limit.remaining)
         if self._first is None:
-            self._first = (now, limit.remaining)
-        if not was_bucket and not self.windows.background:
+            self._first = Seen(now, limit.remaining)
+        if not was_bucket and not self.windows.background and not self._fixed_model:
+            # Rule 4 only tells models apart: with the model given there is nothing to tell.
             self._lull.start_if_due(limit, seq=seq, first=self._first, now=now)
 
     def pause_until(self, deadline: float) -> None:
@@ -512,10 +618,13 @@ class Schedule:
         remaining, interval = limit.remaining, limit.interval
         self._limit_seen, self._interval_seen = limit.limit, interval
         up = came_back > 0
-        slack = min(limit.limit // 2, 2 * self.windows.reserve + 2)
+        slack = min(limit.limit // 2, 2 * self.windows.reserve + TUNING.reset_slack_calls)
         reset = up and remaining >= limit.limit - ours - slack
         if reset:
-            if self._last_reset is not None and now - self._last_reset < 0.75 * interval:
+            if (
+                self._last_reset is not None
+                and now - self._last_reset < TUNING.resets_apart * interval
+            ):
                 self._switch(bucket=True)  # two "resets" within an interval: tokens
             self._last_reset = now
         elif up:
@@ -530,13 +639,15 @@ class Schedule:
         """More capacity came back within an interval of our first call than the calls
         counted before it could free in a sliding window: refill, so a token bucket."""
         first = self._first
-        if first is None or now >= first[0] + 0.9 * self._interval_seen:
+        if first is None or now >= first.at + TUNING.first_interval * self._interval_seen:
             return False
         self._came_back += came_back
-        counted_before_ours = self._limit_seen - 1 - first[1]
-        return self._came_back > counted_before_ours + 1
+        counted_before_ours = self._limit_seen - 1 - first.remaining
+        return self._came_back > counted_before_ours + TUNING.refill_slack_calls
 
     def _switch(self, *, bucket: bool) -> None:
+        if self._fixed_model:
+            return  # the user named the model
         self._windows_over = True
         self.recent.not_sliding |= bucket
 
@@ -549,10 +660,14 @@ class Pacer:
         waits: Waits | None = None,
         clock: Callable[[], float] = time.monotonic,
         background: bool = False,
+        counting: CountingSetting = "auto",
+        category: str = "channel",
     ) -> None:
         self._waits = waits or Waits()
         self._clock = clock
-        self._schedule = Schedule(per_minute, background=background)
+        self.category = category
+        """The route category (``worker.scx.routes``) whose window this pacer keeps to."""
+        self._schedule = Schedule(per_minute, background=background, counting=counting)
         # Senders take their turn in arrival order; only the head waits on the clock, so
         # its slot is computed from the freshest headers rather than reserved in advance.
         self._turn = asyncio.Lock()
@@ -592,7 +707,12 @@ class Pacer:
             before = schedule.counting
             schedule.observe(seq, limit, sent_at=sent_at, now=self._clock(), refused=refused)
             if schedule.counting != before:
-                log.info("scx.rate_limit_counting", counting=schedule.counting, was=before)
+                log.info(
+                    "scx.rate_limit_counting",
+                    counting=schedule.counting,
+                    was=before,
+                    category=self.category,
+                )
 
     def pause_until(self, deadline: float) -> None:
         """Hold every send until ``deadline`` (monotonic seconds); later deadlines win."""
