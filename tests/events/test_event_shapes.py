@@ -31,7 +31,7 @@ from worker.events.mapping import (
     reply_body,
 )
 
-ASYNCAPI = Path(__file__).parent.parent / "docs" / "asyncapi.yaml"
+ASYNCAPI = Path(__file__).parents[2] / "docs" / "asyncapi.yaml"
 
 
 def messages() -> dict[str, Any]:
