@@ -269,9 +269,10 @@ class Traffic:
     def _file(self, n: int, k: int) -> File:
         ext, content_type = self.rng.choice(FILE_TYPES)
         size = self.rng.choice((0, 1, 200, 4_000, 40_000, 120_000))
-        return File(
-            f"m{n}_{k}.{ext}", content_type, self.rng.randbytes(size), self.rng.random() < 0.5
-        )
+        by_url = self.rng.random() < 0.5
+        # An empty file can only come by URL: inline, it would be an empty (invalid) base64.
+        data = self.rng.randbytes(size if by_url else max(size, 1))
+        return File(f"m{n}_{k}.{ext}", content_type, data, by_url=by_url)
 
     def _source(self, file: File, event_id: str) -> dict[str, Any]:
         item: dict[str, Any] = {"filename": file.filename, "content_type": file.content_type}
