@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import structlog
 from pydantic import SecretStr
 from yarl import URL
@@ -339,12 +340,21 @@ class Soak:
             await asyncio.sleep(tick)
 
     async def _route_bursts(self, seconds: float) -> None:
-        """Bursts of injected 503s on tickets, uploads and downloads, every few seconds."""
+        """Bursts of injected 503s on tickets, uploads and downloads, every few seconds.
+
+        A burst is injected only when the route's previous one is used up: injected answers
+        wait for calls, and while the workers' breakers hold calls back they would pile up
+        and meet every probe after the traffic, holding the breakers open for good (seen in
+        the first runs: one probe a minute, each answered by a leftover 503).
+        """
         rng = random.Random(self.rng.random())
-        while self.clock() < seconds:
-            await asyncio.sleep(rng.uniform(3, 10))
-            route: Route = rng.choice(("ticket", "upload", "download"))
-            self.emulator.inject(route, 503, count=rng.randint(1, 8))
+        async with httpx.AsyncClient(base_url=self.emulator.base_url) as client:
+            while self.clock() < seconds:
+                await asyncio.sleep(rng.uniform(3, 10))
+                route: Route = rng.choice(("ticket", "upload", "download"))
+                state = (await client.get("/_emulator/state", params={"bodies": "0"})).json()
+                if not state["pending_faults"][route]:
+                    self.emulator.inject(route, 503, count=rng.randint(1, 8))
 
     # --- watching ------------------------------------------------------------------------
 
