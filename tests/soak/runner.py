@@ -376,10 +376,21 @@ class Soak:
             await asyncio.sleep(1.0)
 
     async def _drain_dlq(self) -> None:
-        assert self.dead is not None
         while True:
-            await self.dead.drain(every=0.5)
+            await self._drain(every=0.5)
             await asyncio.sleep(0.5)
+
+    async def _drain(self, every: float) -> None:
+        """Take the DLQ's copies; a drain stuck on a connection that a node stop left half
+        open is abandoned (the next one reconnects)."""
+        assert self.dead is not None
+        try:
+            await asyncio.wait_for(self.dead.drain(every=every), 15)
+        except TimeoutError:
+            log.warning("soak.dlq_drain_stuck")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.dead.close(), 5)
+            self.dead._connection = None
 
     async def _watch_children(self) -> None:
         """A process that exited without being asked is restarted (and counted against the run)."""
@@ -536,8 +547,7 @@ class Soak:
         said = 0.0
         while time.monotonic() < deadline:
             await self._sample_once()
-            if self.dead is not None:
-                await self.dead.drain(every=0)
+            await self._drain(every=0)
             missing = self._missing()
             if not missing:
                 return True
@@ -555,7 +565,7 @@ class Soak:
     ) -> Result:
         assert self.dead is not None
         assert self.tap is not None
-        await self.dead.drain(every=0)
+        await self._drain(every=0)
         scx, _ = read_scx(self.emulator)
         witness = Endpoint(self.cluster.url(first=3), node_name(3))
         left = await leftovers(self.names, witness)
