@@ -127,3 +127,21 @@ cluster: install broker
 
 cluster-stop:
 	scripts/cluster.sh stop
+
+# Every feature at once under a seeded random fault schedule, reconciled by a ledger
+# (tests/soak/, docs/guides/soak.md). `make soak MINUTES=60 SEED=1`: MINUTES of traffic
+# (default 60) at RATE ticket messages a second (default 30) and SELLER_RATE seller events a
+# second (default 5), FAULTS_PER_HOUR faults of each class an hour (default 6, at least one
+# each), drawn from SEED (default 1). It starts (and afterwards stops) the 3-node cluster,
+# its own Redis, the emulator, a file server, two workers and two bridges, and appends its
+# section to docs/RELIABILITY.md and its chart to docs/soak.png; exit 1 on any discrepancy.
+# `make test` runs the 3-minute form (tests/soak/test_soak.py).
+MINUTES ?= 60
+SEED ?= 1
+RATE ?= 30
+SELLER_RATE ?= 5
+FAULTS_PER_HOUR ?= 6
+.PHONY: soak
+soak: install broker $(BENCH_STAMP)
+	$(BIN)/python -m tests.soak --minutes $(MINUTES) --seed $(SEED) --rate $(RATE) \
+		--seller-rate $(SELLER_RATE) --per-hour $(FAULTS_PER_HOUR) --report $(SOAK_ARGS)
