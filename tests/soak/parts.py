@@ -7,7 +7,7 @@
 - ``OwnRedis``: a ``redis-server`` of the soak's own on a free port (append-only file, so a
   restart keeps the progress record, as a production Redis would); the machine's Redis on
   6379 is shared and never restarted.
-- ``BurstyFileServer``: ``tests.fileserver.FileServer`` that answers 503 during a burst.
+- ``BurstyFileServer``: ``tests.support.fileserver.FileServer`` that answers 503 during a burst.
 - ``Tap``: a quorum queue bound to every key the bridges and the outcome events use,
   consumed through a robust connection to the cluster.
 - ``publish``: one batch with publisher confirms, through whichever node answers.
@@ -32,8 +32,8 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiohttp import web
 
-from tests.fileserver import FileServer
 from tests.soak.ledger import TapCopy, tap_copy
+from tests.support.fileserver import FileServer
 from worker.amqp.broker import connect, connect_robust
 from worker.amqp.topology import declare_topology
 from worker.core.settings import Settings

@@ -37,8 +37,6 @@ import structlog
 from pydantic import SecretStr
 from yarl import URL
 
-from tests.conftest import REFRESH_TOKEN, Names
-from tests.proxy import TcpProxy
 from tests.reliability.cluster import SCRIPT, Cluster, node_name
 from tests.reliability.harness import DeadLetters, Endpoint, delete_broker_objects, leftovers
 from tests.soak import faults
@@ -59,6 +57,9 @@ from tests.soak.parts import (
     publish,
 )
 from tests.soak.traffic import Message, Traffic
+from tests.support.broker import Names
+from tests.support.endpoints import REFRESH_TOKEN
+from tests.support.proxy import TcpProxy
 from worker.core.settings import Settings
 from worker.emulator import Emulator, EmulatorConfig
 from worker.emulator.app import Route
