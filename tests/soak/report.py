@@ -114,10 +114,10 @@ def append_section(result: Result, page: Path, chart: str | None) -> None:
 
 def chart(result: Result, path: Path) -> None:
     """Throughput per 10 s and the faults over time, as a PNG (matplotlib, the bench extra)."""
-    import matplotlib
+    import matplotlib  # type: ignore[import-not-found, unused-ignore]
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
 
     timeline = result.timeline
     fig, (top, bottom) = plt.subplots(
