@@ -1,6 +1,7 @@
 """``scx-forwarder`` (also ``python -m worker``): the worker and its companions.
 
-Exit codes of ``run`` are listed in ``worker.core.errors`` (``EXIT_*``) and in the README.
+Exit codes of ``run`` are listed in ``worker.core.errors`` (``EXIT_*``) and in
+docs/guides/operations.md ("Exit codes").
 The operations commands share them: ``check`` and ``dlq ...`` exit 0 when done, 1 when a
 check failed or the command could not run (broker unreachable, a queue missing, a
 replayed copy refused), 2 for a bad configuration or usage (``dlq purge`` without

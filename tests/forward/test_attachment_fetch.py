@@ -1,5 +1,6 @@
 """worker.forward.attachments.fetch_all against a real local HTTP server: every file
-arrives whole and checked, or the message fails the way the README says, before any SCX call."""
+arrives whole and checked, or the message fails the way docs/guides/attachments.md says,
+before any SCX call."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""decode_message: attachment sources in the input contract (README "Attachment files")."""
+"""decode_message: attachment sources in the input contract (docs/guides/attachments.md)."""
 
 from __future__ import annotations
 

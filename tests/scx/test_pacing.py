@@ -348,7 +348,8 @@ def test_replicas_started_apart_share_the_production_limit(
 
 
 # The bridge leaves a fixed window's last calls to the busy workers: a poll waits for the
-# next window at most, so seller events are at most an interval late (README, "Pacing").
+# next window at most, so seller events are at most an interval late
+# (docs/guides/scx-client.md, "Pacing").
 @pytest.mark.parametrize("algorithm", ["fixed", "sliding", "bucket"])
 @pytest.mark.parametrize(("limit", "interval"), [(20, 10.0), (60, 30.0), (60, 60.0)])
 def test_beside_busy_workers_the_bridge_polls_at_most_an_interval_late(

@@ -22,6 +22,9 @@ from tests.support.scx import ERRORS, client, scripted
 from worker.core.errors import RetryLater, TicketRejected, UploadRejected
 from worker.core.settings import Settings
 from worker.emulator import Emulator, EmulatorConfig
+from worker.forward.delivery import create_ticket
+from worker.forward.progress import Steps
+from worker.models import Ticket
 from worker.scx import ScxClient
 
 PDF = b"%PDF-1.7\n" + bytes(range(256)) * 1000
@@ -121,15 +124,33 @@ async def test_transient_upload_failures_end_in_retry_later() -> None:
     assert len(seen) == 2
 
 
-async def test_409_to_a_ticket_means_already_created_and_is_counted() -> None:
+async def test_409_to_a_ticket_comes_back_with_its_error_list_for_the_caller_to_read() -> None:
     handler, _ = scripted(httpx.Response(409, json=ERRORS))
+    async with client(handler) as scx:
+        result = await scx.send_ticket(b"{}")
+    assert (result.status, result.attempts) == (409, 1)
+    assert list(result.error_list) == ERRORS["errorList"]
+
+
+@pytest.mark.parametrize("sent_before", [True, False])
+async def test_409_counts_as_created_only_for_a_message_sent_before(sent_before: bool) -> None:
+    """The ticket step decides (docs/guides/conversations.md, "The 409 rule")."""
+    handler, _ = scripted(httpx.Response(409, json=ERRORS))
+    ticket = Ticket.model_validate(SEED_TICKET)
+    steps = Steps()
     before = metric("scx_forwarder_tickets_already_created_total")
     async with client(handler) as scx:
         with structlog.testing.capture_logs() as logs:
-            result = await scx.send_ticket(b"{}")
-    assert (result.status, result.attempts) == (409, 1)
-    assert metric("scx_forwarder_tickets_already_created_total") == before + 1
-    assert "scx.ticket_already_created" in [e["event"] for e in logs]
+            if sent_before:
+                await create_ticket(scx, ticket, steps, sent_before=True)
+            else:
+                with pytest.raises(TicketRejected) as raised:
+                    await create_ticket(scx, ticket, steps, sent_before=False)
+                assert (raised.value.status, raised.value.error_list) == (409, ERRORS["errorList"])
+    counted = metric("scx_forwarder_tickets_already_created_total") - before
+    assert counted == (1 if sent_before else 0)
+    assert ("scx.ticket_already_created" in [e["event"] for e in logs]) is sent_before
+    assert (steps.ticket, steps.attempted) == (sent_before, False)
 
 
 async def test_every_other_4xx_to_a_ticket_stays_rejected() -> None:

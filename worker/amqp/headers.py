@@ -1,7 +1,7 @@
 """The AMQP header names the worker writes and reads: one list, so the consumer, the
 delay stage and ``dlq replay`` cannot drift apart.
 
-What each one means is in the README ("The dead-letter queue", "Long failures", "Attachments").
+What each one means is in docs/guides/reliability.md and docs/guides/attachments.md.
 """
 
 from __future__ import annotations

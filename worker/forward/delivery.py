@@ -213,6 +213,9 @@ async def create_ticket(
         refused.attempts = forwarded.attempts
         log.warning("ticket.conflict_refused", status=forwarded.status)
         raise refused
+    if forwarded.status == httpx.codes.CONFLICT:
+        metrics.ticket_already_created()
+        log.info("scx.ticket_already_created", status=forwarded.status)
     steps.ticket, steps.attempted = True, False
     return forwarded
 

@@ -5,7 +5,7 @@ and ``OTEL_TRACES_EXPORTER`` names an exporter (``console``, ``otlp``, ...; unse
 ``none``: off). Off, every function here returns at its first line and no span object is
 made; the extra is imported by ``configure`` alone, so the worker runs without it.
 
-What is traced (README "Tracing"):
+What is traced (docs/guides/tracing.md):
 
 - ``consuming``: a CONSUMER span per delivery (``process <queue>``) that continues the
   W3C ``traceparent``/``tracestate`` of the message headers, or starts a trace;

@@ -12,10 +12,10 @@ token, retry budget and error mapping for each. ``send_ticket`` either returns
   with full jitter and never undercut the server's own ``Retry-After`` / rate-limit hint;
 - ``CredentialsRejected``: the refresh token was refused; the worker stops.
 
-``409 Conflict`` to a ticket is read as "this ticket exists already" (a redelivered message
-whose first POST the API took): ``send_ticket`` returns it as ``Forwarded(409)``, logs
-``scx.ticket_already_created`` and counts it, so the consumer goes on with the uploads. What
-the API really answers to a repeated ``ticketId`` is unconfirmed (README, "Attachments").
+``409 Conflict`` to a ticket is returned as ``Forwarded(409)`` with the API's ``errorList``:
+what it means is the caller's to decide, since ``ticketId`` names a conversation and what the
+API answers to a repeated one is unconfirmed (``worker.forward.delivery.create_ticket`` and
+docs/guides/conversations.md, "The 409 rule").
 
 ``upload_attachment`` sends one file as ``multipart/form-data`` through the same path; a
 non-retryable 4xx raises ``UploadRejected`` with the status and ``errorList``. The file is
@@ -260,9 +260,6 @@ class ScxClient:
             )
         )
         status, errors = answered.value
-        if status == httpx.codes.CONFLICT:
-            metrics.ticket_already_created()
-            log.info("scx.ticket_already_created", status=status)
         return Forwarded(status, answered.attempts, errors)
 
     # --- seller events (scx-forwarder events) -----------------------------------------

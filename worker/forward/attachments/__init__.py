@@ -1,12 +1,13 @@
 """Attachment files: where a ticket's files come from, what they are called, how they arrive.
 
 A ``data.attachments[]`` item of an event may carry one source besides ``filename`` and
-``content_type`` (README, "Input contract"): ``url`` (downloaded, only from a prefix listed in
-``ATTACHMENT_ALLOWED_URLS``) or ``content_base64`` (the bytes inline). ``worker.forward.mapping``
-validates the message and returns a ``worker.forward.mapping.Decoded``: the ``Ticket`` to send and
-one ``AttachmentSource`` per file that has bytes to upload (``Decoded.files``). ``fetch_all``
-then turns those into ``Fetched`` files on disk, before any SCX call, so a source that can
-never work dead-letters the message as ``invalid`` without a ticket being created half-way.
+``content_type`` (docs/guides/attachments.md, "Sources"): ``url`` (downloaded, only from a
+prefix listed in ``ATTACHMENT_ALLOWED_URLS``) or ``content_base64`` (the bytes inline).
+``worker.forward.mapping`` validates the message and returns a ``Decoded``: the ``Ticket`` to
+send and one ``AttachmentSource`` per file that has bytes to upload (``Decoded.files``).
+``fetch_all`` then turns those into ``Fetched`` files on disk, before any SCX call, so a
+source that can never work dead-letters the message as ``invalid`` without a ticket being
+created half-way.
 
 The modules, each with one job:
 
