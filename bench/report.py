@@ -14,7 +14,7 @@ from pathlib import Path
 from bench.attachments import AttachmentsResult
 from bench.attachments import table as attachments_table
 from bench.contenders import Role
-from bench.events import EventsResult, events_table
+from bench.events import CategoriesResult, EventsResult, categories_table, events_table
 from bench.pacing import PacingResult
 from bench.phases import DrainResult, LatencyResult, RssResult
 
@@ -27,6 +27,7 @@ class Results:
     pacing: list[PacingResult] = field(default_factory=list)
     attachments: list[AttachmentsResult] = field(default_factory=list)
     events: list[EventsResult] = field(default_factory=list)
+    categories: list[CategoriesResult] = field(default_factory=list)
     profile: str | None = None
     baseline: str | None = None
     """the "before:" line (``--baseline``): the earlier commit measured, or why it was not"""
@@ -250,6 +251,9 @@ def tables(results: Results) -> list[str]:
     if results.events:
         out += ["### The events bridge draining a backlog under the rate limit", ""]
         out += [*events_table(results.events), ""]
+    if results.categories:
+        out += ["### Rate limits per route category: 2 workers and the bridge", ""]
+        out += [*categories_table(results.categories), ""]
     return out
 
 

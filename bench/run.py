@@ -40,7 +40,13 @@ from bench.attachments import table as attachments_table
 from bench.baseline import Baseline, BaselineUnavailable, extract
 from bench.broker import Broker, broker_lost
 from bench.contenders import CONTENDERS, WORKER, Contender, Role, variant
-from bench.events import EventsResult, categories_drain, categories_table, events_drain
+from bench.events import (
+    CategoriesResult,
+    EventsResult,
+    categories_drain,
+    categories_table,
+    events_drain,
+)
 from bench.measure import Session
 from bench.pacing import ALGORITHMS, Emulator, PacingResult, pacing
 from bench.phases import DrainResult, LatencyResult, RssResult, drain, latency, rss
@@ -292,7 +298,7 @@ async def _phases(
         results.events = await _events_phase(args, session)
         clock = _lap("events", clock)
     if "categories" in phases:
-        await _categories_phase(args, session)
+        results.categories = await _categories_phase(args, session)
         clock = _lap("categories", clock)
     if args.profile is not None:
         backlog = int(args.profile_seconds * 1000)
@@ -429,10 +435,10 @@ async def _events_phase(args: argparse.Namespace, session: Session) -> list[Even
     return [r]
 
 
-async def _categories_phase(args: argparse.Namespace, session: Session) -> None:
-    """2 workers + the bridge against one window per route category, fixed and bucket
-    (printed; docs/BENCHMARKS.md "Rate limits per route category" holds the measured runs)."""
+async def _categories_phase(args: argparse.Namespace, session: Session) -> list[CategoriesResult]:
+    """2 workers + the bridge against one window per route category, fixed and bucket."""
     [(limit, interval, seconds)] = _pacing_limits(args.categories)
+    results = []
     for algorithm in ("fixed", "bucket"):
         r = await _again_on_broker_loss(
             session,
@@ -442,6 +448,8 @@ async def _categories_phase(args: argparse.Namespace, session: Session) -> None:
         )  # fmt: skip
         for line in categories_table([r]):
             _say(line)
+        results.append(r)
+    return results
 
 
 T = TypeVar("T")
