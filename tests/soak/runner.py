@@ -428,7 +428,7 @@ class Soak:
             while self.clock() < seconds:
                 await asyncio.sleep(rng.uniform(3, 10))
                 route: Route = rng.choice(("ticket", "upload", "download"))
-                count = rng.randint(5, 40) if route == "download" else rng.randint(1, 8)
+                count = rng.randint(10, 40) if route == "download" else rng.randint(1, 8)
                 state = (await client.get("/_emulator/state", params={"bodies": "0"})).json()
                 if not state["pending_faults"][route]:
                     self.emulator.inject(route, 503, count=count)
@@ -708,6 +708,10 @@ class Soak:
             "outages": len(state.outages),
             "events_redelivered": events.redelivered,
             "events_given_up": events.given_up,
+            # Deliveries of a reply left unacknowledged because a file kept failing.
+            "reply_file_failures": sum(
+                self.children[r].events["events.attachment_failed"] for r in BRIDGES
+            ),
             "worker_losses": worker_losses,
             "bridge_losses": bridge_losses,
         }
