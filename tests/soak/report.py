@@ -75,6 +75,8 @@ def section(result: Result, chart: str | None) -> str:
     by_class = Counter(d.fault for d in result.faults)
     verdict = "**passed**" if result.passed else "**FAILED**"
     waited_id, waited = result.longest_wait
+    api = result.api
+    statuses = ", ".join(f"{k} {v:,}" for k, v in sorted(api.get("route_statuses", {}).items()))
     counts = ", ".join(f"{k} {v:,}" for k, v in books.counts.items())
     faults = ", ".join(f"{fault} {by_class[fault]}" for fault in CLASSES if by_class[fault])
     duplicates = ", ".join(
@@ -93,6 +95,10 @@ def section(result: Result, chart: str | None) -> str:
         f"- Faults ({len(result.faults)}): {faults}.",
         f"- Duplicates: {duplicates}.",
         f"- Longest wait from publish to SCX: {waited:.1f} s ({waited_id}).",
+        f"- SCX: {api.get('auth_calls', 0):,} token calls; seller events delivered again "
+        f"{api.get('events_redelivered', 0):,} times, given up {api.get('events_given_up', 0)}; "
+        f"reply deliveries left unacknowledged for a failing file "
+        f"{api.get('reply_file_failures', 0)}; answers by route: {statuses}.",
         f"- Invalid classes: {len(result.invalid_classes)} "
         f"({', '.join(f'{k} {v}' for k, v in sorted(result.invalid_classes.items()))}).",
     ]
