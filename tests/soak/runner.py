@@ -144,16 +144,21 @@ T = TypeVar("T")
 
 
 async def bounded(
-    what: str, awaitable: Awaitable[T], timeout: float, clock: Callable[[], float]
+    what: str,
+    awaitable: Awaitable[T],
+    timeout: float,
+    clock: Callable[[], float],
+    patience: float | None = None,
 ) -> T:
     """Await ``awaitable`` for at most ``timeout`` seconds, saying so when it takes long.
 
-    Logs ``soak.waiting`` after a quarter of the timeout (at least 10 s) and
-    ``soak.wait_exceeded`` when the timeout passes, then raises ``TimeoutError``.
+    Logs ``soak.waiting`` after ``patience`` seconds (default: a quarter of the timeout, at
+    least 10 s) and ``soak.wait_exceeded`` when the timeout passes, then raises
+    ``TimeoutError``.
     """
     task = asyncio.ensure_future(awaitable)
     started = clock()
-    patience = max(10.0, timeout / 4)
+    patience = max(10.0, timeout / 4) if patience is None else patience
     done, _ = await asyncio.wait({task}, timeout=min(patience, timeout))
     if not done and timeout > patience:
         log.warning("soak.waiting", what=what, at=round(clock(), 1), waited=round(patience, 1))
@@ -276,6 +281,7 @@ class Soak:
                 "traffic and faults",
                 asyncio.gather(injector.run(plan), *traffic),
                 seconds + 600,
+                patience=seconds + 60,
             )
             self._traffic_over = True
             traffic_s = self.clock()
@@ -322,8 +328,10 @@ class Soak:
         )
         log.info("soak.parts_started", at=round(self.clock(), 1))
 
-    def _bounded(self, what: str, awaitable: Awaitable[T], timeout: float) -> Awaitable[T]:
-        return bounded(what, awaitable, timeout, self.clock)
+    def _bounded(
+        self, what: str, awaitable: Awaitable[T], timeout: float, patience: float | None = None
+    ) -> Awaitable[T]:
+        return bounded(what, awaitable, timeout, self.clock, patience)
 
     async def _start_cluster(self) -> None:
         status = await _run(str(SCRIPT), "status")
