@@ -75,6 +75,7 @@ def section(result: Result, chart: str | None) -> str:
     by_class = Counter(d.fault for d in result.faults)
     verdict = "**passed**" if result.passed else "**FAILED**"
     waited_id, waited = result.longest_wait
+    published = books.counts.get("messages", 0) + books.counts.get("invalid", 0)
     api = result.api
     statuses = ", ".join(f"{k} {v:,}" for k, v in sorted(api.get("route_statuses", {}).items()))
     counts = ", ".join(f"{k} {v:,}" for k, v in books.counts.items())
@@ -86,7 +87,8 @@ def section(result: Result, chart: str | None) -> str:
     lines = [
         f"### Seed {config.seed}, {config.minutes:g} minutes ({result.started}): {verdict}",
         "",
-        f"Machine: {result.machine}. Traffic {config.rate:g} messages/s and "
+        f"Machine: {result.machine}. Traffic {config.rate:g} messages/s asked "
+        f"({published / max(result.traffic_s, 1):.1f}/s published) and "
         f"{config.seller_rate:g} seller events/s for {result.traffic_s:.0f} s; everything "
         f"settled {result.settle_s:.0f} s later"
         + ("." if result.settled else " **did not settle** within the timeout."),
