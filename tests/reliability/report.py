@@ -3,6 +3,11 @@
     python -m tests.reliability.report RESULTS.json docs/RELIABILITY.md
 
 ``make reliability`` runs the suite with ``RELIABILITY_REPORT=RESULTS.json`` and then this.
+
+The page is not this module's alone: sections written by hand or by other runs follow the
+generated part (the conversations scenario, ``make soak``'s "Soak runs"). The generated part
+is the header, the table and ``## Per scenario``; every ``## `` section after it in the
+existing page is kept, in order, after the newly rendered part (``page``).
 """
 
 from __future__ import annotations
@@ -139,6 +144,37 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+GENERATED_LAST = "## Per scenario"
+
+
+def kept_sections(existing: str) -> str:
+    """The sections of ``existing`` that follow its generated part ("" if there are none).
+
+    Everything from the first ``## `` heading after ``## Per scenario`` on; headings inside
+    fenced code blocks do not count. A page without the generated part keeps nothing (it is
+    not this module's page).
+    """
+    lines = existing.splitlines(keepends=True)
+    generated = fenced = False
+    for index, line in enumerate(lines):
+        if line.startswith("```"):
+            fenced = not fenced
+        if fenced:
+            continue
+        if line.rstrip() == GENERATED_LAST:
+            generated = True
+        elif generated and line.startswith("## "):
+            return "".join(lines[index:])
+    return ""
+
+
+def page(results: dict[str, Any], existing: str = "") -> str:
+    """The whole page: ``render(results)``, then what ``existing`` has after its generated part."""
+    rendered = render(results).rstrip("\n") + "\n"
+    kept = kept_sections(existing)
+    return rendered + ("\n" + kept if kept else "")
+
+
 def _figure(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
@@ -152,7 +188,8 @@ def main(argv: list[str]) -> int:
     results = orjson.loads(Path(argv[0]).read_bytes())
     target = Path(argv[1])
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render(results), encoding="utf-8")
+    existing = target.read_text(encoding="utf-8") if target.exists() else ""
+    target.write_text(page(results, existing), encoding="utf-8")
     return 0
 
 

@@ -29,9 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", default=",".join(faults.CLASSES), help="classes, by name")
     parser.add_argument("--settle-timeout", type=float, default=900.0)
     parser.add_argument(
-        "--conversation-ticket-ids",
-        action="store_true",
-        help="publish every message of a conversation under one ticket id (issue 17)",
+        "--hold-cap", type=float, default=None, help="the longest any fault lasts, seconds"
     )
     parser.add_argument("--report", action="store_true", help="write docs/RELIABILITY.md")
     parser.add_argument("--out", type=Path, default=Path("build/soak"))
@@ -55,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         per_hour=args.per_hour,
         settle_timeout=args.settle_timeout,
         out_dir=args.out,
-        shared_ticket_ids=args.conversation_ticket_ids,
+        hold_cap=args.hold_cap,
     )
     soak = Soak(config)
     result = asyncio.run(soak.run())

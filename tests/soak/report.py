@@ -75,6 +75,9 @@ def section(result: Result, chart: str | None) -> str:
     by_class = Counter(d.fault for d in result.faults)
     verdict = "**passed**" if result.passed else "**FAILED**"
     waited_id, waited = result.longest_wait
+    published = books.counts.get("messages", 0) + books.counts.get("invalid", 0)
+    api = result.api
+    statuses = ", ".join(f"{k} {v:,}" for k, v in sorted(api.get("route_statuses", {}).items()))
     counts = ", ".join(f"{k} {v:,}" for k, v in books.counts.items())
     faults = ", ".join(f"{fault} {by_class[fault]}" for fault in CLASSES if by_class[fault])
     duplicates = ", ".join(
@@ -84,7 +87,8 @@ def section(result: Result, chart: str | None) -> str:
     lines = [
         f"### Seed {config.seed}, {config.minutes:g} minutes ({result.started}): {verdict}",
         "",
-        f"Machine: {result.machine}. Traffic {config.rate:g} messages/s and "
+        f"Machine: {result.machine}. Traffic {config.rate:g} messages/s asked "
+        f"({published / max(result.traffic_s, 1):.1f}/s published) and "
         f"{config.seller_rate:g} seller events/s for {result.traffic_s:.0f} s; everything "
         f"settled {result.settle_s:.0f} s later"
         + ("." if result.settled else " **did not settle** within the timeout."),
@@ -93,6 +97,10 @@ def section(result: Result, chart: str | None) -> str:
         f"- Faults ({len(result.faults)}): {faults}.",
         f"- Duplicates: {duplicates}.",
         f"- Longest wait from publish to SCX: {waited:.1f} s ({waited_id}).",
+        f"- SCX: {api.get('auth_calls', 0):,} token calls; seller events delivered again "
+        f"{api.get('events_redelivered', 0):,} times, given up {api.get('events_given_up', 0)}; "
+        f"reply deliveries left unacknowledged for a failing file "
+        f"{api.get('reply_file_failures', 0)}; answers by route: {statuses}.",
         f"- Invalid classes: {len(result.invalid_classes)} "
         f"({', '.join(f'{k} {v}' for k, v in sorted(result.invalid_classes.items()))}).",
     ]

@@ -13,9 +13,17 @@ fault are over it waits for every message to settle, stops every process with SI
 reconciles (``tests.soak.ledger.reconcile``). Everything it started is stopped whatever
 happens; the broker objects it declared are deleted.
 
-The two knobs a later emulator brings plug in here: ``EmulatorKnobs`` / ``configure_emulator``
-(per-category rate limits, the 10-delivery cap, the page cap) and, in ``tests.soak.ledger``,
-``read_scx`` (the conversation ledger).
+The emulator runs as SCX counts (``EmulatorKnobs``): one window per route category (raised
+from JTL's production limits so the load is not starved), SCX's 10-delivery cap on seller
+events (the run fails on any event SCX gave up) and its page cap of 100.
+
+**Every wait is bounded and logged.** Each step that waits on something outside this process
+(a node stop, a broker call, a process exit, the settling) goes through ``bounded``, which
+gives it a deadline, logs ``soak.waiting`` when it starts to take long and
+``soak.wait_exceeded`` (with what it was waiting for) when the deadline passes. The first
+version hung for about 10 minutes after the queues were empty: the settling waited its whole
+timeout for things that would never come, and teardown steps (closing a robust connection
+whose node had been stopped, ``rabbitmqctl`` calls) had no deadline at all.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import structlog
@@ -45,6 +53,7 @@ from tests.soak.ledger import (
     Ledger,
     Losses,
     accepted_since,
+    invalid_classes,
     read_scx,
     reconcile,
 )
@@ -69,6 +78,10 @@ log = structlog.get_logger(__name__)
 PREFETCH, CONCURRENCY, ATTACHMENT_CONCURRENCY = 64, 32, 4
 EVENTS_BATCH = 100
 GRACE = 10.0
+# Settling gives up when what is missing has not changed for this long: every retry of the
+# workers (delays up to 4 s, breaker cooldown 1 s) and of the bridge (visibility timeout,
+# EVENTS_DELIVERY_TRIES deliveries) comes round well within it.
+STALL = 120.0
 # A SIGTERMed process gets its grace to drain, then this long to close its connections.
 EXIT_MARGIN = 5.0
 WORKERS, BRIDGES = ("worker-1", "worker-2"), ("bridge-1", "bridge-2")
@@ -90,30 +103,73 @@ class EmulatorKnobs:
     """What the soak sets on the emulator, in one place."""
 
     token_lifetime: float = 5.0  # tokens expire every few seconds under load
-    # One limit shared by every /v1/channel* route (the emulator's model today), raised
-    # from production's 60 a minute so the load is not starved.
-    rate_limit: int = 100
+    # One window per route category (worker.emulator.limits), per rate_interval; raised from
+    # JTL's per-minute limits (channel 60, event 240, default 10) so the load is not starved.
+    channel_limit: int = 100  # tickets, uploads, downloads
+    event_limit: int = 40  # GET/DELETE /v1/channel/event
+    default_limit: int = 20  # /v1/auth among others
     rate_interval: float = 1.0
     fail_rate: float = 0.01  # random 503s on every channel route
     # SCX's visibility timeout is 5 minutes; shortened so a seller event caught by a crash
-    # comes again within the run.
+    # (or left unacknowledged because a file kept failing) comes again within the run.
     event_visibility: float = 20.0
+    event_max_deliveries: int = 10  # as SCX: given up after the 10th delivery
+    event_page_cap: int = 100  # as JTL's schema
 
 
 def configure_emulator(emulator: Emulator, knobs: EmulatorKnobs) -> None:
     emulator.configure(
         token_lifetime=knobs.token_lifetime,
-        rate_limit=knobs.rate_limit,
-        rate_interval=knobs.rate_interval,
+        category_limits=True,
         rate_algorithm="sliding",
         fail_rate=knobs.fail_rate,
         fail_status=503,
         event_visibility=knobs.event_visibility,
+        event_max_deliveries=knobs.event_max_deliveries,
+        event_page_cap=knobs.event_page_cap,
     )
+    restore_rate_limit(emulator, knobs)
 
 
 def restore_rate_limit(emulator: Emulator, knobs: EmulatorKnobs) -> None:
-    emulator.configure(rate_limit=knobs.rate_limit, rate_interval=knobs.rate_interval)
+    emulator.configure(
+        rate_limit=knobs.channel_limit,
+        event_rate_limit=knobs.event_limit,
+        default_rate_limit=knobs.default_limit,
+        rate_interval=knobs.rate_interval,
+    )
+
+
+T = TypeVar("T")
+
+
+async def bounded(
+    what: str,
+    awaitable: Awaitable[T],
+    timeout: float,
+    clock: Callable[[], float],
+    patience: float | None = None,
+) -> T:
+    """Await ``awaitable`` for at most ``timeout`` seconds, saying so when it takes long.
+
+    Logs ``soak.waiting`` after ``patience`` seconds (default: a quarter of the timeout, at
+    least 10 s) and ``soak.wait_exceeded`` when the timeout passes, then raises
+    ``TimeoutError``.
+    """
+    task = asyncio.ensure_future(awaitable)
+    started = clock()
+    patience = max(10.0, timeout / 4) if patience is None else patience
+    done, _ = await asyncio.wait({task}, timeout=min(patience, timeout))
+    if not done and timeout > patience:
+        log.warning("soak.waiting", what=what, at=round(clock(), 1), waited=round(patience, 1))
+        done, _ = await asyncio.wait({task}, timeout=timeout - patience)
+    if not done:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        log.error("soak.wait_exceeded", what=what, at=round(clock(), 1), since=round(started, 1))
+        raise TimeoutError(f"{what}: no end within {timeout:g} s")
+    return task.result()
 
 
 @dataclass(frozen=True)
@@ -126,7 +182,9 @@ class SoakConfig:
     per_hour: float = 6.0  # faults of each class per hour (at least one each)
     settle_timeout: float = 300.0
     out_dir: Path = Path("build/soak")
-    shared_ticket_ids: bool = False
+    # The longest a fault lasts, whatever its class draws (None: faults.HOLD as drawn); the
+    # short form caps holds so that two node stops fit into its few minutes.
+    hold_cap: float | None = None
     knobs: EmulatorKnobs = field(default_factory=EmulatorKnobs)
 
 
@@ -202,6 +260,8 @@ class Soak:
         await self._start_parts()
         seconds = config.minutes * 60
         plan = faults.schedule(self.rng, seconds, config.classes, config.per_hour)
+        if config.hold_cap is not None:
+            plan = [faults.Planned(p.at, p.fault, min(p.hold, config.hold_cap)) for p in plan]
         injector = faults.Injector(self._actions(), self.clock)
         self._epoch = time.monotonic()
         background = [
@@ -215,9 +275,17 @@ class Soak:
             asyncio.create_task(self._route_bursts(seconds)),
         ]
         try:
-            await asyncio.gather(injector.run(plan), *traffic)
+            # Traffic ends on time; a fault is bounded by its hold plus the slowest of its
+            # steps (a node started again), so the whole plan has a deadline too.
+            await self._bounded(
+                "traffic and faults",
+                asyncio.gather(injector.run(plan), *traffic),
+                seconds + 600,
+                patience=seconds + 60,
+            )
             self._traffic_over = True
             traffic_s = self.clock()
+            log.info("soak.traffic_over", at=round(traffic_s, 1))
             settled = await self._settle()
             settle_s = self.clock() - traffic_s
             await asyncio.sleep(3.0)  # a late duplicate gets its chance to show up
@@ -226,6 +294,7 @@ class Soak:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+        log.info("soak.stopping", at=round(self.clock(), 1))
         await self._stop_children()
         return await self._close_books(injector, traffic_s, settle_s, settled)
 
@@ -247,15 +316,28 @@ class Soak:
             self.children[role] = Child(
                 role, command, self._env(role), self.log_dir, self.clock, secrets
             )
-        for role in WORKERS:
-            await self.children[role].start(ready=("worker.consuming",))
-        for role in BRIDGES:
-            await self.children[role].start(ready=("events.poller_active", "events.standby"))
+        # The workers first (they declare the topology), then both bridges at once.
+        await asyncio.gather(
+            *(self.children[r].start(ready=("worker.consuming",)) for r in WORKERS)
+        )
+        await asyncio.gather(
+            *(
+                self.children[r].start(ready=("events.poller_active", "events.standby"))
+                for r in BRIDGES
+            )
+        )
+        log.info("soak.parts_started", at=round(self.clock(), 1))
+
+    def _bounded(
+        self, what: str, awaitable: Awaitable[T], timeout: float, patience: float | None = None
+    ) -> Awaitable[T]:
+        return bounded(what, awaitable, timeout, self.clock, patience)
 
     async def _start_cluster(self) -> None:
         status = await _run(str(SCRIPT), "status")
         self._started_cluster = status.count(" running on ") < 3
-        await _run(str(SCRIPT), "start", timeout=600)
+        log.info("soak.cluster", running=not self._started_cluster)
+        await _run(str(SCRIPT), "start", timeout=300)
         urls = (await _run(str(SCRIPT), "urls")).strip().split(",")
         self.cluster = Cluster(tuple(urls))
 
@@ -306,11 +388,7 @@ class Soak:
     # --- traffic -------------------------------------------------------------------------
 
     async def _publish(self, seconds: float) -> None:
-        traffic = Traffic(
-            random.Random(self.rng.random()),
-            self.files.put_file,
-            shared_ticket_ids=self.config.shared_ticket_ids,
-        )
+        traffic = Traffic(random.Random(self.rng.random()), self.files.put_file)
         settings = self._settings(self.cluster.url(first=3))
         tick = 0.5
         while self.clock() < seconds:
@@ -343,19 +421,22 @@ class Soak:
     async def _route_bursts(self, seconds: float) -> None:
         """Bursts of injected 503s on tickets, uploads and downloads, every few seconds.
 
-        A burst is injected only when the route's previous one is used up: injected answers
-        wait for calls, and while the workers' breakers hold calls back they would pile up
-        and meet every probe after the traffic, holding the breakers open for good (seen in
-        the first runs: one probe a minute, each answered by a leftover 503).
+        Bursts are small (1-8 answers) because they are counted, not timed: a burst of 10-40
+        on downloads (tried once, to make reply files fail for longer) outlived the traffic,
+        since only the bridge downloads and its breaker let one probe through per cooldown
+        (up to 60 s), each probe meeting another leftover 503. A reply whose file meets a
+        burst beyond the bridge's retries is left unacknowledged and comes again after the
+        visibility timeout (``reply_file_failures`` counts those deliveries).
         """
         rng = random.Random(self.rng.random())
         async with httpx.AsyncClient(base_url=self.emulator.base_url) as client:
             while self.clock() < seconds:
                 await asyncio.sleep(rng.uniform(3, 10))
                 route: Route = rng.choice(("ticket", "upload", "download"))
+                count = rng.randint(1, 8)
                 state = (await client.get("/_emulator/state", params={"bodies": "0"})).json()
                 if not state["pending_faults"][route]:
-                    self.emulator.inject(route, 503, count=rng.randint(1, 8))
+                    self.emulator.inject(route, 503, count=count)
 
     # --- watching ------------------------------------------------------------------------
 
@@ -475,7 +556,9 @@ class Soak:
         return f"{hold:.1f} s"
 
     async def _rate_storm(self, hold: float) -> str:
-        self.emulator.configure(rate_limit=1, rate_interval=2.0)
+        self.emulator.configure(
+            rate_limit=1, event_rate_limit=1, default_rate_limit=1, rate_interval=2.0
+        )
         await asyncio.sleep(hold)
         restore_rate_limit(self.emulator, self.config.knobs)
         return f"{hold:.1f} s"
@@ -502,9 +585,11 @@ class Soak:
         return ports.index(port) + 1 if port in ports else None
 
     async def _node_down(self, node: int, hold: float) -> None:
-        await self.cluster.stop_node(node)
-        await asyncio.sleep(hold)
-        await self.cluster.start_node(node)
+        try:
+            await _run(str(SCRIPT), "stop-node", str(node), timeout=120)
+            await asyncio.sleep(hold)
+        finally:
+            await _run(str(SCRIPT), "start-node", str(node), timeout=240)
 
     async def _worker_node(self, hold: float) -> str:
         role = self._pick_worker()
@@ -513,7 +598,9 @@ class Soak:
         return f"node {node} of {role}"
 
     async def _leader_node(self, hold: float) -> str:
-        node = await self.cluster.leader(self.names.queue, ask=1)
+        node = await self._bounded(
+            "the queue's leader", self.cluster.leader(self.names.queue, ask=1), 60
+        )
         await self._node_down(node, hold)
         return f"node {node}"
 
@@ -532,6 +619,9 @@ class Soak:
         assert tap is not None
         assert dead is not None
         seen = {c.message_id for c in tap.copies if c.outcome_of is None}
+        # A reply's file the bridge gave up on is marked unavailable in the reply: it will
+        # never come as a message of its own (ledger._seller_events counts it).
+        seen |= {f"{c.message_id}/{name}" for c in tap.copies for name in c.unavailable}
         outcomes = {c.outcome_of for c in tap.copies if c.outcome_of is not None}
         expected = {m for e in ledger.seller_events.values() for m in e.expected}
         missing = {
@@ -544,22 +634,34 @@ class Soak:
         return {what: n for what, n in missing.items() if n}
 
     async def _settle(self) -> bool:
+        """Wait until nothing is missing, or nothing has arrived for ``STALL`` seconds while
+        the books say something is missing (it will not come: the run fails at once rather
+        than waiting out ``settle_timeout``), or the timeout."""
         deadline = time.monotonic() + self.config.settle_timeout
-        said = 0.0
+        said = progressed = 0.0
+        last: dict[str, int] = {}
         while time.monotonic() < deadline:
             await self._sample_once()
             await self._drain(every=0)
             missing = self._missing()
             if not missing:
+                log.info("soak.settled", at=round(self.clock(), 1))
                 return True
+            if missing != last:
+                last, progressed = missing, time.monotonic()
+            elif time.monotonic() - progressed > STALL:
+                log.error("soak.stalled", missing=missing, at=round(self.clock(), 1))
+                return False
             if time.monotonic() - said > 10:
-                log.info("soak.settling", missing=missing)
+                log.info("soak.settling", missing=missing, at=round(self.clock(), 1))
                 said = time.monotonic()
             await asyncio.sleep(1.0)
+        log.error("soak.settle_timeout", missing=last, at=round(self.clock(), 1))
         return False
 
     async def _stop_children(self) -> None:
         await asyncio.gather(*(child.stop(GRACE + EXIT_MARGIN) for child in self.children.values()))
+        log.info("soak.stopped", at=round(self.clock(), 1))
 
     async def _close_books(
         self, injector: faults.Injector, traffic_s: float, settle_s: float, settled: bool
@@ -567,9 +669,12 @@ class Soak:
         assert self.dead is not None
         assert self.tap is not None
         await self._drain(every=0)
-        scx, _ = read_scx(self.emulator)
+        scx = read_scx(self.emulator, self.ledger)
         witness = Endpoint(self.cluster.url(first=3), node_name(3))
-        left = await leftovers(self.names, witness)
+        try:
+            left = await self._bounded("counting leftovers", leftovers(self.names, witness), 60)
+        except TimeoutError:
+            left = {"leftovers (not counted: the broker did not answer)": 1}
         exits = [e for child in self.children.values() for e in child.exits]
         problems = []
         for e in exits:
@@ -603,17 +708,21 @@ class Soak:
             leftovers=left,
         )
         state = self.emulator.state
+        events = self.emulator.events.ledger
         api = {
             "route_statuses": dict(state.route_statuses),
             "auth_calls": state.auth_calls,
             "unauthorized": state.unauthorized,
             "outages": len(state.outages),
-            "events_redelivered": self.emulator.events.ledger.redelivered,
+            "events_redelivered": events.redelivered,
+            "events_given_up": events.given_up,
+            # Deliveries of a reply left unacknowledged because a file kept failing.
+            "reply_file_failures": sum(
+                self.children[r].events["events.attachment_failed"] for r in BRIDGES
+            ),
             "worker_losses": worker_losses,
             "bridge_losses": bridge_losses,
         }
-        from tests.soak.ledger import invalid_classes
-
         return Result(
             config=self.config,
             books=books,
@@ -653,11 +762,15 @@ class Soak:
             if self._started_cluster:
                 steps.append(lambda: _run(str(SCRIPT), "stop", timeout=300))
         for step in steps:
-            with contextlib.suppress(Exception):
-                await step()
+            name = getattr(step, "__qualname__", repr(step))
+            try:
+                await self._bounded(f"teardown: {name}", step(), 330)
+            except Exception as exc:  # teardown goes on; what failed is in the log
+                log.warning("soak.teardown_step_failed", step=name, error=repr(exc))
+        log.info("soak.torn_down", at=round(self.clock(), 1))
 
     async def _forget_broker_objects(self) -> None:
-        await self.cluster.start_all()  # a fault may have left a node down
+        await _run(str(SCRIPT), "start", timeout=300)  # a fault may have left a node down
         witness = Endpoint(self.cluster.url(first=3), node_name(3))
         await delete_broker_objects(self.names, witness)
 

@@ -3,21 +3,18 @@
 Three streams, each item written into the ledger (``tests.soak.ledger``) before it leaves:
 
 - **conversations** of 1 to 4 ticket messages: the buyer's question, then follow-ups by the
-  buyer or the marketplace's staff (``role: channel``), each its own CloudEvents ``id`` and
-  ``created_at``; a third of the messages carry 1 to 3 files, by URL from the soak's file
-  server or inline as ``content_base64``. Every message names its own event id in its text
-  (``[evt-…]``), so the emulator's ledger can be read per message whatever ticket id it
-  went under (``tests.soak.ledger.read_scx``);
+  buyer or the marketplace's staff (``role: channel``), all under the conversation's
+  ``ticket_id`` (as a marketplace publishes them, issue 17), each with its own CloudEvents
+  ``id`` and ``created_at``; a third of the messages carry 1 to 3 files, by URL from the
+  soak's file server or inline as ``content_base64``. Each message knows the names its files
+  must have in SCX (``Message.upload_names``: the worker's own ``assign_names`` with the
+  message's discriminator), and names its event id in its text (``[evt-…]``), which is how
+  the emulator's conversation ledger is read per message (``tests.soak.ledger.read_scx``);
 - **invalid events**, one of every class the worker dead-letters before calling the API
   (``INVALID_CLASSES``), each with the ``x-error-kind`` it must get;
-- **seller events** injected into the emulator: ticket replies with 0 to 3 files, and the
-  other event types (``SELLER_EVENT_TYPES``).
-
-Which ticket id the messages of one conversation go under is ``ticket_id_on_the_wire``: today
-each message is its own ticket (``<conversation>-m<n>``), because the worker keys its progress
-record on the ticket id and would skip a follow-up as "done before" (issue 17); with
-``share_ticket_id=True`` (``--conversation-ticket-ids``) every message of a conversation goes
-under the conversation's id, as a marketplace publishes them.
+- **seller events** injected into the emulator, cycling through all 20 types in JTL's shapes
+  (``worker.emulator.events.EXAMPLE_PAYLOADS``), each with the routing key the bridge must
+  publish it under; the ``Seller:Ticket.Reply`` among them carry 0 to 3 files.
 """
 
 from __future__ import annotations
@@ -32,7 +29,10 @@ from typing import Any
 
 import orjson
 
-from worker.emulator.events import seller_event, ticket_reply
+from worker.emulator.events import EXAMPLE_PAYLOADS, example_event, ticket_reply
+from worker.events.mapping import ATTACHMENT_KEY, REPLY_TYPE, routing_key
+from worker.forward.attachments.names import NameRequest, assign_names
+from worker.forward.identity import message_identity
 from worker.ops.samples import REFERENCES, TOPICS
 
 SELLER = "soak_seller"
@@ -40,16 +40,11 @@ SELLER = "soak_seller"
 # emulator store, keyed (seller, ticket, filename), and must never be taken for an upload.
 REPLY_SELLER = "soak_replies"
 FILE_TYPES = (("png", "image/png"), ("txt", "text/plain"), ("pdf", "application/pdf"))
-# The seller event types the soak injects besides replies, in the shapes the emulator serves
-# today. Issue 18 brings JTL's shapes for all 20 types: this tuple and ``_payload`` are the
-# two places to take them from then.
-SELLER_EVENT_TYPES = (
-    "Seller:Order.Shipping",
-    "Seller:Order.Payment",
-    "Seller:Offer.PriceUpdate",
-    "Seller:Channel.Unlinked",
-    "System:Notification",
-)
+# Every seller event type, in JTL's order; the soak cycles through them.
+SELLER_EVENT_TYPES: tuple[str, ...] = tuple(EXAMPLE_PAYLOADS)
+OTHER_EVENT_TYPES = tuple(t for t in SELLER_EVENT_TYPES if t != REPLY_TYPE)
+# The bridge's routing key of a reply (EVENTS_TICKET_REPLY_KEY's default).
+REPLY_KEY = "ticket.replied"
 
 
 @dataclass(frozen=True)
@@ -70,10 +65,11 @@ class Message:
 
     event_id: str
     conversation: str
-    ticket_id: str  # the ticket id it is published under (ticket_id_on_the_wire)
+    ticket_id: str  # the conversation's ticket id, shared by its messages
     position: int  # 1 for the question, 2-4 for follow-ups
     body: bytes = field(repr=False)
     files: tuple[File, ...] = ()
+    upload_names: tuple[str, ...] = ()  # each file's name in SCX, in order
 
 
 @dataclass(frozen=True)
@@ -101,9 +97,12 @@ class SellerEvent:
 Publishable = Message | Invalid
 
 
-def ticket_id_on_the_wire(conversation: str, position: int, *, shared: bool) -> str:
-    """The ticket id message ``position`` of ``conversation`` is published under."""
-    return conversation if shared else f"{conversation}-m{position}"
+def upload_names(event_id: str, files: tuple[File, ...]) -> tuple[str, ...]:
+    """The names the worker uploads ``files`` of message ``event_id`` under: unique within
+    the conversation by the message's discriminator (``worker.forward.attachments.names``)."""
+    requests = [NameRequest(f.filename, f.content_type, uploaded=True) for f in files]
+    discriminator = message_identity(event_id, None, b"").discriminator
+    return tuple(assign_names(requests, discriminator))
 
 
 def _event(event_id: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -206,13 +205,11 @@ class Traffic:
         rng: random.Random,
         put_file: Callable[[str, bytes, str], str],
         *,
-        shared_ticket_ids: bool = False,
         invalid_share: float = 0.03,
         file_share: float = 0.33,
     ) -> None:
         self.rng = rng
         self.put_file = put_file
-        self.shared = shared_ticket_ids
         self.invalid_share = invalid_share
         self.file_share = file_share
         self._conversations = itertools.count(1)
@@ -245,7 +242,7 @@ class Traffic:
             self._open.append((conversation, position + 1, last))
         n = next(self._messages)
         event_id = f"evt-soak-{n:07d}"
-        ticket_id = ticket_id_on_the_wire(conversation, position, shared=self.shared)
+        ticket_id = conversation
         role = "buyer" if position == 1 else rng.choice(("buyer", "buyer", "channel"))
         data: dict[str, Any] = {
             "seller_id": SELLER,
@@ -264,7 +261,16 @@ class Traffic:
             files = [self._file(n, k) for k in range(1, rng.randint(1, 3) + 1)]
             data["attachments"] = [self._source(file, event_id) for file in files]
         body = orjson.dumps(_event(event_id, data))
-        return Message(event_id, conversation, ticket_id, position, body, tuple(files))
+        attached = tuple(files)
+        return Message(
+            event_id,
+            conversation,
+            ticket_id,
+            position,
+            body,
+            attached,
+            upload_names(event_id, attached),
+        )
 
     def _file(self, n: int, k: int) -> File:
         ext, content_type = self.rng.choice(FILE_TYPES)
@@ -300,25 +306,24 @@ class Traffic:
         return Invalid(message_id, label, kind, build(_event(message_id, data)))
 
     def seller_events(self, count: int) -> list[SellerEvent]:
-        """``count`` seller events: a third of them ticket replies with 0 to 3 files."""
+        """``count`` seller events: every other one a reply with 0 to 3 files, the others
+        cycling through the 19 other types."""
         out = []
         for _ in range(count):
             n = next(self._seller)
             event_id = f"sev-soak-{n:07d}"
-            if n % 3 == 0:
+            if n % 2 == 0:
                 out.append(self._reply(event_id, n))
-            else:
-                event_type = SELLER_EVENT_TYPES[n % len(SELLER_EVENT_TYPES)]
-                event = SellerEvent(
-                    event_id, event_type, seller_event(event_id, event_type, _payload(n))
-                )
-                event.expected[event_id] = ("scx." + event_type.lower().replace(":", "."), None)
-                out.append(event)
+                continue
+            event_type = OTHER_EVENT_TYPES[n // 2 % len(OTHER_EVENT_TYPES)]
+            event = SellerEvent(event_id, event_type, example_event(event_type, event_id))
+            event.expected[event_id] = (routing_key(event_type), None)
+            out.append(event)
         return out
 
     def _reply(self, event_id: str, n: int) -> SellerEvent:
         ticket_id = f"CASE-{n:07d}"
-        names = [f"r{n}_{k}.bin" for k in range(self.rng.choice((0, 0, 1, 2, 3)))]
+        names = [f"r{n}_{k}.bin" for k in range(self.rng.choice((0, 1, 1, 2, 3)))]
         item = ticket_reply(
             event_id,
             seller_id=REPLY_SELLER,
@@ -327,7 +332,7 @@ class Traffic:
             name="Support" if n % 2 else None,
             attachments=[(name, "application/octet-stream") for name in names],
         )
-        event = SellerEvent(event_id, "Seller:Ticket.Reply", item)
+        event = SellerEvent(event_id, REPLY_TYPE, item)
         for name in names:
             data = self.rng.randbytes(self.rng.choice((0, 300, 20_000, 70_000)))
             event.files.append(
@@ -339,10 +344,6 @@ class Traffic:
                     "data": data,
                 }
             )
-            event.expected[f"{event_id}/{name}"] = ("ticket.replied.attachment", data)
-        event.expected[event_id] = ("ticket.replied", None)
+            event.expected[f"{event_id}/{name}"] = (ATTACHMENT_KEY, data)
+        event.expected[event_id] = (REPLY_KEY, None)
         return event
-
-
-def _payload(n: int) -> dict[str, Any]:
-    return {"n": n, "orderId": f"O-{n}"}
