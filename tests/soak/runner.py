@@ -288,7 +288,7 @@ class Soak:
             log.info("soak.traffic_over", at=round(traffic_s, 1))
             settled = await self._settle()
             settle_s = self.clock() - traffic_s
-            await asyncio.sleep(3.0)  # a late duplicate gets its chance to show up
+            await asyncio.sleep(3.0)  # sync-ok: a quiet period, so a late duplicate can show up
             await self._sample_once()
         finally:
             for task in background:
@@ -405,7 +405,7 @@ class Soak:
                     break
                 except Exception as exc:  # the node is down or its leader moving: again
                     log.warning("soak.publish_failed", error=f"{type(exc).__name__}: {exc}")
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(1.0)  # sync-ok: a retry's pause, not a wait for a state
             await asyncio.sleep(tick)
 
     async def _inject_seller_events(self, seconds: float) -> None:
@@ -455,7 +455,7 @@ class Soak:
     async def _sample(self) -> None:
         while True:
             await self._sample_once()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # sync-ok: the sampling period of the chart
 
     async def _drain_dlq(self) -> None:
         while True:
@@ -477,7 +477,7 @@ class Soak:
     async def _watch_children(self) -> None:
         """A process that exited without being asked is restarted (and counted against the run)."""
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # sync-ok: how often the children are looked at
             for role, child in self.children.items():
                 if child.alive or role in self._restarting or child.asked is not None:
                     continue
@@ -655,7 +655,7 @@ class Soak:
             if time.monotonic() - said > 10:
                 log.info("soak.settling", missing=missing, at=round(self.clock(), 1))
                 said = time.monotonic()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # sync-ok: the poll interval of a loop with a deadline
         log.error("soak.settle_timeout", missing=last, at=round(self.clock(), 1))
         return False
 
