@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from worker.core.settings import Settings
+from worker.core.side_table import open_side_table
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -62,20 +63,7 @@ class DeliveryTries:
         self._ttl = settings.worker_state_ttl
         self._where = settings.state_redis_url_redacted
         if settings.worker_state_redis_url is not None:
-            # Imported only when used, as worker.forward.progress does (redis-py loads
-            # OpenTelemetry when that is installed).
-            from redis.asyncio import Redis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-            from redis.exceptions import RedisError
-
-            self._failures = (RedisError, OSError)
-            self._redis = Redis.from_url(
-                settings.worker_state_redis_url.get_secret_value(),
-                socket_connect_timeout=_TIMEOUT,
-                socket_timeout=_TIMEOUT,
-                retry=Retry(NoBackoff(), 0),
-            )
+            self._redis, self._failures = open_side_table(settings.worker_state_redis_url, _TIMEOUT)
 
     async def aclose(self) -> None:
         if self._redis is not None:

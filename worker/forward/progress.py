@@ -43,10 +43,11 @@ import structlog
 from worker.amqp import headers as h
 from worker.core.errors import RetryLater
 from worker.core.settings import Settings
+from worker.core.side_table import open_side_table
 from worker.forward.identity import MessageIdentity
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    pass
 
 log = structlog.get_logger(__name__)
 
@@ -145,20 +146,9 @@ class StateRecord:
 
     def __init__(self, settings: Settings, *, sleep: Sleep = asyncio.sleep) -> None:
         assert settings.worker_state_redis_url is not None
-        # Imported only when the record is used: redis-py loads OpenTelemetry whenever that is
-        # installed, which a worker without the record (or with tracing off) must not carry.
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-        from redis.exceptions import RedisError
-
-        self._failures: tuple[type[Exception], ...] = (RedisError, OSError)
-        self._redis: Redis = Redis.from_url(
-            settings.worker_state_redis_url.get_secret_value(),
-            socket_connect_timeout=RECORD_TIMEOUT,
-            socket_timeout=RECORD_TIMEOUT,
-            # Our own retries (below) decide; redis-py's default would add seconds of its own.
-            retry=Retry(NoBackoff(), 0),
+        # Our own retries (below) decide; redis-py's default would add seconds of its own.
+        self._redis, self._failures = open_side_table(
+            settings.worker_state_redis_url, RECORD_TIMEOUT
         )
         self._where = settings.state_redis_url_redacted
         self._prefix = settings.worker_state_key_prefix
